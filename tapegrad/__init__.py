@@ -1,0 +1,39 @@
+"""tapegrad: reverse-mode autodiff on a flat Wengert tape, replayed by numba-compiled sweeps.
+
+Record once, replay for thousands of steps::
+
+    import numpy as np, tapegrad as tg
+    tape = tg.Tape()
+    W = tape.param(np.random.randn(3, 1), name="W")
+    x = tape.input("x", shape=(8, 3))
+    y = tape.input("y", shape=(8, 1))
+    loss = tg.mse_loss(x @ W, y)
+    tape.forward(x=np.ones((8, 3)), y=np.zeros((8, 1)))
+    loss.backward()          # W.grad is filled
+"""
+from .errors import (BranchChanged, FeedError, GradcheckError, NonFiniteError, ShapeError,
+                     TapeFormatError, TapegradError)
+from .tape import Tape, current_tape
+from .var import Var
+from .ops import (abs, add, concatenate, cos, cross_entropy, div, exp, leaky_relu, log,
+                  log_softmax, logsumexp, matmul, max, maximum, mean, minimum, mse_loss, mul,
+                  neg, pow, relu, reshape, sigmoid, sin, softmax, sqrt, square, stack, sub, sum,
+                  tanh, transpose, where)
+
+__version__ = "0.1.0"
+
+
+def param(value, name=None):
+    """``tape.param`` on the tape of the enclosing ``with tape:`` block."""
+    return current_tape("param").param(value, name=name)
+
+
+def input(name, shape=None, value=None, requires_grad=False):  # noqa: A001
+    """``tape.input`` on the tape of the enclosing ``with tape:`` block."""
+    return current_tape("input").input(name, shape=shape, value=value,
+                                       requires_grad=requires_grad)
+
+
+def const(value, name=None):
+    """``tape.const`` on the tape of the enclosing ``with tape:`` block."""
+    return current_tape("const").const(value, name=name)

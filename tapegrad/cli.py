@@ -1,0 +1,20 @@
+"""The ``tapegrad`` command line (``python -m tapegrad`` is the same)."""
+import argparse
+import sys
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="tapegrad", description=__doc__)
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    demo = sub.add_parser("demo", help="train the seed MLP, print loss and speed, write plots")
+    demo.add_argument("--steps", type=int, default=3000)
+    demo.add_argument("--out", default=".", help="directory for the PNG plots")
+    args = parser.parse_args(argv)
+    try:
+        if args.cmd == "demo":
+            from .demo import run
+            return run(steps=args.steps, out=args.out)
+    except Exception as e:  # noqa: BLE001 - one line, no traceback, exit 1
+        print(f"tapegrad {args.cmd}: {type(e).__name__}: {e}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,105 @@
+"""Matrix products with ``np.matmul`` semantics, as one MATMUL instruction over a batch.
+
+Shape rule: a 1-D left operand is a row ``(1, K)``, a 1-D right operand a column ``(K, 1)``
+(the added axis is dropped from the result); leading batch axes broadcast. A 2-D right
+operand folds the left operand's batch into its rows (one ``(B*M, K) @ (K, N)`` product).
+Attributes: ``batch, M, K, N, sx, sy`` with ``sx``/``sy`` 0 when that operand is shared by the
+whole batch. Products of at least ``BLAS_MIN`` multiply-adds go to BLAS (``np.dot``); smaller
+ones are plain loops, which are as fast there and start no threads.
+"""
+import numpy as np
+
+from .._jit import kernel
+from ..errors import ShapeError, user_site
+from ..opcodes import Op
+from ..var import Var
+from ._record import broadcast_to, prod, reshape_var, vars_of
+
+BLAS_MIN = 32768
+
+
+def matmul(x, y):
+    """Matrix product as ``np.matmul``.  ``tg.matmul(a, b)``, ``a @ b``"""
+    tape, (x, y) = vars_of([x, y], "matmul")
+    if x.ndim == 0 or y.ndim == 0:
+        raise ShapeError(f"matmul: operands must be at least 1-D, got shapes {x.shape} and "
+                         f"{y.shape} ({user_site()})")
+    xs = (1,) + x.shape if x.ndim == 1 else x.shape
+    ys = y.shape + (1,) if y.ndim == 1 else y.shape
+    (M, K), (K2, N) = xs[-2:], ys[-2:]
+    if K != K2:
+        raise ShapeError(f"matmul: shapes {x.shape} and {y.shape} do not align "
+                         f"({K} != {K2}) ({user_site()})")
+    try:
+        batch_shape = tuple(np.broadcast_shapes(xs[:-2], ys[:-2]))
+    except ValueError:
+        raise ShapeError(f"matmul: batch shapes of {x.shape} and {y.shape} do not broadcast "
+                         f"({user_site()})") from None
+    final = batch_shape + ((M,) if x.ndim > 1 else ()) + ((N,) if y.ndim > 1 else ())
+    if len(ys) == 2:  # fold the left batch into rows: one 2-D product
+        rows = prod(batch_shape) * M
+        x2 = reshape_var(x, (rows, K))
+        y2 = reshape_var(y, (K, N))
+        b = tape._emit(Op.MATMUL, [x2._b, y2._b], (rows, N), (1, rows, K, N, 1, 1))
+    else:
+        nb = prod(batch_shape)
+        x2, sx = _batched(reshape_var(x, xs), batch_shape, (M, K))
+        y2, sy = _batched(reshape_var(y, ys), batch_shape, (K, N))
+        b = tape._emit(Op.MATMUL, [x2._b, y2._b], batch_shape + (M, N), (nb, M, K, N, sx, sy))
+    return reshape_var(Var(tape, b), final)
+
+
+def _batched(v, batch_shape, mat):
+    """An operand with the full batch (stride 1) or one matrix shared by it (stride 0)."""
+    if prod(v.shape[:-2]) == 1 and prod(batch_shape) != 1:
+        return v, 0
+    return broadcast_to(v, batch_shape + mat), 1
+
+
+@kernel
+def matmul_fwd(x, y, ans, batch, M, K, N, sx, sy):
+    for t in range(batch):
+        X = x[t * sx * M * K: (t * sx + 1) * M * K].reshape((M, K))
+        Y = y[t * sy * K * N: (t * sy + 1) * K * N].reshape((K, N))
+        Z = ans[t * M * N: (t + 1) * M * N].reshape((M, N))
+        if M * K * N >= BLAS_MIN:
+            np.dot(X, Y, Z)
+        else:
+            for m in range(M):
+                for n in range(N):
+                    Z[m, n] = 0
+                for k in range(K):
+                    xv = X[m, k]
+                    for n in range(N):
+                        Z[m, n] += xv * Y[k, n]
+
+
+# gx += g @ y.T,  gy += x.T @ g   (per batch; a shared operand sums over the batch);
+# dx / dy: whether x / y need a gradient at all
+@kernel
+def matmul_bwd(x, y, g, gx, gy, batch, M, K, N, sx, sy, dx, dy):
+    for t in range(batch):
+        X = x[t * sx * M * K: (t * sx + 1) * M * K].reshape((M, K))
+        Y = y[t * sy * K * N: (t * sy + 1) * K * N].reshape((K, N))
+        G = g[t * M * N: (t + 1) * M * N].reshape((M, N))
+        GX = gx[t * sx * M * K: (t * sx + 1) * M * K].reshape((M, K))
+        GY = gy[t * sy * K * N: (t * sy + 1) * K * N].reshape((K, N))
+        if M * K * N >= BLAS_MIN:
+            if dx:
+                GX += np.dot(G, Y.T)
+            if dy:
+                GY += np.dot(X.T, G)
+            continue
+        if dx:
+            for m in range(M):
+                for k in range(K):
+                    s = GX[m, k] * 0
+                    for n in range(N):
+                        s += G[m, n] * Y[k, n]
+                    GX[m, k] += s
+        if dy:
+            for m in range(M):
+                for k in range(K):
+                    xv = X[m, k]
+                    for n in range(N):
+                        GY[k, n] += xv * G[m, n]

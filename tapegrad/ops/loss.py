@@ -1,0 +1,119 @@
+"""Losses: ``mse_loss`` (composed of sub, square and a reduction) and ``cross_entropy``
+(one fused, numerically stable instruction per batch of rows).
+
+Labels are class indices. The arenas hold floats, so a label input is stored as a float and
+read back as an index; the kernel checks every label against ``[0, C)`` before using it.
+"""
+import math
+
+import numpy as np
+
+from .._jit import kernel
+from ..errors import FeedError, ShapeError, TapegradError, user_site
+from ..opcodes import Op
+from ..var import Var
+from ._record import reshape_var, vars_of
+from .elementwise import square, sub
+from .reduce import mean, sum
+
+_REDUCTIONS = ("mean", "sum", "none")
+
+
+def _reduce(x, reduction, name):
+    if reduction not in _REDUCTIONS:
+        raise TapegradError(f"{name}: reduction must be one of {_REDUCTIONS}, got "
+                            f"{reduction!r} ({user_site()})")
+    if reduction == "mean":
+        return mean(x)
+    return sum(x) if reduction == "sum" else x
+
+
+def mse_loss(pred, target, reduction="mean"):
+    """Mean (or sum, or none) of squared differences.  ``tg.mse_loss(pred, y)``"""
+    if reduction not in _REDUCTIONS:
+        return _reduce(None, reduction, "mse_loss")
+    return _reduce(square(sub(pred, target)), reduction, "mse_loss")
+
+
+def cross_entropy(logits, labels, reduction="mean"):
+    """Softmax cross-entropy of ``logits`` (N, C) or (C,) with integer class ``labels``
+    (N,) or () -- an int ndarray, or an input Var fed with integer values.
+
+    ``tg.cross_entropy(logits, np.array([3, 0, 1]))``"""
+    tape, (logits,) = vars_of([logits], "cross_entropy")
+    if reduction not in _REDUCTIONS:
+        return _reduce(None, reduction, "cross_entropy")
+    if logits.ndim not in (1, 2):
+        raise ShapeError(f"cross_entropy: logits must be (N, C) or (C,), got {logits.shape} "
+                         f"({user_site()})")
+    N, C = (1, logits.shape[0]) if logits.ndim == 1 else logits.shape
+    want = () if logits.ndim == 1 else (N,)
+    if isinstance(labels, Var):
+        if labels.tape is not tape:
+            raise TapegradError(f"cross_entropy: logits and labels are Vars of two different "
+                                f"tapes ({user_site()})")
+        if labels.shape != want:
+            raise ShapeError(f"cross_entropy: labels must have shape {want} for logits "
+                             f"{logits.shape}, got {labels.shape} ({user_site()})")
+        _check_labels(labels.value, C, FeedError)
+        base = tape._base[labels._b]
+        if tape._kind[base] == 1:  # an input: its feeds are checked against C
+            tape._labels[base] = min(C, tape._labels.get(base, C))
+        lab = labels
+    else:
+        arr = np.asarray(labels)
+        if arr.dtype.kind not in "iu":
+            raise TapegradError(f"cross_entropy: labels must be integer class indices, got "
+                                f"dtype {arr.dtype} ({user_site()})")
+        if arr.shape != want:
+            raise ShapeError(f"cross_entropy: labels must have shape {want} for logits "
+                             f"{logits.shape}, got {arr.shape} ({user_site()})")
+        _check_labels(arr, C, ShapeError)
+        lab = tape.const(arr)
+    x = reshape_var(logits, (N, C))
+    y = reshape_var(lab, (N,))
+    out = Var(tape, tape._emit(Op.CROSS_ENTROPY, [x._b, y._b], (N,), (N, C)))
+    if logits.ndim == 1:
+        out = reshape_var(out, ())
+    return _reduce(out, reduction, "cross_entropy")
+
+
+def _check_labels(a, C, err):
+    a = np.asarray(a)
+    bad = ~((a >= 0) & (a < C) & (a == np.floor(a)))
+    if bad.any():
+        i = tuple(int(j) for j in np.argwhere(bad)[0])
+        raise err(f"cross_entropy: label {a[i].item()!r} at index {i} is not a class in [0, {C}) "
+                  f"({user_site()})")
+
+
+# ans[r] = logsumexp(x[r, :]) - x[r, label_r];  gx[r, j] += g[r] * (softmax(x[r])_j - [j == label_r])
+@kernel
+def cross_entropy_fwd(x, y, ans, N, C):
+    for r in range(N):
+        lab = y[r]
+        if not (lab >= 0 and lab < C and lab == math.floor(lab)):
+            return False
+        m = -math.inf
+        for j in range(C):
+            if x[r * C + j] > m or x[r * C + j] != x[r * C + j]:
+                m = x[r * C + j]
+        s = 0.0
+        for j in range(C):
+            s += math.exp(x[r * C + j] - m)
+        ans[r] = m + math.log(s) - x[r * C + int(lab)]
+    return True
+
+
+@kernel
+def cross_entropy_bwd(x, y, ans, g, gx, N, C):
+    for r in range(N):
+        lab = y[r]  # checked again: the arena may have been written since the forward sweep
+        if not (lab >= 0 and lab < C):
+            return False
+        c = int(lab)
+        lse = ans[r] + x[r * C + c]
+        for j in range(C):
+            gx[r * C + j] += g[r] * math.exp(x[r * C + j] - lse)
+        gx[r * C + c] -= g[r]
+    return True

@@ -1,0 +1,222 @@
+"""Reductions and normalisations over the middle axis of an ``(A, n, B)`` view.
+
+``sum``/``max`` over several axes record one instruction per run of adjacent axes; ``mean``
+is a sum times 1/count. ``logsumexp``, ``softmax`` and ``log_softmax`` subtract the maximum
+first, so they do not overflow. ``max`` splits the gradient of a tie equally (as
+``torch.amax``).
+"""
+import math
+
+from .._jit import kernel
+from ..errors import ShapeError, user_site
+from ..opcodes import Op
+from ..var import Var
+from ._record import norm_axes, prod, reshape_var, runs, vars_of
+from .elementwise import mul
+
+
+def sum(x, axis=None, keepdims=False):  # noqa: A001 - the public name is tg.sum
+    """Sum over ``axis`` (None: all; int or tuple).  ``tg.sum(v, axis=0)``, ``v.sum()``"""
+    return _reduce_keep(Op.SUM, "sum", x, axis, keepdims)
+
+
+def max(x, axis=None, keepdims=False):  # noqa: A001 - the public name is tg.max
+    """Maximum over ``axis``; ties share the gradient.  ``tg.max(v, axis=1)``, ``v.max()``"""
+    return _reduce_keep(Op.MAX, "max", x, axis, keepdims)
+
+
+def mean(x, axis=None, keepdims=False):
+    """Mean over ``axis``.  ``tg.mean(v)``, ``v.mean(axis=0)``"""
+    tape, (x,) = vars_of([x], "mean")
+    count = prod(x.shape[a] for a in norm_axes(axis, x.ndim, "mean"))
+    return mul(_reduce_keep(Op.SUM, "mean", x, axis, keepdims), 1.0 / count if count else math.nan)
+
+
+def _reduce_keep(op, name, x, axis, keepdims):
+    tape, (x,) = vars_of([x], name)
+    axes = norm_axes(axis, x.ndim, name)
+    kept = tuple(1 if i in axes else s for i, s in enumerate(x.shape))
+    if op == Op.MAX and any(x.shape[a] == 0 for a in axes):
+        raise ShapeError(f"{name}: zero-size axis in shape {x.shape} has no maximum "
+                         f"({user_site()})")
+    shape = list(x.shape)
+    for i0, i1 in reversed(runs(axes)):
+        attrs = (prod(shape[:i0]), prod(shape[i0:i1]), prod(shape[i1:]))
+        shape = shape[:i0] + shape[i1:]
+        x = Var(tape, tape._emit(op, [x._b], tuple(shape), attrs))
+    return reshape_var(x, kept) if keepdims else x
+
+
+# sum:  ans[a, b] = sum_j x[a, j, b];  gx[a, j, b] += g[a, b]
+@kernel
+def sum_fwd(x, ans, A, n, B):
+    for a in range(A):
+        for b in range(B):
+            ans[a * B + b] = 0
+        for j in range(n):
+            row = (a * n + j) * B
+            for b in range(B):
+                ans[a * B + b] += x[row + b]
+
+
+@kernel
+def sum_bwd(x, ans, g, gx, A, n, B):
+    for a in range(A):
+        for j in range(n):
+            row = (a * n + j) * B
+            for b in range(B):
+                gx[row + b] += g[a * B + b]
+
+
+# max:  ans[a, b] = max_j x[a, j, b];  the k tied maxima each get g[a, b] / k
+@kernel
+def max_fwd(x, ans, A, n, B):
+    for a in range(A):
+        for b in range(B):
+            m = x[a * n * B + b]
+            for j in range(1, n):
+                v = x[(a * n + j) * B + b]
+                if v > m or v != v:
+                    m = v
+                    if v != v:
+                        break
+            ans[a * B + b] = m
+
+
+@kernel
+def max_bwd(x, ans, g, gx, A, n, B):
+    for a in range(A):
+        for b in range(B):
+            m = ans[a * B + b]
+            ties = 0
+            for j in range(n):
+                if x[(a * n + j) * B + b] == m:
+                    ties += 1
+            if ties:
+                share = g[a * B + b] / ties
+                for j in range(n):
+                    if x[(a * n + j) * B + b] == m:
+                        gx[(a * n + j) * B + b] += share
+
+
+# ---------------------------------------------------------------------------- logsumexp family
+def _single_axis(name, x, axis):
+    """(A, n, B) for one axis, or for all axes when axis is None (or a run of adjacent axes)."""
+    axes = norm_axes(axis, x.ndim, name)
+    rs = runs(axes)
+    if len(rs) > 1:
+        raise ShapeError(f"{name}: axes {axis!r} must be adjacent ({user_site()})")
+    if not rs:  # a 0-d input
+        return axes, (1, 1, 1)
+    i0, i1 = rs[0]
+    return axes, (prod(x.shape[:i0]), prod(x.shape[i0:i1]), prod(x.shape[i1:]))
+
+
+def logsumexp(x, axis=-1, keepdims=False):
+    """log(sum(exp(x))) over ``axis`` without overflow.  ``tg.logsumexp(v, axis=1)``"""
+    tape, (x,) = vars_of([x], "logsumexp")
+    axes, attrs = _single_axis("logsumexp", x, axis)
+    kept = tuple(1 if i in axes else s for i, s in enumerate(x.shape))
+    out = tuple(s for i, s in enumerate(x.shape) if i not in axes)
+    y = Var(tape, tape._emit(Op.LOGSUMEXP, [x._b], out, attrs))
+    return reshape_var(y, kept) if keepdims else y
+
+
+@kernel
+def _row_max(x, a, n, B, b):
+    m = -math.inf
+    for j in range(n):
+        v = x[(a * n + j) * B + b]
+        if v > m or v != v:
+            m = v
+    return m
+
+
+@kernel
+def logsumexp_fwd(x, ans, A, n, B):
+    for a in range(A):
+        for b in range(B):
+            m = _row_max(x, a, n, B, b)
+            if math.isinf(m) or m != m:
+                ans[a * B + b] = m
+                continue
+            s = 0.0
+            for j in range(n):
+                s += math.exp(x[(a * n + j) * B + b] - m)
+            ans[a * B + b] = m + math.log(s)
+
+
+@kernel
+def logsumexp_bwd(x, ans, g, gx, A, n, B):
+    for a in range(A):
+        for b in range(B):
+            for j in range(n):
+                i = (a * n + j) * B + b
+                gx[i] += g[a * B + b] * math.exp(x[i] - ans[a * B + b])
+
+
+def softmax(x, axis=-1):
+    """exp(x) / sum(exp(x)) along ``axis``.  ``tg.softmax(logits, axis=1)``"""
+    tape, (x,) = vars_of([x], "softmax")
+    _, attrs = _single_axis("softmax", x, axis)
+    return Var(tape, tape._emit(Op.SOFTMAX, [x._b], x.shape, attrs))
+
+
+@kernel
+def softmax_fwd(x, ans, A, n, B):
+    for a in range(A):
+        for b in range(B):
+            m = _row_max(x, a, n, B, b)
+            s = 0.0
+            for j in range(n):
+                i = (a * n + j) * B + b
+                ans[i] = math.exp(x[i] - m)
+                s += ans[i]
+            for j in range(n):
+                ans[(a * n + j) * B + b] /= s
+
+
+@kernel
+def softmax_bwd(x, ans, g, gx, A, n, B):
+    for a in range(A):
+        for b in range(B):
+            dot = 0.0
+            for j in range(n):
+                i = (a * n + j) * B + b
+                dot += g[i] * ans[i]
+            for j in range(n):
+                i = (a * n + j) * B + b
+                gx[i] += ans[i] * (g[i] - dot)
+
+
+def log_softmax(x, axis=-1):
+    """x - logsumexp(x) along ``axis``.  ``tg.log_softmax(logits, axis=1)``"""
+    tape, (x,) = vars_of([x], "log_softmax")
+    _, attrs = _single_axis("log_softmax", x, axis)
+    return Var(tape, tape._emit(Op.LOG_SOFTMAX, [x._b], x.shape, attrs))
+
+
+@kernel
+def log_softmax_fwd(x, ans, A, n, B):
+    for a in range(A):
+        for b in range(B):
+            m = _row_max(x, a, n, B, b)
+            s = 0.0
+            for j in range(n):
+                s += math.exp(x[(a * n + j) * B + b] - m)
+            lse = m + math.log(s)
+            for j in range(n):
+                i = (a * n + j) * B + b
+                ans[i] = x[i] - lse
+
+
+@kernel
+def log_softmax_bwd(x, ans, g, gx, A, n, B):
+    for a in range(A):
+        for b in range(B):
+            gs = 0.0
+            for j in range(n):
+                gs += g[(a * n + j) * B + b]
+            for j in range(n):
+                i = (a * n + j) * B + b
+                gx[i] += g[i] - math.exp(ans[i]) * gs

@@ -1,0 +1,238 @@
+"""Data movement: reshape, broadcast (EXPAND), basic indexing (SLICE), concatenate/stack
+(PLACE) and transpose, each a shape rule plus forward and reverse kernels.
+
+Every kernel sees a flat buffer as a 3-D ``(A, n, B)`` view (A = product of the axes before,
+B = product of the axes after the one it works on), so one kernel serves every axis and rank.
+A reshape records no instruction: it is a new buffer over the same arena slice.
+"""
+import numbers
+
+from .._jit import kernel
+from ..errors import ShapeError, user_site
+from ..opcodes import Op
+from ..var import Var
+from ._record import norm_axis, prod, reshape_var, vars_of
+
+
+# ---------------------------------------------------------------------------- reshape
+def reshape(x, shape):
+    """``x`` with a new shape (one -1 allowed); shares memory, records no instruction.
+
+    ``tg.reshape(v, (2, -1))``"""
+    tape, (x,) = vars_of([x], "reshape")
+    if isinstance(shape, numbers.Integral):
+        shape = (shape,)
+    shape = tuple(int(s) for s in shape)
+    if shape.count(-1) > 1 or any(s < -1 for s in shape):
+        raise ShapeError(f"reshape: invalid shape {shape} ({user_site()})")
+    if -1 in shape:
+        rest = prod(s for s in shape if s != -1)
+        if rest == 0 or x.size % rest:
+            raise ShapeError(f"reshape: cannot reshape {x.shape} into {shape} ({user_site()})")
+        shape = tuple(x.size // rest if s == -1 else s for s in shape)
+    if prod(shape) != x.size:
+        raise ShapeError(f"reshape: cannot reshape {x.shape} (size {x.size}) into {shape} "
+                         f"({user_site()})")
+    return reshape_var(x, shape)
+
+
+# ---------------------------------------------------------------------------- expand
+# (recorded by _record.broadcast_to) out[a, j, b] = x[a, b];  gx[a, b] += sum_j g[a, j, b]
+@kernel
+def expand_fwd(x, ans, A, n, B):
+    for a in range(A):
+        for j in range(n):
+            for b in range(B):
+                ans[(a * n + j) * B + b] = x[a * B + b]
+
+
+@kernel
+def expand_bwd(g, gx, A, n, B):
+    for a in range(A):
+        for j in range(n):
+            for b in range(B):
+                gx[a * B + b] += g[(a * n + j) * B + b]
+
+
+# ---------------------------------------------------------------------------- indexing
+def index(x, key):
+    """``x[key]`` for ints, slices, ``...`` and ``None`` (basic indexing, a copy)."""
+    tape, (x,) = vars_of([x], "index")
+    key = key if isinstance(key, tuple) else (key,)
+    if any(not (k is None or k is Ellipsis or isinstance(k, (slice, numbers.Integral)))
+           or isinstance(k, bool) for k in key):
+        raise ShapeError(f"index: only ints, slices, ... and None are supported, got {key!r} "
+                         f"for shape {x.shape} ({user_site()})")
+    n_real = sum(1 for k in key if k is not None and k is not Ellipsis)
+    if sum(1 for k in key if k is Ellipsis) > 1 or n_real > x.ndim:
+        raise ShapeError(f"index: too many indices {key!r} for shape {x.shape} ({user_site()})")
+    if Ellipsis in key:
+        i = key.index(Ellipsis)
+        key = key[:i] + (slice(None),) * (x.ndim - n_real) + key[i + 1:]
+    else:
+        key = key + (slice(None),) * (x.ndim - n_real)
+    # plan: per input axis (start, step, count, keep) before touching the tape
+    plan, out_shape, axis = [], [], 0
+    for k in key:
+        if k is None:
+            out_shape.append(1)
+            continue
+        dim = x.shape[axis]
+        if isinstance(k, slice):
+            start, stop, step = k.indices(dim)
+            count = len(range(start, stop, step))
+            plan.append((axis, start, step, count))
+            out_shape.append(count)
+        else:
+            i = int(k)
+            if not -dim <= i < dim:
+                raise ShapeError(f"index: index {i} is out of bounds for axis {axis} with size "
+                                 f"{dim} (shape {x.shape}) ({user_site()})")
+            plan.append((axis, i % dim, 1, 1))
+        axis += 1
+    cur = list(x.shape)
+    for axis, start, step, count in plan:
+        if start == 0 and step == 1 and count == cur[axis]:
+            continue  # the whole axis: nothing to copy
+        attrs = (prod(cur[:axis]), cur[axis], prod(cur[axis + 1:]), start, step, count)
+        cur[axis] = count
+        x = Var(tape, tape._emit(Op.SLICE, [x._b], tuple(cur), attrs))
+    return reshape_var(x, out_shape)
+
+
+# out[a, j, b] = x[a, start + j*step, b];  gx[a, start + j*step, b] += g[a, j, b]
+@kernel
+def slice_fwd(x, ans, A, n, B, start, step, count):
+    for a in range(A):
+        for j in range(count):
+            src = (a * n + start + j * step) * B
+            dst = (a * count + j) * B
+            for b in range(B):
+                ans[dst + b] = x[src + b]
+
+
+@kernel
+def slice_bwd(g, gx, A, n, B, start, step, count):
+    for a in range(A):
+        for j in range(count):
+            src = (a * n + start + j * step) * B
+            dst = (a * count + j) * B
+            for b in range(B):
+                gx[src + b] += g[dst + b]
+
+
+# ---------------------------------------------------------------------------- concatenate
+def concatenate(xs, axis=0):
+    """Join Vars (or arrays) along an existing axis.  ``tg.concatenate([a, b], axis=1)``"""
+    xs = list(xs)
+    if not xs:
+        raise ShapeError(f"concatenate: needs at least one array ({user_site()})")
+    tape, xs = vars_of(xs, "concatenate")
+    ndim = xs[0].ndim
+    if ndim == 0:
+        raise ShapeError(f"concatenate: zero-dimensional arrays cannot be concatenated "
+                         f"({user_site()})")
+    ax = norm_axis(axis, ndim, "concatenate")
+    shapes = [v.shape for v in xs]
+    for s in shapes:
+        if len(s) != ndim or s[:ax] + s[ax + 1:] != shapes[0][:ax] + shapes[0][ax + 1:]:
+            raise ShapeError(f"concatenate: shapes {shapes} differ outside axis {ax} "
+                             f"({user_site()})")
+    n = sum(s[ax] for s in shapes)
+    out_shape = shapes[0][:ax] + (n,) + shapes[0][ax + 1:]
+    A, B = prod(out_shape[:ax]), prod(out_shape[ax + 1:])
+    out = tape._new_buffer(out_shape, 3)  # TEMP, written piecewise by PLACE instructions
+    start = 0
+    for v in xs:
+        tape._emit(Op.PLACE, [v._b], out_shape, (A, n, B, start, v.shape[ax]), out=out)
+        start += v.shape[ax]
+    return Var(tape, out)
+
+
+def stack(xs, axis=0):
+    """Join Vars of one shape along a new axis.  ``tg.stack([a, b, c])``"""
+    xs = list(xs)
+    if not xs:
+        raise ShapeError(f"stack: needs at least one array ({user_site()})")
+    tape, xs = vars_of(xs, "stack")
+    shapes = {v.shape for v in xs}
+    if len(shapes) != 1:
+        raise ShapeError(f"stack: all inputs must have one shape, got {sorted(shapes)} "
+                         f"({user_site()})")
+    ax = norm_axis(axis, xs[0].ndim + 1, "stack")
+    s = xs[0].shape
+    return concatenate([reshape_var(v, s[:ax] + (1,) + s[ax:]) for v in xs], axis=ax)
+
+
+# out[a, start + j, b] = x[a, j, b];  gx[a, j, b] += g[a, start + j, b]
+@kernel
+def place_fwd(x, ans, A, n, B, start, count):
+    for a in range(A):
+        dst = (a * n + start) * B
+        src = a * count * B
+        for i in range(count * B):
+            ans[dst + i] = x[src + i]
+
+
+@kernel
+def place_bwd(g, gx, A, n, B, start, count):
+    for a in range(A):
+        dst = (a * n + start) * B
+        src = a * count * B
+        for i in range(count * B):
+            gx[src + i] += g[dst + i]
+
+
+# ---------------------------------------------------------------------------- transpose
+def transpose(x, axes=None):
+    """Permute axes (default: reverse them).  ``tg.transpose(v, (0, 2, 1))``, ``v.T``"""
+    tape, (x,) = vars_of([x], "transpose")
+    nd = x.ndim
+    if axes is None:
+        axes = tuple(range(nd))[::-1]
+    axes = tuple(axes)
+    if sorted(norm_axis(a, nd, "transpose") for a in axes) != list(range(nd)) or len(axes) != nd:
+        raise ShapeError(f"transpose: axes {axes} are not a permutation of {nd} axes "
+                         f"({user_site()})")
+    perm = [norm_axis(a, nd, "transpose") for a in axes]
+    # bubble-sort `order` (the axis of x each position holds) toward perm, one adjacent swap
+    # per instruction; swapping an axis of length 1 moves no data and is a reshape
+    order, shape = list(range(nd)), list(x.shape)
+    for target_pos in range(nd):
+        i = order.index(perm[target_pos])
+        while i > target_pos:
+            M, N = shape[i - 1], shape[i]
+            shape[i - 1], shape[i] = N, M
+            order[i - 1], order[i] = order[i], order[i - 1]
+            if M == 1 or N == 1:
+                x = reshape_var(x, shape)
+            else:
+                attrs = (prod(shape[:i - 1]), M, N, prod(shape[i + 1:]))
+                x = Var(tape, tape._emit(Op.TRANSPOSE, [x._b], tuple(shape), attrs))
+            i -= 1
+    return x
+
+
+# (A, M, N, B) -> (A, N, M, B):  out[a, n, m, b] = x[a, m, n, b]
+@kernel
+def transpose_fwd(x, ans, A, M, N, B):
+    for a in range(A):
+        base = a * M * N * B
+        for m in range(M):
+            for n in range(N):
+                src = base + (m * N + n) * B
+                dst = base + (n * M + m) * B
+                for b in range(B):
+                    ans[dst + b] = x[src + b]
+
+
+@kernel
+def transpose_bwd(g, gx, A, M, N, B):
+    for a in range(A):
+        base = a * M * N * B
+        for m in range(M):
+            for n in range(N):
+                src = base + (m * N + n) * B
+                dst = base + (n * M + m) * B
+                for b in range(B):
+                    gx[src + b] += g[dst + b]

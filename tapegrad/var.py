@@ -1,0 +1,203 @@
+"""``Var``: a handle on one buffer of a tape, with NumPy-like operators.
+
+A Var holds only its tape and buffer index; ``.value`` and ``.grad`` are views of the tape's
+arenas made when asked for, so they always show the latest replay.
+"""
+import numpy as np
+
+from .errors import TapegradError, user_site
+
+
+class Var:
+    """A recorded value. Operators record ops on the Var's tape and evaluate them at once.
+
+    >>> import numpy as np, tapegrad as tg
+    >>> tape = tg.Tape()
+    >>> a = tape.param(np.array([1.0, -2.0]), name="a")
+    >>> y = (a * a).sum()
+    >>> y.item(), y.shape
+    (5.0, ())
+    >>> y.backward(); a.grad
+    array([ 2., -4.])
+    """
+
+    __slots__ = ("tape", "_b")
+    __array_ufunc__ = None  # NumPy defers to Var: np_array * v calls Var.__rmul__
+    __array_priority__ = 1000
+
+    def __init__(self, tape, b):
+        self.tape = tape
+        self._b = b
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def shape(self):
+        return self.tape._shape[self._b]
+
+    @property
+    def ndim(self):
+        return len(self.shape)
+
+    @property
+    def size(self):
+        return int(self.tape._bsize[self._b])
+
+    @property
+    def dtype(self):
+        return self.tape.dtype
+
+    @property
+    def name(self):
+        return self.tape._bname[self._b]
+
+    @name.setter
+    def name(self, name):
+        self.tape._rename(self._b, name)
+
+    @property
+    def value(self):
+        """The current value: a view of the tape's value arena."""
+        return self.tape._view(self.tape._val, self._b)
+
+    @property
+    def grad(self):
+        """The gradient of the last ``backward()``: a view of the gradient arena."""
+        self.tape._seal()
+        return self.tape._view(self.tape._grad, self._b)
+
+    def item(self):
+        """The value as a Python float (size 1 only). The number is frozen: using it in
+        further ops records a constant."""
+        if self.size != 1:
+            raise TapegradError(f"item() of {self._describe()}: only size-1 Vars convert")
+        return float(self.value.reshape(-1)[0])
+
+    def numpy(self):
+        """A copy of the value."""
+        return self.value.copy()
+
+    def backward(self, grad_output=None):
+        """Reverse sweep from this Var: fills ``.grad`` of the parameters (and of inputs made
+        with ``requires_grad=True``). Gradients are overwritten, never accumulated."""
+        self.tape._backward(self, grad_output)
+
+    def _describe(self):
+        label = f"%{self._b}" + (f" ({self.name!r})" if self.name else "")
+        return f"{label} of shape {self.shape} (recorded at {self.tape._bsrc[self._b]})"
+
+    def __repr__(self):
+        v = self.value
+        body = np.array2string(v, precision=4, threshold=6, edgeitems=2)
+        name = f" {self.name!r}" if self.name else ""
+        return f"Var(%{self._b}{name}, shape={self.shape}, {self.dtype.name}, value={body})"
+
+    # ------------------------------------------------------------------ conversions
+    def __bool__(self):
+        """Truth value; records a guard so a replay that would branch differently raises
+        ``tg.BranchChanged``."""
+        if self.size != 1:
+            raise TapegradError(f"bool() of {self._describe()} is ambiguous; only size-1 Vars "
+                                f"have a truth value ({user_site()})")
+        from .opcodes import Op
+        truth = bool(self.value.reshape(-1)[0] != 0)
+        self.tape._emit(Op.GUARD, [self._b], (), (int(truth),), out=self._b)
+        return truth
+
+    def __float__(self):
+        return self.item()
+
+    def __len__(self):
+        if not self.shape:
+            raise TypeError("len() of a 0-d Var")
+        return self.shape[0]
+
+    def __iter__(self):
+        for i in range(len(self)):
+            yield self[i]
+
+    __hash__ = object.__hash__
+
+    # ------------------------------------------------------------------ operators
+    def __add__(self, o):
+        return _ops.add(self, o)
+
+    def __radd__(self, o):
+        return _ops.add(o, self)
+
+    def __sub__(self, o):
+        return _ops.sub(self, o)
+
+    def __rsub__(self, o):
+        return _ops.sub(o, self)
+
+    def __mul__(self, o):
+        return _ops.mul(self, o)
+
+    def __rmul__(self, o):
+        return _ops.mul(o, self)
+
+    def __truediv__(self, o):
+        return _ops.div(self, o)
+
+    def __rtruediv__(self, o):
+        return _ops.div(o, self)
+
+    def __pow__(self, o):
+        return _ops.pow(self, o)
+
+    def __rpow__(self, o):
+        return _ops.pow(o, self)
+
+    def __matmul__(self, o):
+        return _ops.matmul(self, o)
+
+    def __rmatmul__(self, o):
+        return _ops.matmul(o, self)
+
+    def __neg__(self):
+        return _ops.neg(self)
+
+    def __pos__(self):
+        return self
+
+    def __abs__(self):
+        return _ops.abs(self)
+
+    def abs(self):
+        return _ops.abs(self)
+
+    def __gt__(self, o):
+        return _ops.gt(self, o)
+
+    def __ge__(self, o):
+        return _ops.ge(self, o)
+
+    def __lt__(self, o):
+        return _ops.lt(self, o)
+
+    def __le__(self, o):
+        return _ops.le(self, o)
+
+    def __getitem__(self, key):
+        return _ops.index(self, key)
+
+    @property
+    def T(self):
+        return _ops.transpose(self)
+
+    def reshape(self, *shape):
+        if len(shape) == 1 and not isinstance(shape[0], int):
+            shape = shape[0]
+        return _ops.reshape(self, shape)
+
+    def sum(self, axis=None, keepdims=False):
+        return _ops.sum(self, axis=axis, keepdims=keepdims)
+
+    def mean(self, axis=None, keepdims=False):
+        return _ops.mean(self, axis=axis, keepdims=keepdims)
+
+    def max(self, axis=None, keepdims=False):
+        return _ops.max(self, axis=axis, keepdims=keepdims)
+
+
+from . import ops as _ops  # noqa: E402  (the ops import Var)

@@ -1,0 +1,178 @@
+"""Bad input: a clear TapegradError naming the op, the shapes or names and the user's line,
+and a tape that still works afterwards."""
+import numpy as np
+import pytest
+
+import tapegrad as tg
+
+
+def recorded():
+    tape = tg.Tape()
+    w = tape.param(np.array([1.0, 2.0]), name="w")
+    x = tape.input("x", shape=(2,))
+    loss = (w * x).sum()
+    return tape, w, x, loss
+
+
+def still_works(tape, w, loss):
+    tape.forward(x=np.array([3.0, 4.0]))
+    loss.backward()
+    assert loss.item() == 11.0
+    np.testing.assert_array_equal(w.grad, [3.0, 4.0])
+
+
+def test_broadcast_error_names_op_shapes_and_line():
+    tape, w, x, loss = recorded()
+    n = len(tape)
+    with pytest.raises(tg.ShapeError, match=r"add: cannot broadcast shapes \(2,\) and \(3,\) "
+                                            r"\(test_errors.py:\d+\)"):
+        w + np.ones(3)
+    assert isinstance(tg.ShapeError("x"), ValueError)
+    assert len(tape) == n
+    still_works(tape, w, loss)
+
+
+def test_matmul_mismatch():
+    tape, w, x, loss = recorded()
+    with pytest.raises(tg.ShapeError, match=r"matmul: shapes \(2,\) and \(3, 4\) do not align"):
+        w @ np.ones((3, 4))
+    still_works(tape, w, loss)
+
+
+def test_bad_axis_and_index():
+    tape, w, x, loss = recorded()
+    with pytest.raises(tg.ShapeError, match="sum: axis 3 is out of range"):
+        w.sum(axis=3)
+    with pytest.raises(tg.ShapeError, match="index 5 is out of bounds"):
+        w[5]
+    with pytest.raises(tg.ShapeError, match="only ints, slices"):
+        w[np.array([0, 1])]
+    with pytest.raises(tg.ShapeError, match="cannot reshape"):
+        w.reshape(3)
+    still_works(tape, w, loss)
+
+
+def test_unknown_feed_name():
+    tape, w, x, loss = recorded()
+    with pytest.raises(tg.FeedError, match=r"unknown input 'z' \(inputs: x\)"):
+        tape.forward(z=np.ones(2))
+    still_works(tape, w, loss)
+
+
+def test_wrong_feed_shape_changes_nothing():
+    tape = tg.Tape()
+    a = tape.input("a", value=np.array([1.0, 1.0]))
+    b = tape.input("b", value=np.array([1.0, 1.0]))
+    s = (a + b).sum()
+    with pytest.raises(tg.FeedError, match=r"input 'b': expected shape \(2,\), got \(3,\)"):
+        tape.forward(a=np.array([5.0, 5.0]), b=np.ones(3))
+    np.testing.assert_array_equal(a.value, [1.0, 1.0])  # the good feed was not applied either
+    tape.forward(a=np.array([5.0, 5.0]))
+    assert s.item() == 12.0
+
+
+def test_non_numeric_feed():
+    tape, w, x, loss = recorded()
+    with pytest.raises(tg.FeedError, match="expected numbers"):
+        tape.forward(x=np.array(["a", "b"]))
+    with pytest.raises(tg.FeedError, match="expected numbers"):
+        tape.forward(x=np.array([object(), object()]))
+    still_works(tape, w, loss)
+
+
+def test_two_tapes_in_one_op():
+    t1, w, x, loss = recorded()
+    t2 = tg.Tape()
+    v = t2.param(np.ones(2))
+    with pytest.raises(tg.TapegradError, match="two different tapes"):
+        w + v
+    still_works(t1, w, loss)
+
+
+def test_backward_of_non_scalar_needs_grad_output():
+    tape, w, x, loss = recorded()
+    y = w * 2
+    with pytest.raises(tg.TapegradError, match=r"shape \(2,\) \(recorded at test_errors.py:\d+\) needs grad_output"):
+        y.backward()
+    with pytest.raises(tg.ShapeError, match="grad_output has shape"):
+        y.backward(np.ones(3))
+    still_works(tape, w, loss)
+
+
+def test_unknown_name_is_a_key_error():
+    tape, w, x, loss = recorded()
+    with pytest.raises(KeyError):
+        tape["nope"]
+    with pytest.raises(tg.TapegradError, match="no Var named 'nope'"):
+        tape["nope"]
+    assert tape["w"].shape == (2,)
+
+
+def test_duplicate_name():
+    tape, w, x, loss = recorded()
+    with pytest.raises(tg.TapegradError, match="already used"):
+        tape.param(np.ones(1), name="w")
+    loss.name = "loss"
+    assert tape["loss"].item() == loss.item()
+
+
+def test_bool_of_vector_is_ambiguous():
+    tape, w, x, loss = recorded()
+    with pytest.raises(tg.TapegradError, match="ambiguous"):
+        bool(w > 0)
+    still_works(tape, w, loss)
+
+
+def test_module_level_leaf_without_tape():
+    with pytest.raises(tg.TapegradError, match="inside `with tape:`"):
+        tg.param(np.ones(2))
+
+
+def test_bad_dtype():
+    with pytest.raises(tg.TapegradError, match="float64 and float32"):
+        tg.Tape(np.int32)
+    tape = tg.Tape()
+    with pytest.raises(tg.TapegradError, match="numeric"):
+        tape.param(np.array(["x"]))
+
+
+def test_check_finite_names_first_bad_op_and_line():
+    tape = tg.Tape()
+    x = tape.input("x", value=np.array([1.0, 2.0]))
+    y = tg.log(x)  # the first op to go non-finite for x <= 0
+    z = (y * 2).sum()
+    tape.forward(x=np.array([-1.0, 2.0]))  # without the check: NaN flows silently
+    assert np.isnan(z.item())
+    with pytest.raises(tg.NonFiniteError, match=r"log produced NaN/Inf .*test_errors.py:\d+"):
+        tape.forward(x=np.array([-1.0, 2.0]), check_finite=True)
+    tape.forward(x=np.array([1.0, 1.0]), check_finite=True)
+    assert z.item() == 0.0
+
+
+def test_cross_entropy_labels_checked():
+    tape = tg.Tape()
+    logits = tape.param(np.zeros((2, 3)))
+    with pytest.raises(tg.ShapeError, match=r"label 3 at index \(1,\) is not a class in \[0, 3\)"):
+        tg.cross_entropy(logits, np.array([0, 3]))
+    with pytest.raises(tg.TapegradError, match="integer class indices"):
+        tg.cross_entropy(logits, np.array([0.5, 1.0]))
+    lab = tape.input("lab", shape=(2,))
+    loss = tg.cross_entropy(logits, lab)
+    with pytest.raises(tg.FeedError, match=r"labels must be integers in \[0, 3\)"):
+        tape.forward(lab=np.array([0, 7]))
+    with pytest.raises(tg.FeedError, match="labels must be integers"):
+        tape.forward(lab=np.array([0.5, 1]))
+    tape.forward(lab=np.array([2, 1]))
+    assert loss.item() == pytest.approx(np.log(3.0))
+
+
+def test_label_written_past_validation_is_caught_by_the_kernel():
+    tape = tg.Tape()
+    logits = tape.param(np.zeros((2, 3)))
+    lab = tape.input("lab", shape=(2,))
+    loss = tg.cross_entropy(logits, lab)
+    lab.value[0] = 1e9  # bypasses the feed check: the compiled sweep must not trust it
+    with pytest.raises(tg.FeedError, match="not an integer in"):
+        tape.forward()
+    with pytest.raises(tg.FeedError, match="not an integer in"):
+        loss.backward()
