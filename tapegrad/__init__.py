@@ -20,6 +20,10 @@ from .ops import (abs, add, concatenate, cos, cross_entropy, div, exp, leaky_rel
                   neg, pow, relu, reshape, sigmoid, sin, softmax, sqrt, square, stack, sub, sum,
                   tanh, transpose, where)
 
+from . import nn, optim
+from .fit import fit
+from .functional import grad, value_and_grad
+
 __version__ = "0.1.0"
 
 

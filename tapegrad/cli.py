@@ -7,7 +7,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(prog="tapegrad", description=__doc__)
     sub = parser.add_subparsers(dest="cmd", required=True)
     demo = sub.add_parser("demo", help="train the seed MLP, print loss and speed, write plots")
-    demo.add_argument("--steps", type=int, default=3000)
+    demo.add_argument("--steps", type=int, default=30000)
     demo.add_argument("--out", default=".", help="directory for the PNG plots")
     args = parser.parse_args(argv)
     try:

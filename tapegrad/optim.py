@@ -1,0 +1,194 @@
+"""Optimizers as compiled kernels over the parameter prefix of the arenas.
+
+Every optimizer is the same fused loop, ``step_kernel``, over the element ranges of its
+parameters (one range ``[0, P)`` when it owns every parameter of the tape), with its kind,
+hyper-parameters and state passed as arrays. ``tg.fit`` calls the same kernel between the
+sweeps of each step, inside compiled code.
+
+Update rules and defaults are those of ``torch.optim`` of the same name (see each class).
+State: ``state`` is float64 ``(2, n)`` -- row 0 the momentum buffer or first moment ``m``,
+row 1 the second moment ``v`` -- where ``n`` is the number of parameter elements, in the
+order of the ``params`` list.
+"""
+import math
+
+import numpy as np
+
+from ._jit import jit
+from .errors import TapegradError
+
+SGD_KIND, ADAM_KIND, ADAMW_KIND = 0, 1, 2
+# hyper-parameter vector layout, shared with tg.fit
+LR, B1, B2, EPS, WD, MOMENTUM, DAMPENING, NESTEROV, BIAS_CORRECTION, CENTERED = range(10)
+
+
+@jit
+def step_kernel(kind, val, grad, starts, stops, state, hyper, t):
+    """One optimizer step (``t`` counts from 1) over ``val[starts[r]:stops[r]]`` for all r."""
+    lr, b1, b2, eps, wd = hyper[LR], hyper[B1], hyper[B2], hyper[EPS], hyper[WD]
+    bc1 = 1.0 - b1 ** t if hyper[BIAS_CORRECTION] != 0 else 1.0
+    bc2 = 1.0 - b2 ** t if hyper[BIAS_CORRECTION] != 0 else 1.0
+    bc2_sqrt = math.sqrt(bc2)
+    centered = hyper[CENTERED] != 0
+    mom, damp, nesterov = hyper[MOMENTUM], hyper[DAMPENING], hyper[NESTEROV] != 0
+    m, v = state[0], state[1]
+    j = 0
+    for r in range(starts.shape[0]):
+        for i in range(starts[r], stops[r]):
+            p = np.float64(val[i])
+            g = np.float64(grad[i])
+            if kind == SGD_KIND:
+                g += wd * p
+                if mom != 0:
+                    m[j] = g if t == 1 else mom * m[j] + (1 - damp) * g
+                    g = g + mom * m[j] if nesterov else m[j]
+                p -= lr * g
+            elif kind == ADAM_KIND or not centered:
+                if kind == ADAM_KIND:
+                    g += wd * p            # Adam: L2 penalty added to the gradient
+                else:
+                    p *= 1 - lr * wd       # AdamW: decoupled decay, before the update
+                m[j] = b1 * m[j] + (1 - b1) * g
+                v[j] = b2 * v[j] + (1 - b2) * g * g
+                p -= (lr / bc1) * (m[j] / (math.sqrt(v[j]) / bc2_sqrt + eps))
+            else:  # AdamW(centered=True): the seed post's rule, decay after the update
+                m[j] = b1 * m[j] + (1 - b1) * g
+                v[j] = b2 * v[j] + (1 - b2) * g * g
+                mh, vh = m[j] / bc1, v[j] / bc2
+                p -= lr * mh / (math.sqrt(max(vh - mh * mh, 0.0)) + eps)
+                p -= lr * wd * p
+            val[i] = p
+            j += 1
+
+
+class Optimizer:
+    """Base: holds the parameters, the hyper-parameter vector and the state arrays."""
+
+    kind = -1
+
+    def __init__(self, params, hyper):
+        from .var import Var
+        params = list(params)
+        if not params:
+            raise TapegradError(f"{type(self).__name__}: got an empty parameter list")
+        tape = params[0].tape if isinstance(params[0], Var) else None
+        for p in params:
+            if not isinstance(p, Var) or p.tape is not tape or p._b not in tape._params:
+                raise TapegradError(f"{type(self).__name__}: every entry must be a parameter "
+                                    f"Var of one tape (from tape.param), got {p!r}")
+        if len({p._b for p in params}) != len(params):
+            raise TapegradError(f"{type(self).__name__}: a parameter is listed twice")
+        self.tape = tape
+        self.params = params
+        self.hyper = np.zeros(10)
+        for k, v in hyper.items():
+            self.hyper[k] = v
+        self.n = sum(p.size for p in params)
+        self.state = np.zeros((2, self.n))
+        self.t = 0
+
+    @property
+    def lr(self):
+        return float(self.hyper[LR])
+
+    @lr.setter
+    def lr(self, value):
+        self.hyper[LR] = value
+
+    def ranges(self):
+        """``(starts, stops)`` of the parameters' elements in the arenas, merged when
+        adjacent (all parameters of a tape give the single range ``[0, P)``)."""
+        tape = self.tape
+        tape._seal()
+        starts, stops = [], []
+        for p in self.params:
+            o = int(tape._boff[p._b])
+            if stops and stops[-1] == o:
+                stops[-1] = o + p.size
+            else:
+                starts.append(o)
+                stops.append(o + p.size)
+        return np.array(starts, np.int64), np.array(stops, np.int64)
+
+    def step(self):
+        """Update the parameters in place from the gradients of the last ``backward()``."""
+        starts, stops = self.ranges()
+        self.t += 1
+        step_kernel(self.kind, self.tape._val, self.tape._grad, starts, stops, self.state,
+                    self.hyper, self.t)
+
+    def state_dict(self):
+        """Everything needed to resume: kind, step count, hyper-parameters, state arrays."""
+        return {"kind": type(self).__name__, "t": self.t, "hyper": self.hyper.copy(),
+                "state": self.state.copy()}
+
+    def load_state_dict(self, sd):
+        if sd.get("kind") != type(self).__name__:
+            raise TapegradError(f"load_state_dict: state of {sd.get('kind')!r}, not "
+                                f"{type(self).__name__}")
+        state = np.asarray(sd["state"], np.float64)
+        if state.shape != self.state.shape:
+            raise TapegradError(f"load_state_dict: state has shape {state.shape}, this "
+                                f"optimizer's parameters need {self.state.shape}")
+        self.t = int(sd["t"])
+        self.hyper[:] = np.asarray(sd["hyper"], np.float64)
+        self.state[:] = state
+
+
+def _check(name, **values):
+    for k, v in values.items():
+        if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
+            raise TapegradError(f"{name}: {k} must be a finite number >= 0, got {v!r}")
+
+
+class SGD(Optimizer):
+    """Stochastic gradient descent as ``torch.optim.SGD``: ``g += wd*p``; with momentum
+    ``buf = g`` at the first step, then ``buf = momentum*buf + (1-dampening)*g``;
+    ``g = g + momentum*buf`` (nesterov) or ``buf``; ``p -= lr*g``.
+
+    >>> opt = tg.optim.SGD(tape.params, lr=0.1, momentum=0.9)   # doctest: +SKIP
+    """
+
+    kind = SGD_KIND
+
+    def __init__(self, params, lr=1e-3, momentum=0.0, dampening=0.0, weight_decay=0.0,
+                 nesterov=False):
+        _check("SGD", lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay)
+        if nesterov and (momentum <= 0 or dampening != 0):
+            raise TapegradError("SGD: nesterov needs momentum > 0 and dampening = 0")
+        super().__init__(params, {LR: lr, MOMENTUM: momentum, DAMPENING: dampening,
+                                  WD: weight_decay, NESTEROV: nesterov})
+
+
+class Adam(Optimizer):
+    """Adam as ``torch.optim.Adam`` (L2 ``weight_decay`` added to the gradient).
+
+    >>> opt = tg.optim.Adam(tape.params, lr=1e-3)   # doctest: +SKIP
+    """
+
+    kind = ADAM_KIND
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
+        _check("Adam", lr=lr, beta1=betas[0], beta2=betas[1], eps=eps, weight_decay=weight_decay)
+        super().__init__(params, {LR: lr, B1: betas[0], B2: betas[1], EPS: eps,
+                                  WD: weight_decay, BIAS_CORRECTION: 1})
+
+
+class AdamW(Optimizer):
+    """AdamW as ``torch.optim.AdamW``: ``p *= 1 - lr*wd`` then the Adam update.
+
+    ``bias_correction=False`` uses the raw moments. ``centered=True`` divides by
+    ``sqrt(max(v - m**2, 0)) + eps`` and applies the decay after the update, as the seed
+    post "Adding MLP support to AutoGrad" does (with ``bias_correction=False``, exactly).
+
+    >>> opt = tg.optim.AdamW(tape.params, lr=1e-3, betas=(0.9, 0.9), weight_decay=1e-3)  # doctest: +SKIP
+    """
+
+    kind = ADAMW_KIND
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2,
+                 bias_correction=True, centered=False):
+        _check("AdamW", lr=lr, beta1=betas[0], beta2=betas[1], eps=eps, weight_decay=weight_decay)
+        super().__init__(params, {LR: lr, B1: betas[0], B2: betas[1], EPS: eps,
+                                  WD: weight_decay, BIAS_CORRECTION: bool(bias_correction),
+                                  CENTERED: bool(centered)})
