@@ -23,6 +23,20 @@ if "NUMBA_CACHE_DIR" not in os.environ:
 kernel = numba.njit(inline="always", error_model="numpy")
 
 
+def refresh_cache_stamp(module_file, *dep_files):
+    """Touch ``module_file`` when a file it compiles in is newer.
+
+    numba keys its on-disk cache on the source file of the cached function alone, but the
+    interpreters inline kernels from other files: without this, editing a kernel would keep
+    running the old compiled code. Call it at the top of a module, before its ``@jit``s.
+    """
+    try:
+        if max(os.stat(f).st_mtime for f in dep_files) > os.stat(module_file).st_mtime:
+            os.utime(module_file)
+    except OSError:  # a read-only install never changes anyway
+        pass
+
+
 def jit(fn):
     """A cached compiled entry point."""
     return numba.njit(cache=True, error_model="numpy", nogil=True)(fn)

@@ -8,12 +8,16 @@ take about a tenth of a second, so a progress bar can move and Ctrl-C stops afte
 chunk of whole steps.
 """
 import math
+import os
 import sys
 import time
 
 import numpy as np
 
-from ._jit import jit
+from ._jit import jit, refresh_cache_stamp
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+refresh_cache_stamp(__file__, os.path.join(_HERE, "sweep.py"), os.path.join(_HERE, "optim.py"))
 from .errors import FeedError, NonFiniteError, TapegradError
 from .optim import Optimizer, step_kernel
 from .sweep import OK, forward, reverse

@@ -9,9 +9,15 @@ Both trust the tape arrays: ``Tape._seal`` and ``Tape.load`` validate every inde
 an input's gradient saves real work, as in matmul).
 Both return ``(status, k)``: ``OK`` or the failure found at instruction ``k``.
 """
+import glob
 import math
+import os
 
-from ._jit import jit, kernel
+from ._jit import jit, kernel, refresh_cache_stamp
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+refresh_cache_stamp(__file__, *glob.glob(os.path.join(_HERE, "ops", "*.py")),
+                    os.path.join(_HERE, "_jit.py"), os.path.join(_HERE, "opcodes.py"))
 from .opcodes import A0, OP, OUT, X, Y, Z, Op
 from .ops.elementwise import (abs_bwd, abs_fwd, add_bwd, add_fwd, compare_fwd, cos_bwd,
                               cos_fwd, div_bwd, div_fwd, exp_bwd, exp_fwd, leaky_relu_bwd,

@@ -437,6 +437,38 @@ class Tape:
     def __len__(self):
         return self._n
 
+    # ------------------------------------------------------------------ tools (tapegrad.tools)
+    def __str__(self):
+        """The listing: one line per instruction, ``%7 = matmul %3, %5  (f64[32,64])  f.py:12``."""
+        from .tools import listing
+        return listing(self)
+
+    def to_dot(self, values=True, grads=True):
+        """Graphviz DOT source of the tape (op nodes, buffer nodes with names and shapes)."""
+        from .tools import to_dot
+        return to_dot(self, values=values, grads=grads)
+
+    def render(self, path):
+        """Write the DOT graph as SVG/PNG (graphviz installed) or as ``.dot``; returns the path."""
+        from .tools import render
+        return render(self, path)
+
+    def stats(self):
+        """Instruction counts by opcode, buffers, arena bytes, parameter count (prints as a table)."""
+        from .tools import stats
+        return stats(self)
+
+    def save(self, path):
+        """Save to ``.npz`` (no pickle): arrays, shapes, names, parameter values."""
+        from .io import save
+        return save(self, path)
+
+    @classmethod
+    def load(cls, path):
+        """Load a saved tape; every index is validated before any compiled code runs."""
+        from .io import load
+        return load(path)
+
     def __enter__(self):
         _stack.append(self)
         return self

@@ -78,14 +78,16 @@ def _check_op(k, op, out, ins, a):
     elif op == Op.GUARD:
         need(ins[0] == 1 and a[0] in (0, 1), "a guard reads one number and expects 0 or 1")
     else:
-        need(min(a) >= 0, "negative attribute")
+        signed = (4,) if op == Op.SLICE else ()  # only a slice's step may be negative
+        need(all(v >= 0 for i, v in enumerate(a) if i not in signed), "negative attribute")
         A, n, B = a[0], a[1], a[2]
         if op == Op.EXPAND:
             need(ins[0] == A * B and out == A * n * B, "sizes do not match (A, n, B)")
         elif op == Op.SLICE:
             start, step, count = a[3], a[4], a[5]
             need(ins[0] == A * n * B and out == A * count * B, "sizes do not match (A, n, B)")
-            need(count == 0 or A * B == 0 or (step >= 1 and start + (count - 1) * step < n),
+            last = start + (count - 1) * step
+            need(count == 0 or A * B == 0 or (step != 0 and 0 <= start < n and 0 <= last < n),
                  "slice reads outside its axis")
         elif op == Op.PLACE:
             start, count = a[3], a[4]

@@ -392,7 +392,15 @@ def minimum_fwd(x, sx, y, sy, ans):
 
 @kernel
 def minimum_bwd(x, sx, y, sy, ans, g, gx, gy):
-    maximum_bwd(y, sy, x, sx, ans, g, gy, gx)
+    for i in range(g.size):
+        a, b = x[i * sx], y[i * sy]
+        if a < b:
+            gx[i * sx] += g[i]
+        elif a > b:
+            gy[i * sy] += g[i]
+        else:
+            gx[i * sx] += 0.5 * g[i]
+            gy[i * sy] += 0.5 * g[i]
 
 
 # comparisons: 0/1 values, no gradient (their reverse rule is "nothing")

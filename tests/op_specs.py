@@ -1,0 +1,443 @@
+"""The one table of op specs that the gradient tests (tests/test_ops_grad.py) run over.
+
+Each ``Spec`` names the opcodes of ``tapegrad.opcodes.Op`` it exercises, a function ``f(*vars,
+**kw)`` that builds the expression from tapegrad Vars, an independent NumPy/SciPy reference
+``ref(*arrays, **kw)`` computing the same value, an input generator (the domain), and a list of
+``Case``s: input shapes (one per Var argument) plus static keyword arguments (axis, index
+key, labels, ...) passed to both ``f`` and ``ref``.
+
+Rules for adding a spec:
+
+* ``ref`` must never call tapegrad: the finite differences of the tests are taken on it.
+* Keep inputs inside the op's smooth domain: ``positive`` for log/sqrt/pow bases,
+  ``distinct`` (all values of all inputs pairwise >= 0.15 apart and >= 0.075 away from 0) for
+  relu/abs/max/maximum/comparisons, so a finite-difference step never crosses a kink or tie.
+* Every opcode needs at least one spec (``test_every_opcode_has_a_spec``); that test also
+  checks that every opcode a spec names is really recorded by ``f`` in one of its cases.
+"""
+from typing import Callable, NamedTuple, Optional
+
+import numpy as np
+import scipy.special
+
+import tapegrad as tg
+from tapegrad.opcodes import Op
+
+
+# ---------------------------------------------------------------------------- table types
+class Case(NamedTuple):
+    shapes: tuple             # one shape per Var argument of f
+    kw: dict                  # static keyword arguments for f and ref
+    id: Optional[str] = None
+
+
+def C(*shapes, id=None, **kw):  # noqa: A002
+    return Case(tuple(tuple(s) for s in shapes), kw, id)
+
+
+class Spec(NamedTuple):
+    id: str
+    ops: tuple                # opcodes this spec exercises (checked against the tape)
+    f: Callable               # f(*vars, **kw) -> Var, built with tapegrad
+    ref: Callable             # ref(*arrays, **kw) -> ndarray, NumPy/SciPy only
+    cases: list
+    gen: Callable = None      # gen(rng, shapes) -> list of float64 arrays (default: normal)
+    zero_grad: bool = False   # the output has no gradient path: grads must be exactly 0
+
+
+def case_id(case):
+    if case.id is not None:
+        return case.id
+    return "_".join("x".join(map(str, s)) if s else "s" for s in case.shapes)
+
+
+# ---------------------------------------------------------------------------- generators
+def _size(shape):
+    return int(np.prod(shape, dtype=np.int64))
+
+
+def normal(rng, shapes):
+    return [rng.standard_normal(s) for s in shapes]
+
+
+def wide(rng, shapes):
+    """Normal with std 2: softmax-like ops see a real spread of logits."""
+    return [2.0 * rng.standard_normal(s) for s in shapes]
+
+
+def positive(rng, shapes):
+    return [rng.uniform(0.5, 2.0, s) for s in shapes]
+
+
+def distinct(rng, shapes):
+    """All values of all inputs pairwise >= 0.15 apart and >= 0.075 away from zero."""
+    sizes = [_size(s) for s in shapes]
+    n = sum(sizes)
+    vals = (rng.permutation(n) - n // 2) * 0.25 + 0.125 + rng.uniform(-0.05, 0.05, n)
+    out, start = [], 0
+    for s, k in zip(shapes, sizes):
+        out.append(vals[start:start + k].reshape(s))
+        start += k
+    return out
+
+
+def each(*gens):
+    """Generator i for input i (e.g. a positive base and a normal exponent)."""
+    def gen(rng, shapes):
+        return [g(rng, [s])[0] for g, s in zip(gens, shapes)]
+    return gen
+
+
+# ---------------------------------------------------------------------------- references
+def np_sigmoid(x):
+    return scipy.special.expit(x)
+
+
+def np_leaky_relu(x, slope=0.01):
+    return np.where(x > 0, x, slope * x)
+
+
+def np_relu(x):
+    return np.where(x > 0, x, 0.0)
+
+
+def np_cross_entropy(x, labels, reduction="mean"):
+    x2 = np.atleast_2d(x)
+    lab = np.atleast_1d(np.asarray(labels))
+    losses = scipy.special.logsumexp(x2, axis=1) - x2[np.arange(x2.shape[0]), lab]
+    if x.ndim == 1:
+        losses = losses[0]
+    if reduction == "mean":
+        return np.mean(losses)
+    if reduction == "sum":
+        return np.sum(losses)
+    return losses
+
+
+def np_mse(p, t, reduction="mean"):
+    d = (p - t) ** 2
+    return {"mean": np.mean, "sum": np.sum, "none": np.asarray}[reduction](d)
+
+
+def checker(shape):
+    """A fixed 0/1 pattern of ``shape`` (a non-trivial constant condition for where)."""
+    return (np.arange(_size(shape)).reshape(shape) % 3 != 1).astype(float)
+
+
+# ---------------------------------------------------------------------------- guard helpers
+def _guard_branch(x):
+    # `if` on a comparison Var records a GUARD; inputs are positive so the branch is stable
+    if x.sum() > 0:
+        return x * 2.0
+    return x * -3.0
+
+
+def _guard_param(x, y):
+    # bool() directly on a size-1 parameter
+    return y * x if x else y
+
+
+def _guard_value(x):
+    # the guarded Var must keep its value and receive no extra gradient
+    s = tg.sum(x * x)
+    assert bool(s)
+    return s * 1.5
+
+
+# ---------------------------------------------------------------------------- the table
+UNARY_CASES = [C((2, 3)), C(()), C((2, 3, 2))]
+
+BINARY_CASES = [
+    C((2, 3), (2, 3), id="same"),
+    C((), (2, 3), id="scalar_left"),
+    C((2, 3), (), id="scalar_right"),
+    C((3,), (2, 3), id="row"),
+    C((2, 3), (3,), id="row_right"),
+    C((2, 1), (2, 3), id="col"),
+    C((2, 1), (1, 3), id="both"),
+    C((1,), (2, 3), id="one_elem"),
+    C((2, 3, 4), (3, 1), id="3d"),
+    C((4, 1, 3), (2, 1), id="3d_both"),
+]
+
+_AX3 = [  # (axis, keepdims) cases on a (2, 3, 4) input
+    dict(axis=None, keepdims=False), dict(axis=0, keepdims=False), dict(axis=1, keepdims=False),
+    dict(axis=-1, keepdims=False), dict(axis=(0, 2), keepdims=False),
+    dict(axis=(0, 1), keepdims=False), dict(axis=(1, 2), keepdims=True),
+    dict(axis=None, keepdims=True), dict(axis=1, keepdims=True),
+]
+
+
+def _reduce_cases():
+    cases = [C((2, 3, 4), id=f"ax{kw['axis']}_keep{int(kw['keepdims'])}".replace(" ", ""),
+               **kw) for kw in _AX3]
+    cases += [C((), id="0d", axis=None, keepdims=False),
+              C((5,), id="1d", axis=0, keepdims=False),
+              C((3, 4), id="2d_neg", axis=(-2,), keepdims=True)]
+    return cases
+
+
+def _softmax_cases():
+    return [C((2, 3, 4), id="ax-1", axis=-1), C((2, 3, 4), id="ax0", axis=0),
+            C((2, 3, 4), id="ax1", axis=1), C((5,), id="1d", axis=0),
+            C((3, 4), id="axNone", axis=None)]
+
+
+
+_S = slice
+INDEX_CASES = [
+    C((4, 5), id="int", key=1),
+    C((4, 5), id="neg_int", key=-1),
+    C((4, 5), id="two_ints", key=(1, 2)),
+    C((4, 5), id="slice", key=_S(1, 3)),
+    C((4, 5), id="step2", key=(_S(None, None, 2), _S(1, None))),
+    C((4, 5), id="step3_int", key=(_S(0, 4, 3), -2)),
+    C((4, 5), id="empty", key=_S(2, 2)),
+    C((4, 5), id="ellipsis_int", key=(Ellipsis, 2)),
+    C((4, 5), id="none_int_ellipsis", key=(None, 1, Ellipsis)),
+    C((4, 5), id="none_middle", key=(_S(None), None, 2)),
+    C((4, 5), id="slice_none", key=(_S(1, 4, 2), None)),
+    C((2, 3, 4), id="3d_int_ellipsis_int", key=(0, Ellipsis, 1)),
+    C((2, 3, 4), id="3d_mid", key=(_S(None), 1)),
+    C((2, 3, 4), id="3d_mixed", key=(1, _S(0, 3, 2), -1)),
+    C((6,), id="1d_to_0d", key=3),
+    C((6,), id="1d_step", key=_S(1, 6, 3)),
+    # negative steps
+    C((4, 5), id="rev", key=_S(None, None, -1)),
+    C((4, 5), id="rev2_rev", key=(_S(None, None, -2), _S(3, 0, -1))),
+    C((2, 3, 4), id="3d_ellipsis_rev", key=(Ellipsis, _S(None, None, -1))),
+    C((6,), id="1d_rev3", key=_S(5, None, -3)),
+]
+
+MATMUL_CASES = [
+    C((3,), (3,), id="1d@1d"),
+    C((3,), (3, 4), id="1d@2d"),
+    C((2, 3), (3,), id="2d@1d"),
+    C((2, 3), (3, 4), id="2d@2d"),
+    C((5, 2, 3), (5, 3, 4), id="3d@3d"),
+    C((5, 2, 3), (3, 4), id="3d@2d"),
+    C((4, 2, 3), (3,), id="3d@1d"),
+    C((3,), (4, 3, 5), id="1d@3d"),
+    C((2, 3), (4, 3, 5), id="2d@3d"),
+    C((1, 2, 3), (4, 3, 5), id="bcast_1"),
+    C((2, 1, 2, 3), (3, 3, 2), id="bcast_both"),
+    C((40, 30), (30, 30), id="blas_2d"),
+    C((2, 40, 30), (2, 30, 30), id="blas_3d@3d"),
+    C((2, 40, 30), (30, 30), id="blas_3d@2d"),
+    C((40, 30), (2, 30, 30), id="blas_shared_left"),
+]
+
+SPECS = [
+    # ------------------------------------------------------------------ unary
+    Spec("neg", (Op.NEG,), lambda x: tg.neg(x), np.negative, UNARY_CASES),
+    Spec("neg_operator", (Op.NEG,), lambda x: -x, np.negative, [C((3,))]),
+    Spec("exp", (Op.EXP,), lambda x: tg.exp(x), np.exp, UNARY_CASES),
+    Spec("log", (Op.LOG,), lambda x: tg.log(x), np.log, UNARY_CASES, positive),
+    Spec("sqrt", (Op.SQRT,), lambda x: tg.sqrt(x), np.sqrt, UNARY_CASES, positive),
+    Spec("sin", (Op.SIN,), lambda x: tg.sin(x), np.sin, UNARY_CASES, wide),
+    Spec("cos", (Op.COS,), lambda x: tg.cos(x), np.cos, UNARY_CASES, wide),
+    Spec("tanh", (Op.TANH,), lambda x: tg.tanh(x), np.tanh, UNARY_CASES),
+    Spec("sigmoid", (Op.SIGMOID,), lambda x: tg.sigmoid(x), np_sigmoid, UNARY_CASES, wide),
+    Spec("relu", (Op.RELU,), lambda x: tg.relu(x), np_relu, UNARY_CASES, distinct),
+    Spec("leaky_relu_default", (Op.LEAKY_RELU,), lambda x: tg.leaky_relu(x),
+         lambda x: np_leaky_relu(x, 0.01), UNARY_CASES, distinct),
+    Spec("leaky_relu_slope", (Op.LEAKY_RELU,), lambda x: tg.leaky_relu(x, negative_slope=0.2),
+         lambda x: np_leaky_relu(x, 0.2), UNARY_CASES, distinct),
+    Spec("abs", (Op.ABS,), lambda x: tg.abs(x), np.abs, UNARY_CASES, distinct),
+    Spec("abs_builtin", (Op.ABS,), lambda x: abs(x), np.abs, [C((2, 3))], distinct),
+    Spec("square", (Op.SQUARE,), lambda x: tg.square(x), np.square, UNARY_CASES),
+    Spec("powc_int", (Op.POWC,), lambda x: x ** 3, lambda x: x ** 3.0, UNARY_CASES),
+    Spec("powc_frac", (Op.POWC,), lambda x: tg.pow(x, 2.5), lambda x: np.power(x, 2.5),
+         UNARY_CASES, positive),
+    Spec("powc_neg", (Op.POWC,), lambda x: x ** -1.5, lambda x: np.power(x, -1.5),
+         UNARY_CASES, positive),
+    Spec("powc_zero", (Op.POWC,), lambda x: x ** 0, lambda x: np.ones_like(x), [C((2, 3))]),
+    # ------------------------------------------------------------------ binary
+    Spec("add", (Op.ADD,), lambda x, y: tg.add(x, y), np.add, BINARY_CASES),
+    Spec("add_operator", (Op.ADD,), lambda x, y: x + y, np.add, [C((2, 3), (3,))]),
+    Spec("sub", (Op.SUB,), lambda x, y: tg.sub(x, y), np.subtract, BINARY_CASES),
+    Spec("mul", (Op.MUL,), lambda x, y: tg.mul(x, y), np.multiply, BINARY_CASES),
+    Spec("div", (Op.DIV,), lambda x, y: tg.div(x, y), np.divide, BINARY_CASES,
+         each(normal, positive)),
+    Spec("div_operator", (Op.DIV,), lambda x, y: x / y, np.divide, [C((2, 1), (1, 3))],
+         each(normal, positive)),
+    Spec("pow", (Op.POW,), lambda x, y: tg.pow(x, y), np.power, BINARY_CASES,
+         each(positive, normal)),
+    Spec("pow_operator", (Op.POW,), lambda x, y: x ** y, np.power, [C((3,), (2, 3))],
+         each(positive, normal)),
+    Spec("maximum", (Op.MAXIMUM,), lambda x, y: tg.maximum(x, y), np.maximum, BINARY_CASES,
+         distinct),
+    Spec("minimum", (Op.MINIMUM,), lambda x, y: tg.minimum(x, y), np.minimum,
+         BINARY_CASES, distinct),
+    Spec("minimum_const", (Op.MINIMUM,), lambda x: tg.minimum(x, 0.0),
+         lambda x: np.minimum(x, 0.0), [C((2, 3))], distinct),
+    Spec("maximum_const", (Op.MAXIMUM,), lambda x: tg.maximum(x, 0.0),
+         lambda x: np.maximum(x, 0.0), [C((2, 3))], distinct),
+    # Python numbers and ndarrays on either side of an operator become constants
+    Spec("const_operands", (Op.ADD, Op.SUB, Op.MUL, Op.DIV, Op.POW),
+         lambda x: (2.0 * x - 1.5) / 3.0 + np.arange(3.0) - (1.0 - x) * (2.0 / x)
+         + 2.0 ** x - np.ones((2, 1)) * x,
+         lambda x: (2.0 * x - 1.5) / 3.0 + np.arange(3.0) - (1.0 - x) * (2.0 / x)
+         + 2.0 ** x - np.ones((2, 1)) * x,
+         [C((2, 3)), C((3,)), C(())], positive),
+    # a Var used several times: gradients accumulate
+    Spec("reuse", (Op.MUL, Op.ADD, Op.EXP, Op.SUB, Op.DIV),
+         lambda x: x * x + tg.exp(x) * x - x / 2.0,
+         lambda x: x * x + np.exp(x) * x - x / 2.0, [C((2, 3))]),
+    # ------------------------------------------------------------------ comparisons
+    Spec("gt", (Op.GT,), lambda x, y: x > y, np.greater, BINARY_CASES[:6], distinct,
+         zero_grad=True),
+    Spec("ge", (Op.GE,), lambda x, y: x >= y, np.greater_equal, BINARY_CASES[:6], distinct,
+         zero_grad=True),
+    Spec("lt", (Op.LT,), lambda x, y: x < y, np.less, BINARY_CASES[:6], distinct,
+         zero_grad=True),
+    Spec("le", (Op.LE,), lambda x, y: x <= y, np.less_equal, BINARY_CASES[:6], distinct,
+         zero_grad=True),
+    Spec("compare_number", (Op.GT, Op.LT), lambda x: tg.stack([0.0 < x, x < 0.0]),
+         lambda x: np.stack([0.0 < x, x < 0.0]), [C((2, 3))], distinct, zero_grad=True),
+    Spec("compare_ties", (Op.GT, Op.GE, Op.LT, Op.LE),
+         lambda x: tg.stack([x > x, x >= x, x < x, x <= x]),
+         lambda x: np.stack([x > x, x >= x, x < x, x <= x]), [C((2, 3))], zero_grad=True),
+    Spec("mask_mul", (Op.GT, Op.MUL), lambda x, y: x * (x > y),
+         lambda x, y: x * (x > y), [C((2, 3), (3,)), C((2, 1), (1, 3))], distinct),
+    # ------------------------------------------------------------------ where
+    Spec("where_cmp", (Op.WHERE, Op.GT), lambda x, y: tg.where(x > y, x, y),
+         lambda x, y: np.where(x > y, x, y), BINARY_CASES, distinct),
+    Spec("where_const_cond", (Op.WHERE,),
+         lambda x, y, cshape: tg.where(checker(cshape), x, y),
+         lambda x, y, cshape: np.where(checker(cshape) != 0, x, y),
+         [C((2, 3), (2, 3), id="same", cshape=(2, 3)),
+          C((2, 3), (3,), id="cond_col", cshape=(2, 1)),
+          C((), (2, 1), id="scalar_x", cshape=(1, 3)),
+          C((3, 1, 4), (2, 1), id="3d", cshape=(3, 2, 1))]),
+    Spec("where_number", (Op.WHERE, Op.GT, Op.MUL),
+         lambda x: tg.where(x > 0, x, 0.1 * x) + tg.where(x < 0, 0.5, x),
+         lambda x: np.where(x > 0, x, 0.1 * x) + np.where(x < 0, 0.5, x),
+         [C((2, 3))], distinct),
+    # ------------------------------------------------------------------ expand
+    Spec("expand", (Op.EXPAND, Op.MUL),
+         lambda x, shape: x * np.ones(shape), lambda x, shape: x * np.ones(shape),
+         [C((2, 1, 4), id="middle", shape=(2, 3, 4)),
+          C((1, 3, 1), id="two_runs", shape=(2, 3, 4)),
+          C((4,), id="leading", shape=(2, 3, 4)),
+          C((3, 1), id="new_and_last", shape=(2, 3, 4))]),
+    # ------------------------------------------------------------------ indexing (SLICE)
+    Spec("index", (Op.SLICE,), lambda x, key: x[key], lambda x, key: np.asarray(x[key]),
+         INDEX_CASES),
+    # overlapping slices of one Var: their gradients must accumulate
+    Spec("index_slices", (Op.SLICE, Op.MUL, Op.ADD),
+         lambda x: x[1:, ::2] * x[:-1, 1::2] + x[:-1, ::2],
+         lambda x: x[1:, ::2] * x[:-1, 1::2] + x[:-1, ::2], [C((3, 4))]),
+    # ------------------------------------------------------------------ concatenate / stack (PLACE)
+    Spec("concatenate", (Op.PLACE,), lambda *xs, axis: tg.concatenate(list(xs), axis=axis),
+         lambda *xs, axis: np.concatenate(xs, axis=axis),
+         [C((2, 3), (4, 3), id="ax0", axis=0),
+          C((2, 3), (2, 2), id="ax1", axis=1),
+          C((2, 3, 1), (2, 3, 4), id="3d_ax-1", axis=-1),
+          C((2, 1, 3), (2, 2, 3), (2, 3, 3), id="3d_ax1_three", axis=1),
+          C((3,), (4,), id="1d", axis=0)]),
+    Spec("concatenate_const_and_repeat", (Op.PLACE,),
+         lambda x: tg.concatenate([x, np.ones((1, 3)), x], axis=0),
+         lambda x: np.concatenate([x, np.ones((1, 3)), x], axis=0), [C((2, 3))]),
+    Spec("stack", (Op.PLACE,), lambda *xs, axis: tg.stack(list(xs), axis=axis),
+         lambda *xs, axis: np.stack(xs, axis=axis),
+         [C((2, 3), (2, 3), id="ax0", axis=0),
+          C((2, 3), (2, 3), (2, 3), id="ax1", axis=1),
+          C((2, 3), (2, 3), id="ax-1", axis=-1),
+          C((), (), (), id="scalars", axis=0)]),
+    # ------------------------------------------------------------------ transpose
+    Spec("transpose_T", (Op.TRANSPOSE,), lambda x: x.T, lambda x: x.T, [C((2, 3))]),
+    Spec("transpose", (Op.TRANSPOSE,), lambda x, axes: tg.transpose(x, axes),
+         lambda x, axes: np.transpose(x, axes),
+         [C((2, 3), id="2d", axes=None),
+          C((2, 3, 4), id="rev", axes=None),
+          C((2, 3, 4), id="021", axes=(0, 2, 1)),
+          C((2, 3, 4), id="102", axes=(1, 0, 2)),
+          C((2, 3, 4), id="201", axes=(2, 0, 1)),
+          C((2, 3, 4), id="120", axes=(1, 2, 0)),
+          C((2, 3, 4), id="neg", axes=(-1, 0, 1)),
+          C((2, 1, 3), id="unit_axis", axes=(2, 1, 0)),
+          C((2, 3, 4, 2), id="4d", axes=(3, 1, 0, 2))]),
+    # ------------------------------------------------------------------ reshape (no opcode)
+    Spec("reshape", (), lambda x, shape: tg.reshape(x, shape),
+         lambda x, shape: np.reshape(x, shape),
+         [C((2, 3), id="3x2", shape=(3, 2)), C((2, 3), id="flat", shape=(-1,)),
+          C((2, 3, 4), id="infer", shape=(4, -1)), C((1,), id="to_0d", shape=())]),
+    Spec("reshape_chain", (Op.EXP, Op.SLICE, Op.MUL),
+         lambda x: tg.exp(x).reshape(3, -1)[1] * x.reshape(6)[::3],
+         lambda x: np.exp(x).reshape(3, -1)[1] * x.reshape(6)[::3], [C((2, 3))]),
+    # ------------------------------------------------------------------ reductions
+    Spec("sum", (Op.SUM,), lambda x, axis, keepdims: tg.sum(x, axis=axis, keepdims=keepdims),
+         lambda x, axis, keepdims: np.sum(x, axis=axis, keepdims=keepdims), _reduce_cases()),
+    Spec("mean", (Op.SUM, Op.MUL),
+         lambda x, axis, keepdims: tg.mean(x, axis=axis, keepdims=keepdims),
+         lambda x, axis, keepdims: np.mean(x, axis=axis, keepdims=keepdims), _reduce_cases()),
+    Spec("max", (Op.MAX,), lambda x, axis, keepdims: tg.max(x, axis=axis, keepdims=keepdims),
+         lambda x, axis, keepdims: np.max(x, axis=axis, keepdims=keepdims), _reduce_cases(),
+         distinct),
+    Spec("reduce_methods", (Op.SUM, Op.MAX, Op.MUL, Op.ADD),
+         lambda x: x.sum(axis=1) + x.mean(axis=0, keepdims=True).reshape(3, 1) + x.max(),
+         lambda x: x.sum(axis=1) + x.mean(axis=0, keepdims=True).reshape(3, 1) + x.max(),
+         [C((3, 3))], distinct),
+    Spec("logsumexp", (Op.LOGSUMEXP,),
+         lambda x, axis, keepdims: tg.logsumexp(x, axis=axis, keepdims=keepdims),
+         lambda x, axis, keepdims: scipy.special.logsumexp(x, axis=axis, keepdims=keepdims),
+         [C((2, 3, 4), id="ax-1", axis=-1, keepdims=False),
+          C((2, 3, 4), id="ax0", axis=0, keepdims=False),
+          C((2, 3, 4), id="ax1_keep", axis=1, keepdims=True),
+          C((2, 3, 4), id="ax12", axis=(1, 2), keepdims=False),
+          C((2, 3, 4), id="axNone", axis=None, keepdims=False),
+          C((5,), id="1d", axis=-1, keepdims=False),
+          C((), id="0d", axis=None, keepdims=False)], wide),
+    Spec("logsumexp_default_axis", (Op.LOGSUMEXP,), lambda x: tg.logsumexp(x),
+         lambda x: scipy.special.logsumexp(x, axis=-1), [C((3, 4))], wide),
+    Spec("softmax", (Op.SOFTMAX,), lambda x, axis: tg.softmax(x, axis=axis),
+         lambda x, axis: scipy.special.softmax(x, axis=axis), _softmax_cases(), wide),
+    Spec("log_softmax", (Op.LOG_SOFTMAX,), lambda x, axis: tg.log_softmax(x, axis=axis),
+         lambda x, axis: scipy.special.log_softmax(x, axis=axis), _softmax_cases(), wide),
+    Spec("softmax_default_axis", (Op.SOFTMAX, Op.LOG_SOFTMAX),
+         lambda x: tg.softmax(x) * tg.log_softmax(x),
+         lambda x: scipy.special.softmax(x, axis=-1) * scipy.special.log_softmax(x, axis=-1),
+         [C((3, 4))], wide),
+    # large logits: the max-shift must keep these finite and exact
+    Spec("softmax_large", (Op.SOFTMAX, Op.LOG_SOFTMAX, Op.ADD, Op.SUB),
+         lambda x: tg.softmax(x + 800.0, axis=1) + tg.log_softmax(x - 800.0, axis=0),
+         lambda x: scipy.special.softmax(x + 800.0, axis=1)
+         + scipy.special.log_softmax(x - 800.0, axis=0), [C((3, 4))], wide),
+    # ------------------------------------------------------------------ matmul
+    Spec("matmul", (Op.MATMUL,), lambda x, y: tg.matmul(x, y), np.matmul, MATMUL_CASES),
+    Spec("matmul_operator_const", (Op.MATMUL,),
+         lambda x: (np.arange(6.0).reshape(2, 3) - 2.5) @ x @ np.ones((4, 2)),
+         lambda x: (np.arange(6.0).reshape(2, 3) - 2.5) @ x @ np.ones((4, 2)), [C((3, 4))]),
+    Spec("matmul_self", (Op.MATMUL,), lambda x: x @ x, lambda x: x @ x,
+         [C((3, 3), id="small"), C((33, 33), id="blas")]),
+    # ------------------------------------------------------------------ losses
+    Spec("cross_entropy", (Op.CROSS_ENTROPY,),
+         lambda x, labels, reduction: tg.cross_entropy(x, labels, reduction=reduction),
+         np_cross_entropy,
+         [C((4, 5), id="2d_mean", labels=np.array([3, 0, 4, 1]), reduction="mean"),
+          C((4, 5), id="2d_sum", labels=np.array([2, 2, 0, 4]), reduction="sum"),
+          C((4, 5), id="2d_none", labels=np.array([1, 3, 3, 0]), reduction="none"),
+          C((5,), id="1d_mean", labels=np.array(2), reduction="mean"),
+          C((5,), id="1d_sum", labels=4, reduction="sum"),
+          C((5,), id="1d_none", labels=np.int64(0), reduction="none"),
+          C((1, 3), id="one_row", labels=np.array([2], np.int32), reduction="mean")], wide),
+    Spec("cross_entropy_default", (Op.CROSS_ENTROPY, Op.SUM, Op.MUL),
+         lambda x: tg.cross_entropy(x, np.array([0, 2, 1])),
+         lambda x: np_cross_entropy(x, np.array([0, 2, 1])), [C((3, 3))], wide),
+    Spec("mse_loss", (Op.SUB, Op.SQUARE, Op.SUM),
+         lambda p, t, reduction: tg.mse_loss(p, t, reduction=reduction), np_mse,
+         [C((4, 3), (4, 3), id="mean", reduction="mean"),
+          C((4, 3), (4, 3), id="sum", reduction="sum"),
+          C((4, 3), (4, 3), id="none", reduction="none"),
+          C((4, 3), (3,), id="bcast_target", reduction="mean"),
+          C((5,), (5,), id="1d_default", reduction="mean")]),
+    # ------------------------------------------------------------------ guard
+    Spec("guard_branch", (Op.GUARD, Op.GT, Op.SUM, Op.MUL), _guard_branch,
+         lambda x: np.where(x.sum() > 0, 2.0 * x, -3.0 * x), [C((2, 3)), C((4,))], positive),
+    Spec("guard_param", (Op.GUARD, Op.MUL), _guard_param,
+         lambda x, y: y * x if x.reshape(-1)[0] != 0 else y,
+         [C((), (2, 3), id="0d"), C((1,), (3,), id="1elem")], positive),
+    Spec("guard_value", (Op.GUARD, Op.MUL, Op.SUM), _guard_value,
+         lambda x: 1.5 * np.sum(x * x), [C((2, 3))]),
+]
