@@ -86,6 +86,7 @@ class Optimizer:
         self.n = sum(p.size for p in params)
         self.state = np.zeros((2, self.n))
         self.t = 0
+        self._ranges_key, self._ranges = None, None
 
     @property
     def lr(self):
@@ -100,6 +101,8 @@ class Optimizer:
         adjacent (all parameters of a tape give the single range ``[0, P)``)."""
         tape = self.tape
         tape._seal()
+        if self._ranges_key == tape._layout:
+            return self._ranges
         starts, stops = [], []
         for p in self.params:
             o = int(tape._boff[p._b])
@@ -108,7 +111,9 @@ class Optimizer:
             else:
                 starts.append(o)
                 stops.append(o + p.size)
-        return np.array(starts, np.int64), np.array(stops, np.int64)
+        self._ranges_key = tape._layout
+        self._ranges = np.array(starts, np.int64), np.array(stops, np.int64)
+        return self._ranges
 
     def step(self):
         """Update the parameters in place from the gradients of the last ``backward()``."""

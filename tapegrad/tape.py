@@ -75,6 +75,7 @@ class Tape:
         self._inputs = {}         # name -> buffer index
         self._labels = {}         # input buffer -> number of classes it indexes
         self._sealed = False
+        self._layout = 0          # counts seals: arena offsets change only then
         self._n_params = 0        # P: elements in the parameter prefix
         self._fwd_masks = {}      # tuple(output buffers) -> uint8 mask of needed instructions
         self._rev_masks = {}      # seed buffer -> uint8 mask of instructions with a gradient path
@@ -261,6 +262,7 @@ class Tape:
         from .validate import validate_tape_arrays
         validate_tape_arrays(self._instr, self._imm, self._boff, self._bsize, self._shape,
                              self._val.shape[0])
+        self._layout += 1
         self._sealed = True
 
     # ------------------------------------------------------------------ activity
