@@ -9,6 +9,7 @@ sit next to its shape rule without costing a call per instruction).
 loops vectorisable; ``fastmath`` is off so results match NumPy's.
 """
 import os
+import sys
 
 import numba
 
@@ -21,6 +22,25 @@ if "NUMBA_CACHE_DIR" not in os.environ:
             os.path.expanduser("~"), ".cache", "tapegrad-numba")
 
 kernel = numba.njit(inline="always", error_model="numpy")
+
+
+def _load_scipy_blas_single_threaded():
+    """numba's ``np.dot`` calls SciPy's own BLAS library; on a loaded 2-core machine its
+    threads made a 128x64 product 300x slower (DESIGN.md). Load it now with one thread,
+    unless the user chose (OPENBLAS_NUM_THREADS set) or SciPy's BLAS is already loaded.
+    NumPy's BLAS (a separate library, already loaded) and child processes are unaffected."""
+    if "OPENBLAS_NUM_THREADS" in os.environ or "scipy.linalg" in sys.modules:
+        return
+    os.environ["OPENBLAS_NUM_THREADS"] = "1"
+    try:
+        import scipy.linalg.cython_blas  # noqa: F401
+    except ImportError:  # numba reports the missing SciPy when it compiles np.dot
+        pass
+    finally:
+        del os.environ["OPENBLAS_NUM_THREADS"]
+
+
+_load_scipy_blas_single_threaded()
 
 
 def refresh_cache_stamp(module_file, *dep_files):

@@ -26,10 +26,11 @@ LOSS_NOT_FINITE = 100
 
 
 @jit
-def train_steps(instr, imm, boff, bsize, val, grad, fmask, rmask, loss_b, data, cols, idx,
-                batch, kind, starts, stops, state, hyper, t0, losses):
-    """Run ``losses.size`` steps; step s uses samples ``idx[s*batch:(s+1)*batch]``.
-    Returns ``(status, instruction, steps done)``."""
+def train_steps(instr, imm, boff, bsize, val, grad, fmask, rmask, zero, loss_b, data, cols,
+                idx, batch, kind, starts, stops, state, hyper, t0, losses):
+    """Run ``losses.size`` steps; step s uses samples ``idx[s*batch:(s+1)*batch]``; ``zero``
+    lists the gradient ranges the reverse sweep uses. Returns ``(status, instruction, steps
+    done)``."""
     lo = boff[loss_b]
     for s in range(losses.shape[0]):
         for r in range(batch):
@@ -44,7 +45,8 @@ def train_steps(instr, imm, boff, bsize, val, grad, fmask, rmask, loss_b, data, 
         losses[s] = val[lo]
         if not math.isfinite(val[lo]):
             return LOSS_NOT_FINITE, 0, s
-        grad[:] = 0
+        for r in range(zero.shape[0]):
+            grad[zero[r, 0]:zero[r, 1]] = 0
         grad[lo] = 1
         status, k = reverse(instr, imm, boff, bsize, val, grad, rmask)
         if status != OK:
@@ -156,6 +158,8 @@ def fit(loss, opt, data, batch_size, steps, shuffle=True, seed=0, progress=None)
     packed, cols, n = _pack(tape, data, batch_size)
     fmask = tape._forward_mask([loss._b])
     rmask = tape._reverse_mask(loss._b)
+    zero = tape._grad_ranges(rmask)
+    tape._grad[:] = 0  # afterwards every .grad is that of the last step
     starts, stops = opt.ranges()
     order = _Order(n, shuffle, seed)
     losses = np.full(steps, np.nan)
@@ -167,7 +171,7 @@ def fit(loss, opt, data, batch_size, steps, shuffle=True, seed=0, progress=None)
             t = time.perf_counter()
             status, k, ran = train_steps(
                 tape._instr, tape._imm, tape._boff, tape._bsize, tape._val, tape._grad, fmask,
-                rmask, loss._b, packed, cols, order.take(m * batch_size), batch_size, opt.kind,
+                rmask, zero, loss._b, packed, cols, order.take(m * batch_size), batch_size, opt.kind,
                 starts, stops, opt.state, opt.hyper, opt.t, losses[done:done + m])
             opt.t += ran
             done += ran

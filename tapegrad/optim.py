@@ -14,12 +14,45 @@ import math
 
 import numpy as np
 
-from ._jit import jit
+from ._jit import jit, kernel
 from .errors import TapegradError
 
 SGD_KIND, ADAM_KIND, ADAMW_KIND = 0, 1, 2
 # hyper-parameter vector layout, shared with tg.fit
 LR, B1, B2, EPS, WD, MOMENTUM, DAMPENING, NESTEROV, BIAS_CORRECTION, CENTERED = range(10)
+
+
+@kernel
+def sgd_update(p, g, buf, t, lr, wd, mom, damp, nesterov):
+    for i in range(p.size):
+        d = g[i] + wd * p[i]
+        if mom != 0:
+            buf[i] = d if t == 1 else mom * buf[i] + (1 - damp) * d
+            d = d + mom * buf[i] if nesterov else buf[i]
+        p[i] -= lr * d
+
+
+@kernel
+def adam_update(p, g, m, v, lr, b1, b2, eps, wd, bc1, bc2_sqrt, decoupled):
+    step = lr / bc1
+    shrink = 1 - lr * wd if decoupled else 1.0   # AdamW: decoupled decay, before the update
+    l2 = 0.0 if decoupled else wd                # Adam: L2 penalty added to the gradient
+    for i in range(p.size):
+        d = g[i] + l2 * p[i]
+        m[i] = b1 * m[i] + (1 - b1) * d
+        v[i] = b2 * v[i] + (1 - b2) * d * d
+        p[i] = p[i] * shrink - step * (m[i] / (math.sqrt(v[i]) / bc2_sqrt + eps))
+
+
+@kernel
+def centered_update(p, g, m, v, lr, b1, b2, eps, wd, bc1, bc2):
+    # the seed post's AdamW: centred second moment, decay after the update
+    for i in range(p.size):
+        m[i] = b1 * m[i] + (1 - b1) * g[i]
+        v[i] = b2 * v[i] + (1 - b2) * g[i] * g[i]
+        mh, vh = m[i] / bc1, v[i] / bc2
+        q = p[i] - lr * mh / (math.sqrt(max(vh - mh * mh, 0.0)) + eps)
+        p[i] = q - lr * wd * q
 
 
 @jit
@@ -28,37 +61,20 @@ def step_kernel(kind, val, grad, starts, stops, state, hyper, t):
     lr, b1, b2, eps, wd = hyper[LR], hyper[B1], hyper[B2], hyper[EPS], hyper[WD]
     bc1 = 1.0 - b1 ** t if hyper[BIAS_CORRECTION] != 0 else 1.0
     bc2 = 1.0 - b2 ** t if hyper[BIAS_CORRECTION] != 0 else 1.0
-    bc2_sqrt = math.sqrt(bc2)
-    centered = hyper[CENTERED] != 0
-    mom, damp, nesterov = hyper[MOMENTUM], hyper[DAMPENING], hyper[NESTEROV] != 0
-    m, v = state[0], state[1]
     j = 0
     for r in range(starts.shape[0]):
-        for i in range(starts[r], stops[r]):
-            p = np.float64(val[i])
-            g = np.float64(grad[i])
-            if kind == SGD_KIND:
-                g += wd * p
-                if mom != 0:
-                    m[j] = g if t == 1 else mom * m[j] + (1 - damp) * g
-                    g = g + mom * m[j] if nesterov else m[j]
-                p -= lr * g
-            elif kind == ADAM_KIND or not centered:
-                if kind == ADAM_KIND:
-                    g += wd * p            # Adam: L2 penalty added to the gradient
-                else:
-                    p *= 1 - lr * wd       # AdamW: decoupled decay, before the update
-                m[j] = b1 * m[j] + (1 - b1) * g
-                v[j] = b2 * v[j] + (1 - b2) * g * g
-                p -= (lr / bc1) * (m[j] / (math.sqrt(v[j]) / bc2_sqrt + eps))
-            else:  # AdamW(centered=True): the seed post's rule, decay after the update
-                m[j] = b1 * m[j] + (1 - b1) * g
-                v[j] = b2 * v[j] + (1 - b2) * g * g
-                mh, vh = m[j] / bc1, v[j] / bc2
-                p -= lr * mh / (math.sqrt(max(vh - mh * mh, 0.0)) + eps)
-                p -= lr * wd * p
-            val[i] = p
-            j += 1
+        a, b = starts[r], stops[r]
+        p, g = val[a:b], grad[a:b]
+        m, v = state[0, j:j + b - a], state[1, j:j + b - a]
+        if kind == SGD_KIND:
+            sgd_update(p, g, m, t, lr, wd, hyper[MOMENTUM], hyper[DAMPENING],
+                       hyper[NESTEROV] != 0)
+        elif kind == ADAM_KIND or hyper[CENTERED] == 0:
+            adam_update(p, g, m, v, lr, b1, b2, eps, wd, bc1, math.sqrt(bc2),
+                        kind == ADAMW_KIND)
+        else:
+            centered_update(p, g, m, v, lr, b1, b2, eps, wd, bc1, bc2)
+        j += b - a
 
 
 class Optimizer:

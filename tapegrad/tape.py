@@ -308,6 +308,24 @@ class Tape:
             self._rev_masks[seed] = mask
         return mask
 
+    def _grad_ranges(self, rmask):
+        """Disjoint ``(start, stop)`` rows of the gradient arena that a reverse sweep with
+        ``rmask`` reads or accumulates into, plus the parameter prefix (an optimizer reads
+        every parameter's gradient): the only part ``tg.fit`` must zero between steps."""
+        spans = [(0, self._n_params)]
+        for k in np.flatnonzero(rmask):
+            for b in [int(self._instr[k, OUT])] + self._deps(k):
+                o = int(self._boff[b])
+                spans.append((o, o + int(self._bsize[self._base[b]])))
+        spans.sort()
+        out = []
+        for a, b in spans:
+            if out and a <= out[-1][1]:
+                out[-1][1] = max(out[-1][1], b)
+            elif b > a:
+                out.append([a, b])
+        return np.array(out, np.int64).reshape(-1, 2)
+
     # ------------------------------------------------------------------ replay
     def forward(self, outputs=None, check_finite=False, **feeds):
         """Copy ``feeds`` into the inputs and replay the tape; returns None.

@@ -33,10 +33,10 @@ def validate_tape_arrays(instr, imm, boff, bsize, shapes, arena_size):
     for name, a in (("boff", boff), ("bsize", bsize)):
         if not (isinstance(a, np.ndarray) and a.dtype == np.int64 and a.shape == (nb,)):
             raise TapeFormatError(f"{name} must be an int64 array of shape ({nb},)")
-    if nb and (boff.min() < 0 or bsize.min() < 0 or (boff + bsize).max() > arena_size):
-        b = int(np.argmax((boff < 0) | (bsize < 0) | (boff + bsize > arena_size)))
-        raise TapeFormatError(f"buffer {b}: offset {boff[b]} size {bsize[b]} lies outside the "
-                              f"arena of {arena_size} elements")
+    for b, (o, s) in enumerate(zip(boff.tolist(), bsize.tolist())):  # Python ints: no overflow
+        if o < 0 or s < 0 or o + s > arena_size:
+            raise TapeFormatError(f"buffer {b}: offset {o} size {s} lies outside the arena of "
+                                  f"{arena_size} elements")
     for b, s in enumerate(shapes):
         p = 1
         for d in s:

@@ -176,3 +176,12 @@ def test_label_written_past_validation_is_caught_by_the_kernel():
         tape.forward()
     with pytest.raises(tg.FeedError, match="not an integer in"):
         loss.backward()
+
+
+def test_validation_rejects_offsets_that_would_overflow():
+    from tapegrad.opcodes import WIDTH
+    from tapegrad.validate import validate_tape_arrays
+    with pytest.raises(tg.TapeFormatError, match="outside the arena"):
+        validate_tape_arrays(np.zeros((0, WIDTH), np.int32), np.zeros(0),
+                             np.array([2 ** 62], np.int64), np.array([2 ** 62], np.int64),
+                             [(2 ** 31, 2 ** 31)], 10)

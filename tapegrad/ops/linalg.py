@@ -4,8 +4,8 @@ Shape rule: a 1-D left operand is a row ``(1, K)``, a 1-D right operand a column
 (the added axis is dropped from the result); leading batch axes broadcast. A 2-D right
 operand folds the left operand's batch into its rows (one ``(B*M, K) @ (K, N)`` product).
 Attributes: ``batch, M, K, N, sx, sy`` with ``sx``/``sy`` 0 when that operand is shared by the
-whole batch. Products of at least ``BLAS_MIN`` multiply-adds go to BLAS (``np.dot``); smaller
-ones are plain loops, which are as fast there and start no threads.
+whole batch. Products of at least ``BLAS_MIN`` multiply-adds go to BLAS (``np.dot``: SciPy's library,
+which ``tapegrad._jit`` loads single-threaded); smaller ones are plain loops, as fast there.
 """
 import numpy as np
 
@@ -15,7 +15,7 @@ from ..opcodes import Op
 from ..var import Var
 from ._record import broadcast_to, prod, reshape_var, vars_of
 
-BLAS_MIN = 32768
+BLAS_MIN = 65536
 
 
 def matmul(x, y):
