@@ -23,6 +23,7 @@ from .ops import (abs, add, concatenate, cos, cross_entropy, div, exp, leaky_rel
 from . import nn, optim
 from .fit import fit
 from .functional import grad, value_and_grad
+from .gradcheck import gradcheck
 
 __version__ = "0.1.0"
 
