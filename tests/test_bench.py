@@ -1,0 +1,44 @@
+"""Smoke test of ``python -m tapegrad.bench --quick``: it runs, prints the table and writes the
+JSON and the chart. No timing assertions (CI machines are noisy)."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_bench_quick_runs_and_writes_outputs(tmp_path):
+    env = dict(os.environ)
+    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+    p = subprocess.run([sys.executable, "-m", "tapegrad.bench", "--quick", "--out",
+                        str(tmp_path)], capture_output=True, text=True, env=env, cwd=ROOT,
+                       timeout=900)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    out = p.stdout
+    # the table: header, one row per engine of each workload, and the targets
+    assert "workload" in out and "engine" in out and "x tapegrad" in out
+    for wl in ("seed-mlp", "digits-mlp", "scalar-graph"):
+        assert wl in out
+    assert "targets" in out
+    assert "check seed-mlp" in out
+    js = tmp_path / "bench.json"
+    assert js.is_file()
+    report = json.loads(js.read_text())
+    for wl, ref in (("seed-mlp", "tg-fit"), ("digits-mlp", "tg-fit"),
+                    ("scalar-graph", "tg-replay")):
+        eng = report["workloads"][wl]["engines"]
+        assert ref in eng and eng[ref]["median"] > 0
+        assert eng[ref]["ratio"] == pytest.approx(1.0)
+    # every engine of the seed-mlp started from the same weights: losses agree
+    assert report["info"]["seed-mlp"]["check_ok"]
+    assert "numba-fused" in report["workloads"]["seed-mlp"]["engines"]
+    assert report["targets"]
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return
+    png = tmp_path / "bench.png"
+    assert png.is_file() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
