@@ -8,6 +8,8 @@ sit next to its shape rule without costing a call per instruction).
 ``error_model="numpy"`` lets ``/`` follow IEEE (inf/nan instead of an exception) and keeps
 loops vectorisable; ``fastmath`` is off so results match NumPy's.
 """
+import glob
+import hashlib
 import os
 import sys
 
@@ -22,6 +24,51 @@ if "NUMBA_CACHE_DIR" not in os.environ:
             os.path.expanduser("~"), ".cache", "tapegrad-numba")
 
 kernel = numba.njit(inline="always", error_model="numpy")
+
+
+def _load_scipy_blas_single_threaded():
+    """numba's ``np.dot`` calls SciPy's own BLAS library; on a loaded 2-core machine its
+    threads made a 128x64 product 300x slower (DESIGN.md). Load it now with one thread,
+    unless the user chose (OPENBLAS_NUM_THREADS set) or SciPy's BLAS is already loaded.
+    NumPy's BLAS (a separate library, already loaded) and child processes are unaffected."""
+    if "OPENBLAS_NUM_THREADS" in os.environ or "scipy.linalg" in sys.modules:
+        return
+    os.environ["OPENBLAS_NUM_THREADS"] = "1"
+    try:
+        import scipy.linalg.cython_blas  # noqa: F401
+    except ImportError:  # numba reports the missing SciPy when it compiles np.dot
+        pass
+    finally:
+        del os.environ["OPENBLAS_NUM_THREADS"]
+
+
+_load_scipy_blas_single_threaded()
+
+
+def drop_stale_cache(dispatcher, files):
+    """Forget ``dispatcher``'s on-disk cache when any of ``files`` changed since it was saved.
+
+    numba keys its cache on the content of the cached function's own file, but the
+    interpreters inline kernels from other files: without this, editing a kernel would keep
+    running the old compiled code. Call it right after defining the dispatcher (numba reads
+    the cache index at the first call).
+    """
+    digest = hashlib.sha256()
+    for f in sorted(files):
+        with open(f, "rb") as fh:
+            digest.update(fh.read())
+    name = dispatcher.py_func.__module__.rsplit(".", 1)[-1] + "." + dispatcher.py_func.__name__
+    try:
+        cache_dir = dispatcher.stats.cache_path
+        stamp = os.path.join(cache_dir, f"{name}.tapegrad-sources")
+        if os.path.exists(stamp) and open(stamp).read() == digest.hexdigest():
+            return
+        for index in glob.glob(os.path.join(cache_dir, f"{name}-*.nbi")):
+            os.remove(index)
+        with open(stamp, "w") as fh:
+            fh.write(digest.hexdigest())
+    except (OSError, AttributeError):  # no writable cache: nothing stale can be loaded either
+        pass
 
 
 def _load_scipy_blas_single_threaded():

@@ -14,13 +14,10 @@ import time
 
 import numpy as np
 
-from ._jit import jit, refresh_cache_stamp
-
-_HERE = os.path.dirname(os.path.abspath(__file__))
-refresh_cache_stamp(__file__, os.path.join(_HERE, "sweep.py"), os.path.join(_HERE, "optim.py"))
+from ._jit import drop_stale_cache, jit
 from .errors import FeedError, NonFiniteError, TapegradError
 from .optim import Optimizer, step_kernel
-from .sweep import OK, forward, reverse
+from .sweep import OK, SOURCES, forward, reverse
 
 LOSS_NOT_FINITE = 100
 
@@ -54,6 +51,10 @@ def train_steps(instr, imm, boff, bsize, val, grad, fmask, rmask, zero, loss_b, 
         step_kernel(kind, val, grad, starts, stops, state, hyper, t0 + s + 1)
     return OK, 0, losses.shape[0]
 
+
+
+drop_stale_cache(train_steps, SOURCES + [__file__, os.path.join(os.path.dirname(__file__),
+                                                                 "optim.py")])
 
 class _Order:
     """Sample indices: passes over the data, each shuffled (seeded) or in order."""

@@ -38,7 +38,7 @@ class Op(IntEnum):
     ABS = 10
     SQUARE = 11
     POWC = 12        # imm = constant exponent
-    # binary elementwise: ans[i] = f(x[i*sx], y[i*sy]), sx, sy in {0, 1} (A0, A1)
+    # binary elementwise: ans[i] = f(x[i], y[i]) (operands expanded to the output's shape)
     ADD = 13
     SUB = 14
     MUL = 15
@@ -50,7 +50,7 @@ class Op(IntEnum):
     GE = 21
     LT = 22
     LE = 23
-    # ternary: ans[i] = x[i*sx] != 0 ? y[i*sy] : z[i*sz]
+    # ternary: ans[i] = x[i] != 0 ? y[i] : z[i]
     WHERE = 24
     # data movement on an (A, n, B) view of the output or input
     EXPAND = 25      # (A, B) -> (A, n, B)
@@ -93,18 +93,18 @@ OPS = {
     Op.ABS: OpSpec("abs", 1, ""),
     Op.SQUARE: OpSpec("square", 1, ""),
     Op.POWC: OpSpec("powc", 1, "imm=exponent"),
-    Op.ADD: OpSpec("add", 2, "sx sy"),
-    Op.SUB: OpSpec("sub", 2, "sx sy"),
-    Op.MUL: OpSpec("mul", 2, "sx sy"),
-    Op.DIV: OpSpec("div", 2, "sx sy"),
-    Op.POW: OpSpec("pow", 2, "sx sy"),
-    Op.MAXIMUM: OpSpec("maximum", 2, "sx sy"),
-    Op.MINIMUM: OpSpec("minimum", 2, "sx sy"),
-    Op.GT: OpSpec("gt", 2, "sx sy", False),
-    Op.GE: OpSpec("ge", 2, "sx sy", False),
-    Op.LT: OpSpec("lt", 2, "sx sy", False),
-    Op.LE: OpSpec("le", 2, "sx sy", False),
-    Op.WHERE: OpSpec("where", 3, "sx sy sz"),
+    Op.ADD: OpSpec("add", 2, ""),
+    Op.SUB: OpSpec("sub", 2, ""),
+    Op.MUL: OpSpec("mul", 2, ""),
+    Op.DIV: OpSpec("div", 2, ""),
+    Op.POW: OpSpec("pow", 2, ""),
+    Op.MAXIMUM: OpSpec("maximum", 2, ""),
+    Op.MINIMUM: OpSpec("minimum", 2, ""),
+    Op.GT: OpSpec("gt", 2, "", False),
+    Op.GE: OpSpec("ge", 2, "", False),
+    Op.LT: OpSpec("lt", 2, "", False),
+    Op.LE: OpSpec("le", 2, "", False),
+    Op.WHERE: OpSpec("where", 3, ""),
     Op.EXPAND: OpSpec("expand", 1, "A n B"),
     Op.SLICE: OpSpec("slice", 1, "A n B start step count"),
     Op.PLACE: OpSpec("place", 1, "A n B start count"),

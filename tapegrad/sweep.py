@@ -1,6 +1,9 @@
 """The compiled interpreters: one forward sweep (instructions 0..n) and one reverse sweep
 (n..0), each a loop with one branch per opcode family that calls the op's inlined kernel
-(``tapegrad.ops.*``: ``<op>_fwd`` / ``<op>_bwd``) on 1-D views of the arenas.
+(``tapegrad.ops.*``: ``<op>_fwd`` / ``<op>_bwd``) with the arenas and the buffers' offsets.
+Offsets go to the kernels as np.uint64 (vectorisable loops) and attributes as int64; no
+array views are made per instruction (each would cost reference counting), except for
+matrix products.
 
 Both trust the tape arrays: ``Tape._seal`` and ``Tape.load`` validate every index first.
 
@@ -13,11 +16,9 @@ import glob
 import math
 import os
 
-from ._jit import jit, kernel, refresh_cache_stamp
+import numpy as np
 
-_HERE = os.path.dirname(os.path.abspath(__file__))
-refresh_cache_stamp(__file__, *glob.glob(os.path.join(_HERE, "ops", "*.py")),
-                    os.path.join(_HERE, "_jit.py"), os.path.join(_HERE, "opcodes.py"))
+from ._jit import drop_stale_cache, jit, kernel
 from .opcodes import A0, OP, OUT, X, Y, Z, Op
 from .ops.elementwise import (abs_bwd, abs_fwd, add_bwd, add_fwd, compare_fwd, cos_bwd,
                               cos_fwd, div_bwd, div_fwd, exp_bwd, exp_fwd, leaky_relu_bwd,
@@ -38,107 +39,108 @@ OK, GUARD_FLIPPED, NON_FINITE, BAD_LABEL = 0, 1, 2, 3
 
 
 @kernel
-def unary_fwd(op, x, ans, c):
+def _offset(boff, b):
+    """Offset of buffer ``b`` (0 for an unused input slot, -1, which no kernel then reads)."""
+    return np.uint64(boff[b]) if b >= 0 else np.uint64(0)
+
+
+@kernel
+def unary_fwd(op, v, x, ans, n, k):
     if op == Op.NEG:
-        neg_fwd(x, ans, c)
+        neg_fwd(v, x, ans, n, k)
     elif op == Op.EXP:
-        exp_fwd(x, ans, c)
+        exp_fwd(v, x, ans, n, k)
     elif op == Op.LOG:
-        log_fwd(x, ans, c)
+        log_fwd(v, x, ans, n, k)
     elif op == Op.SQRT:
-        sqrt_fwd(x, ans, c)
+        sqrt_fwd(v, x, ans, n, k)
     elif op == Op.SIN:
-        sin_fwd(x, ans, c)
+        sin_fwd(v, x, ans, n, k)
     elif op == Op.COS:
-        cos_fwd(x, ans, c)
+        cos_fwd(v, x, ans, n, k)
     elif op == Op.TANH:
-        tanh_fwd(x, ans, c)
+        tanh_fwd(v, x, ans, n, k)
     elif op == Op.SIGMOID:
-        sigmoid_fwd(x, ans, c)
+        sigmoid_fwd(v, x, ans, n, k)
     elif op == Op.RELU:
-        relu_fwd(x, ans, c)
+        relu_fwd(v, x, ans, n, k)
     elif op == Op.LEAKY_RELU:
-        leaky_relu_fwd(x, ans, c)
+        leaky_relu_fwd(v, x, ans, n, k)
     elif op == Op.ABS:
-        abs_fwd(x, ans, c)
+        abs_fwd(v, x, ans, n, k)
     elif op == Op.SQUARE:
-        square_fwd(x, ans, c)
+        square_fwd(v, x, ans, n, k)
     else:
-        powc_fwd(x, ans, c)
+        powc_fwd(v, x, ans, n, k)
 
 
 @kernel
-def unary_bwd(op, x, ans, g, gx, c):
+def unary_bwd(op, v, g, x, ans, n, k):
     if op == Op.NEG:
-        neg_bwd(x, ans, g, gx, c)
+        neg_bwd(v, g, x, ans, n, k)
     elif op == Op.EXP:
-        exp_bwd(x, ans, g, gx, c)
+        exp_bwd(v, g, x, ans, n, k)
     elif op == Op.LOG:
-        log_bwd(x, ans, g, gx, c)
+        log_bwd(v, g, x, ans, n, k)
     elif op == Op.SQRT:
-        sqrt_bwd(x, ans, g, gx, c)
+        sqrt_bwd(v, g, x, ans, n, k)
     elif op == Op.SIN:
-        sin_bwd(x, ans, g, gx, c)
+        sin_bwd(v, g, x, ans, n, k)
     elif op == Op.COS:
-        cos_bwd(x, ans, g, gx, c)
+        cos_bwd(v, g, x, ans, n, k)
     elif op == Op.TANH:
-        tanh_bwd(x, ans, g, gx, c)
+        tanh_bwd(v, g, x, ans, n, k)
     elif op == Op.SIGMOID:
-        sigmoid_bwd(x, ans, g, gx, c)
+        sigmoid_bwd(v, g, x, ans, n, k)
     elif op == Op.RELU:
-        relu_bwd(x, ans, g, gx, c)
+        relu_bwd(v, g, x, ans, n, k)
     elif op == Op.LEAKY_RELU:
-        leaky_relu_bwd(x, ans, g, gx, c)
+        leaky_relu_bwd(v, g, x, ans, n, k)
     elif op == Op.ABS:
-        abs_bwd(x, ans, g, gx, c)
+        abs_bwd(v, g, x, ans, n, k)
     elif op == Op.SQUARE:
-        square_bwd(x, ans, g, gx, c)
+        square_bwd(v, g, x, ans, n, k)
     else:
-        powc_bwd(x, ans, g, gx, c)
+        powc_bwd(v, g, x, ans, n, k)
 
 
 @kernel
-def binary_fwd(op, x, sx, y, sy, ans):
+def binary_fwd(op, v, x, y, ans, n):
     if op == Op.ADD:
-        add_fwd(x, sx, y, sy, ans)
+        add_fwd(v, x, y, ans, n)
     elif op == Op.SUB:
-        sub_fwd(x, sx, y, sy, ans)
+        sub_fwd(v, x, y, ans, n)
     elif op == Op.MUL:
-        mul_fwd(x, sx, y, sy, ans)
+        mul_fwd(v, x, y, ans, n)
     elif op == Op.DIV:
-        div_fwd(x, sx, y, sy, ans)
+        div_fwd(v, x, y, ans, n)
     elif op == Op.POW:
-        pow_fwd(x, sx, y, sy, ans)
+        pow_fwd(v, x, y, ans, n)
     elif op == Op.MAXIMUM:
-        maximum_fwd(x, sx, y, sy, ans)
+        maximum_fwd(v, x, y, ans, n)
     elif op == Op.MINIMUM:
-        minimum_fwd(x, sx, y, sy, ans)
+        minimum_fwd(v, x, y, ans, n)
     else:
-        compare_fwd(op, x, sx, y, sy, ans)
+        compare_fwd(op, v, x, y, ans, n)
 
 
 @kernel
-def binary_bwd(op, x, sx, y, sy, ans, g, gx, gy):
+def binary_bwd(op, v, g, x, y, ans, n):
     if op == Op.ADD:
-        add_bwd(x, sx, y, sy, ans, g, gx, gy)
+        add_bwd(v, g, x, y, ans, n)
     elif op == Op.SUB:
-        sub_bwd(x, sx, y, sy, ans, g, gx, gy)
+        sub_bwd(v, g, x, y, ans, n)
     elif op == Op.MUL:
-        mul_bwd(x, sx, y, sy, ans, g, gx, gy)
+        mul_bwd(v, g, x, y, ans, n)
     elif op == Op.DIV:
-        div_bwd(x, sx, y, sy, ans, g, gx, gy)
+        div_bwd(v, g, x, y, ans, n)
     elif op == Op.POW:
-        pow_bwd(x, sx, y, sy, ans, g, gx, gy)
+        pow_bwd(v, g, x, y, ans, n)
     elif op == Op.MAXIMUM:
-        maximum_bwd(x, sx, y, sy, ans, g, gx, gy)
+        maximum_bwd(v, g, x, y, ans, n)
     elif op == Op.MINIMUM:
-        minimum_bwd(x, sx, y, sy, ans, g, gx, gy)
+        minimum_bwd(v, g, x, y, ans, n)
     # comparisons have no gradient
-
-
-@kernel
-def _buf(arena, boff, bsize, b):
-    return arena[boff[b]: boff[b] + bsize[b]]
 
 
 @jit
@@ -147,47 +149,46 @@ def forward(instr, imm, boff, bsize, val, mask, check_finite):
         if mask[k] == 0:
             continue
         op = instr[k, OP]
-        ans = _buf(val, boff, bsize, instr[k, OUT])
-        x = _buf(val, boff, bsize, instr[k, X])
-        a0, a1, a2 = instr[k, A0], instr[k, A0 + 1], instr[k, A0 + 2]
-        a3, a4, a5 = instr[k, A0 + 3], instr[k, A0 + 4], instr[k, A0 + 5]
+        ans, n = np.uint64(boff[instr[k, OUT]]), np.uint64(bsize[instr[k, OUT]])
+        x, y, z = _offset(boff, instr[k, X]), _offset(boff, instr[k, Y]), _offset(boff, instr[k, Z])
+        a0, a1, a2 = np.int64(instr[k, A0]), np.int64(instr[k, A0 + 1]), np.int64(instr[k, A0 + 2])
+        a3, a4, a5 = np.int64(instr[k, A0 + 3]), np.int64(instr[k, A0 + 4]), np.int64(instr[k, A0 + 5])
         if op < Op.ADD:
-            unary_fwd(op, x, ans, imm[k])
+            unary_fwd(op, val, x, ans, n, imm[k])
         elif op < Op.WHERE:
-            binary_fwd(op, x, a0, _buf(val, boff, bsize, instr[k, Y]), a1, ans)
+            binary_fwd(op, val, x, y, ans, n)
         elif op == Op.WHERE:
-            where_fwd(x, a0, _buf(val, boff, bsize, instr[k, Y]), a1,
-                      _buf(val, boff, bsize, instr[k, Z]), a2, ans)
+            where_fwd(val, x, y, z, ans, n)
         elif op == Op.EXPAND:
-            expand_fwd(x, ans, a0, a1, a2)
+            expand_fwd(val, x, ans, a0, a1, a2)
         elif op == Op.SLICE:
-            slice_fwd(x, ans, a0, a1, a2, a3, a4, a5)
+            slice_fwd(val, x, ans, a0, a1, a2, a3, a4, a5)
         elif op == Op.PLACE:
-            place_fwd(x, ans, a0, a1, a2, a3, a4)
+            place_fwd(val, x, ans, a0, a1, a2, a3, a4)
         elif op == Op.TRANSPOSE:
-            transpose_fwd(x, ans, a0, a1, a2, a3)
+            transpose_fwd(val, x, ans, a0, a1, a2, a3)
         elif op == Op.SUM:
-            sum_fwd(x, ans, a0, a1, a2)
+            sum_fwd(val, x, ans, a0, a1, a2)
         elif op == Op.MAX:
-            max_fwd(x, ans, a0, a1, a2)
+            max_fwd(val, x, ans, a0, a1, a2)
         elif op == Op.LOGSUMEXP:
-            logsumexp_fwd(x, ans, a0, a1, a2)
+            logsumexp_fwd(val, x, ans, a0, a1, a2)
         elif op == Op.SOFTMAX:
-            softmax_fwd(x, ans, a0, a1, a2)
+            softmax_fwd(val, x, ans, a0, a1, a2)
         elif op == Op.LOG_SOFTMAX:
-            log_softmax_fwd(x, ans, a0, a1, a2)
+            log_softmax_fwd(val, x, ans, a0, a1, a2)
         elif op == Op.MATMUL:
-            matmul_fwd(x, _buf(val, boff, bsize, instr[k, Y]), ans, a0, a1, a2, a3, a4, a5)
+            matmul_fwd(val, np.int64(x), np.int64(y), np.int64(ans), a0, a1, a2, a3, a4, a5)
         elif op == Op.CROSS_ENTROPY:
-            if not cross_entropy_fwd(x, _buf(val, boff, bsize, instr[k, Y]), ans, a0, a1):
+            if not cross_entropy_fwd(val, x, y, ans, a0, a1):
                 return BAD_LABEL, k
         elif op == Op.GUARD:
-            if (x[0] != 0) != (a0 != 0):
+            if (val[x] != 0) != (a0 != 0):
                 return GUARD_FLIPPED, k
             continue
         if check_finite:
-            for i in range(ans.size):
-                if not math.isfinite(ans[i]):
+            for i in range(n):
+                if not math.isfinite(val[ans + i]):
                     return NON_FINITE, k
     return OK, 0
 
@@ -198,44 +199,45 @@ def reverse(instr, imm, boff, bsize, val, grad, mask):
         if mask[k] & 1 == 0:
             continue
         op = instr[k, OP]
-        o, i = instr[k, OUT], instr[k, X]
-        ans, g = _buf(val, boff, bsize, o), _buf(grad, boff, bsize, o)
-        x, gx = _buf(val, boff, bsize, i), _buf(grad, boff, bsize, i)
-        a0, a1, a2 = instr[k, A0], instr[k, A0 + 1], instr[k, A0 + 2]
-        a3, a4, a5 = instr[k, A0 + 3], instr[k, A0 + 4], instr[k, A0 + 5]
+        ans, n = np.uint64(boff[instr[k, OUT]]), np.uint64(bsize[instr[k, OUT]])
+        x, y, z = _offset(boff, instr[k, X]), _offset(boff, instr[k, Y]), _offset(boff, instr[k, Z])
+        a0, a1, a2 = np.int64(instr[k, A0]), np.int64(instr[k, A0 + 1]), np.int64(instr[k, A0 + 2])
+        a3, a4, a5 = np.int64(instr[k, A0 + 3]), np.int64(instr[k, A0 + 4]), np.int64(instr[k, A0 + 5])
         if op < Op.ADD:
-            unary_bwd(op, x, ans, g, gx, imm[k])
+            unary_bwd(op, val, grad, x, ans, n, imm[k])
         elif op < Op.WHERE:
-            j = instr[k, Y]
-            binary_bwd(op, x, a0, _buf(val, boff, bsize, j), a1, ans, g, gx,
-                       _buf(grad, boff, bsize, j))
+            binary_bwd(op, val, grad, x, y, ans, n)
         elif op == Op.WHERE:
-            j, m = instr[k, Y], instr[k, Z]
-            where_bwd(x, a0, _buf(val, boff, bsize, j), a1, _buf(val, boff, bsize, m), a2, g,
-                      _buf(grad, boff, bsize, j), _buf(grad, boff, bsize, m))
+            where_bwd(val, grad, x, y, z, ans, n)
         elif op == Op.EXPAND:
-            expand_bwd(g, gx, a0, a1, a2)
+            expand_bwd(grad, x, ans, a0, a1, a2)
         elif op == Op.SLICE:
-            slice_bwd(g, gx, a0, a1, a2, a3, a4, a5)
+            slice_bwd(grad, x, ans, a0, a1, a2, a3, a4, a5)
         elif op == Op.PLACE:
-            place_bwd(g, gx, a0, a1, a2, a3, a4)
+            place_bwd(grad, x, ans, a0, a1, a2, a3, a4)
         elif op == Op.TRANSPOSE:
-            transpose_bwd(g, gx, a0, a1, a2, a3)
+            transpose_bwd(grad, x, ans, a0, a1, a2, a3)
         elif op == Op.SUM:
-            sum_bwd(x, ans, g, gx, a0, a1, a2)
+            sum_bwd(val, grad, x, ans, a0, a1, a2)
         elif op == Op.MAX:
-            max_bwd(x, ans, g, gx, a0, a1, a2)
+            max_bwd(val, grad, x, ans, a0, a1, a2)
         elif op == Op.LOGSUMEXP:
-            logsumexp_bwd(x, ans, g, gx, a0, a1, a2)
+            logsumexp_bwd(val, grad, x, ans, a0, a1, a2)
         elif op == Op.SOFTMAX:
-            softmax_bwd(x, ans, g, gx, a0, a1, a2)
+            softmax_bwd(val, grad, x, ans, a0, a1, a2)
         elif op == Op.LOG_SOFTMAX:
-            log_softmax_bwd(x, ans, g, gx, a0, a1, a2)
+            log_softmax_bwd(val, grad, x, ans, a0, a1, a2)
         elif op == Op.MATMUL:
-            j = instr[k, Y]
-            matmul_bwd(x, _buf(val, boff, bsize, j), g, gx, _buf(grad, boff, bsize, j),
-                       a0, a1, a2, a3, a4, a5, mask[k] & 2 != 0, mask[k] & 4 != 0)
+            matmul_bwd(val, grad, np.int64(x), np.int64(y), np.int64(ans), a0, a1, a2, a3, a4,
+                       a5, mask[k] & 2 != 0, mask[k] & 4 != 0)
         elif op == Op.CROSS_ENTROPY:
-            if not cross_entropy_bwd(x, _buf(val, boff, bsize, instr[k, Y]), ans, g, gx, a0, a1):
+            if not cross_entropy_bwd(val, grad, x, y, ans, a0, a1):
                 return BAD_LABEL, k
     return OK, 0
+
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+SOURCES = sorted(glob.glob(os.path.join(_HERE, "ops", "*.py"))) + [
+    os.path.join(_HERE, f) for f in ("sweep.py", "_jit.py", "opcodes.py")]
+drop_stale_cache(forward, SOURCES)
+drop_stale_cache(reverse, SOURCES)

@@ -71,10 +71,7 @@ def _check_op(k, op, out, ins, a):
     if op in _UNARY:
         need(ins[0] == out, "input and output sizes differ")
     elif op in _BINARY or op == Op.WHERE:
-        for j, s in enumerate(ins):
-            need(a[j] in (0, 1), "stride flags must be 0 or 1")
-            need(s == (out if a[j] else 1) or (out == 0 and a[j] == 0 and s <= 1),
-                 "operand size does not match its stride")
+        need(all(s == out for s in ins), "operand and output sizes differ")
     elif op == Op.GUARD:
         need(ins[0] == 1 and a[0] in (0, 1), "a guard reads one number and expects 0 or 1")
     else:

@@ -91,17 +91,6 @@ def broadcast_to(x, shape):
     return x
 
 
-def stride_operand(x, shape):
-    """``(x, stride)`` for an elementwise op with output ``shape``: a Var of the output's size
-    is read with stride 1, a single number with stride 0, anything else is expanded first."""
-    size = prod(shape)
-    if x.size == size:
-        return x, 1
-    if x.size == 1:
-        return x, 0
-    return broadcast_to(x, shape), 1
-
-
 def norm_axis(axis, ndim, opname):
     """A single axis as a non-negative int, or ShapeError."""
     if isinstance(axis, bool) or not isinstance(axis, (numbers.Integral,)):

@@ -1,12 +1,14 @@
 """Elementwise ops: the shape rule, the forward rule and the reverse rule of each, together.
 
-Shape rules: unary ops keep the shape; binary ops and ``where`` broadcast like NumPy. In the
-kernels an operand is read as ``x[i * sx]``: ``sx = 1`` for an operand of the output's size,
-``sx = 0`` for a single number (other broadcasts are expanded by an EXPAND instruction first),
-so ``gx[i * sx] += ...`` also sums the gradient of a broadcast number.
+Shape rules: unary ops keep the shape; binary ops and ``where`` broadcast like NumPy, an
+operand of another shape being expanded to the output's shape by EXPAND instructions first,
+so every kernel reads and writes contiguous runs of ``n`` elements.
 
-Kernel arguments: ``x, y, z`` input views, ``ans`` the output view, ``g`` the output's
-gradient, ``gx, gy, gz`` the inputs' gradients (accumulated with ``+=``), ``c`` the immediate.
+Kernel arguments: ``v`` / ``g`` the value and gradient arenas; ``x, y, c`` the inputs'
+offsets and ``ans`` the output's offset in them (np.uint64: unsigned offsets let LLVM
+vectorise the loops, and indexing the arenas directly, instead of through views, costs no
+reference counting per instruction); ``n`` the number of elements; ``k`` the immediate.
+A reverse rule accumulates into the inputs' gradients with ``+=``.
 At kinks PyTorch's conventions hold: relu'(0) = abs'(0) = 0, maximum/minimum split the
 gradient of a tie equally.
 """
@@ -15,20 +17,19 @@ import math
 from .._jit import kernel
 from ..opcodes import Op
 from ..var import Var
-from ._record import broadcast_shape, stride_operand, vars_of
+from ._record import broadcast_shape, broadcast_to, vars_of
 
 
-def _unary(op, x, name, c=0.0):
+def _unary(op, x, name, k=0.0):
     tape, (x,) = vars_of([x], name)
-    return Var(tape, tape._emit(op, [x._b], x.shape, imm=float(c)))
+    return Var(tape, tape._emit(op, [x._b], x.shape, imm=float(k)))
 
 
 def _binary(op, x, y, name):
     tape, (x, y) = vars_of([x, y], name)
     shape = broadcast_shape(name, x, y)
-    x, sx = stride_operand(x, shape)
-    y, sy = stride_operand(y, shape)
-    return Var(tape, tape._emit(op, [x._b, y._b], shape, (sx, sy)))
+    x, y = broadcast_to(x, shape), broadcast_to(y, shape)
+    return Var(tape, tape._emit(op, [x._b, y._b], shape))
 
 
 # ---------------------------------------------------------------------------- unary
@@ -38,15 +39,15 @@ def neg(x):
 
 
 @kernel
-def neg_fwd(x, ans, c):
-    for i in range(ans.size):
-        ans[i] = -x[i]
+def neg_fwd(v, x, ans, n, k):
+    for i in range(n):
+        v[ans + i] = -v[x + i]
 
 
 @kernel
-def neg_bwd(x, ans, g, gx, c):
-    for i in range(g.size):
-        gx[i] -= g[i]
+def neg_bwd(v, g, x, ans, n, k):
+    for i in range(n):
+        g[x + i] -= g[ans + i]
 
 
 def exp(x):
@@ -55,15 +56,15 @@ def exp(x):
 
 
 @kernel
-def exp_fwd(x, ans, c):
-    for i in range(ans.size):
-        ans[i] = math.exp(x[i])
+def exp_fwd(v, x, ans, n, k):
+    for i in range(n):
+        v[ans + i] = math.exp(v[x + i])
 
 
 @kernel
-def exp_bwd(x, ans, g, gx, c):
-    for i in range(g.size):
-        gx[i] += g[i] * ans[i]
+def exp_bwd(v, g, x, ans, n, k):
+    for i in range(n):
+        g[x + i] += g[ans + i] * v[ans + i]
 
 
 def log(x):
@@ -72,15 +73,15 @@ def log(x):
 
 
 @kernel
-def log_fwd(x, ans, c):
-    for i in range(ans.size):
-        ans[i] = math.log(x[i]) if x[i] > 0 else (-math.inf if x[i] == 0 else math.nan)
+def log_fwd(v, x, ans, n, k):
+    for i in range(n):
+        v[ans + i] = math.log(v[x + i]) if v[x + i] > 0 else (-math.inf if v[x + i] == 0 else math.nan)
 
 
 @kernel
-def log_bwd(x, ans, g, gx, c):
-    for i in range(g.size):
-        gx[i] += g[i] / x[i]
+def log_bwd(v, g, x, ans, n, k):
+    for i in range(n):
+        g[x + i] += g[ans + i] / v[x + i]
 
 
 def sqrt(x):
@@ -89,15 +90,15 @@ def sqrt(x):
 
 
 @kernel
-def sqrt_fwd(x, ans, c):
-    for i in range(ans.size):
-        ans[i] = math.sqrt(x[i]) if x[i] >= 0 else math.nan
+def sqrt_fwd(v, x, ans, n, k):
+    for i in range(n):
+        v[ans + i] = math.sqrt(v[x + i]) if v[x + i] >= 0 else math.nan
 
 
 @kernel
-def sqrt_bwd(x, ans, g, gx, c):
-    for i in range(g.size):
-        gx[i] += g[i] * 0.5 / ans[i]
+def sqrt_bwd(v, g, x, ans, n, k):
+    for i in range(n):
+        g[x + i] += g[ans + i] * 0.5 / v[ans + i]
 
 
 def sin(x):
@@ -106,15 +107,15 @@ def sin(x):
 
 
 @kernel
-def sin_fwd(x, ans, c):
-    for i in range(ans.size):
-        ans[i] = math.sin(x[i])
+def sin_fwd(v, x, ans, n, k):
+    for i in range(n):
+        v[ans + i] = math.sin(v[x + i])
 
 
 @kernel
-def sin_bwd(x, ans, g, gx, c):
-    for i in range(g.size):
-        gx[i] += g[i] * math.cos(x[i])
+def sin_bwd(v, g, x, ans, n, k):
+    for i in range(n):
+        g[x + i] += g[ans + i] * math.cos(v[x + i])
 
 
 def cos(x):
@@ -123,15 +124,15 @@ def cos(x):
 
 
 @kernel
-def cos_fwd(x, ans, c):
-    for i in range(ans.size):
-        ans[i] = math.cos(x[i])
+def cos_fwd(v, x, ans, n, k):
+    for i in range(n):
+        v[ans + i] = math.cos(v[x + i])
 
 
 @kernel
-def cos_bwd(x, ans, g, gx, c):
-    for i in range(g.size):
-        gx[i] -= g[i] * math.sin(x[i])
+def cos_bwd(v, g, x, ans, n, k):
+    for i in range(n):
+        g[x + i] -= g[ans + i] * math.sin(v[x + i])
 
 
 def tanh(x):
@@ -140,15 +141,15 @@ def tanh(x):
 
 
 @kernel
-def tanh_fwd(x, ans, c):
-    for i in range(ans.size):
-        ans[i] = math.tanh(x[i])
+def tanh_fwd(v, x, ans, n, k):
+    for i in range(n):
+        v[ans + i] = math.tanh(v[x + i])
 
 
 @kernel
-def tanh_bwd(x, ans, g, gx, c):
-    for i in range(g.size):
-        gx[i] += g[i] * (1 - ans[i] * ans[i])
+def tanh_bwd(v, g, x, ans, n, k):
+    for i in range(n):
+        g[x + i] += g[ans + i] * (1 - v[ans + i] * v[ans + i])
 
 
 def sigmoid(x):
@@ -157,19 +158,19 @@ def sigmoid(x):
 
 
 @kernel
-def sigmoid_fwd(x, ans, c):
-    for i in range(ans.size):
-        if x[i] >= 0:
-            ans[i] = 1 / (1 + math.exp(-x[i]))
+def sigmoid_fwd(v, x, ans, n, k):
+    for i in range(n):
+        if v[x + i] >= 0:
+            v[ans + i] = 1 / (1 + math.exp(-v[x + i]))
         else:
-            e = math.exp(x[i])
-            ans[i] = e / (1 + e)
+            e = math.exp(v[x + i])
+            v[ans + i] = e / (1 + e)
 
 
 @kernel
-def sigmoid_bwd(x, ans, g, gx, c):
-    for i in range(g.size):
-        gx[i] += g[i] * ans[i] * (1 - ans[i])
+def sigmoid_bwd(v, g, x, ans, n, k):
+    for i in range(n):
+        g[x + i] += g[ans + i] * v[ans + i] * (1 - v[ans + i])
 
 
 def relu(x):
@@ -178,16 +179,16 @@ def relu(x):
 
 
 @kernel
-def relu_fwd(x, ans, c):
-    for i in range(ans.size):
-        ans[i] = x[i] if x[i] > 0 else 0
+def relu_fwd(v, x, ans, n, k):
+    for i in range(n):
+        v[ans + i] = v[x + i] if v[x + i] > 0 else 0
 
 
 @kernel
-def relu_bwd(x, ans, g, gx, c):
-    for i in range(g.size):
-        if x[i] > 0:
-            gx[i] += g[i]
+def relu_bwd(v, g, x, ans, n, k):
+    for i in range(n):
+        if v[x + i] > 0:
+            g[x + i] += g[ans + i]
 
 
 def leaky_relu(x, negative_slope=0.01):
@@ -196,15 +197,15 @@ def leaky_relu(x, negative_slope=0.01):
 
 
 @kernel
-def leaky_relu_fwd(x, ans, c):
-    for i in range(ans.size):
-        ans[i] = x[i] if x[i] > 0 else c * x[i]
+def leaky_relu_fwd(v, x, ans, n, k):
+    for i in range(n):
+        v[ans + i] = v[x + i] if v[x + i] > 0 else k * v[x + i]
 
 
 @kernel
-def leaky_relu_bwd(x, ans, g, gx, c):
-    for i in range(g.size):
-        gx[i] += g[i] if x[i] > 0 else c * g[i]
+def leaky_relu_bwd(v, g, x, ans, n, k):
+    for i in range(n):
+        g[x + i] += g[ans + i] if v[x + i] > 0 else k * g[ans + i]
 
 
 def abs(x):  # noqa: A001 - the public name is tg.abs
@@ -213,18 +214,18 @@ def abs(x):  # noqa: A001 - the public name is tg.abs
 
 
 @kernel
-def abs_fwd(x, ans, c):
-    for i in range(ans.size):
-        ans[i] = x[i] if x[i] >= 0 else -x[i]
+def abs_fwd(v, x, ans, n, k):
+    for i in range(n):
+        v[ans + i] = v[x + i] if v[x + i] >= 0 else -v[x + i]
 
 
 @kernel
-def abs_bwd(x, ans, g, gx, c):
-    for i in range(g.size):
-        if x[i] > 0:
-            gx[i] += g[i]
-        elif x[i] < 0:
-            gx[i] -= g[i]
+def abs_bwd(v, g, x, ans, n, k):
+    for i in range(n):
+        if v[x + i] > 0:
+            g[x + i] += g[ans + i]
+        elif v[x + i] < 0:
+            g[x + i] -= g[ans + i]
 
 
 def square(x):
@@ -233,28 +234,28 @@ def square(x):
 
 
 @kernel
-def square_fwd(x, ans, c):
-    for i in range(ans.size):
-        ans[i] = x[i] * x[i]
+def square_fwd(v, x, ans, n, k):
+    for i in range(n):
+        v[ans + i] = v[x + i] * v[x + i]
 
 
 @kernel
-def square_bwd(x, ans, g, gx, c):
-    for i in range(g.size):
-        gx[i] += 2 * g[i] * x[i]
+def square_bwd(v, g, x, ans, n, k):
+    for i in range(n):
+        g[x + i] += 2 * g[ans + i] * v[x + i]
 
 
 @kernel
-def powc_fwd(x, ans, c):
-    for i in range(ans.size):
-        ans[i] = x[i] ** c
+def powc_fwd(v, x, ans, n, k):
+    for i in range(n):
+        v[ans + i] = v[x + i] ** k
 
 
 @kernel
-def powc_bwd(x, ans, g, gx, c):
-    if c != 0:
-        for i in range(g.size):
-            gx[i] += g[i] * c * x[i] ** (c - 1)
+def powc_bwd(v, g, x, ans, n, k):
+    if k != 0:
+        for i in range(n):
+            g[x + i] += g[ans + i] * k * v[x + i] ** (k - 1)
 
 
 # ---------------------------------------------------------------------------- binary
@@ -264,16 +265,16 @@ def add(x, y):
 
 
 @kernel
-def add_fwd(x, sx, y, sy, ans):
-    for i in range(ans.size):
-        ans[i] = x[i * sx] + y[i * sy]
+def add_fwd(v, x, y, ans, n):
+    for i in range(n):
+        v[ans + i] = v[x + i] + v[y + i]
 
 
 @kernel
-def add_bwd(x, sx, y, sy, ans, g, gx, gy):
-    for i in range(g.size):
-        gx[i * sx] += g[i]
-        gy[i * sy] += g[i]
+def add_bwd(v, g, x, y, ans, n):
+    for i in range(n):
+        g[x + i] += g[ans + i]
+        g[y + i] += g[ans + i]
 
 
 def sub(x, y):
@@ -282,16 +283,16 @@ def sub(x, y):
 
 
 @kernel
-def sub_fwd(x, sx, y, sy, ans):
-    for i in range(ans.size):
-        ans[i] = x[i * sx] - y[i * sy]
+def sub_fwd(v, x, y, ans, n):
+    for i in range(n):
+        v[ans + i] = v[x + i] - v[y + i]
 
 
 @kernel
-def sub_bwd(x, sx, y, sy, ans, g, gx, gy):
-    for i in range(g.size):
-        gx[i * sx] += g[i]
-        gy[i * sy] -= g[i]
+def sub_bwd(v, g, x, y, ans, n):
+    for i in range(n):
+        g[x + i] += g[ans + i]
+        g[y + i] -= g[ans + i]
 
 
 def mul(x, y):
@@ -300,16 +301,16 @@ def mul(x, y):
 
 
 @kernel
-def mul_fwd(x, sx, y, sy, ans):
-    for i in range(ans.size):
-        ans[i] = x[i * sx] * y[i * sy]
+def mul_fwd(v, x, y, ans, n):
+    for i in range(n):
+        v[ans + i] = v[x + i] * v[y + i]
 
 
 @kernel
-def mul_bwd(x, sx, y, sy, ans, g, gx, gy):
-    for i in range(g.size):
-        gx[i * sx] += g[i] * y[i * sy]
-        gy[i * sy] += g[i] * x[i * sx]
+def mul_bwd(v, g, x, y, ans, n):
+    for i in range(n):
+        g[x + i] += g[ans + i] * v[y + i]
+        g[y + i] += g[ans + i] * v[x + i]
 
 
 def div(x, y):
@@ -318,16 +319,16 @@ def div(x, y):
 
 
 @kernel
-def div_fwd(x, sx, y, sy, ans):
-    for i in range(ans.size):
-        ans[i] = x[i * sx] / y[i * sy]
+def div_fwd(v, x, y, ans, n):
+    for i in range(n):
+        v[ans + i] = v[x + i] / v[y + i]
 
 
 @kernel
-def div_bwd(x, sx, y, sy, ans, g, gx, gy):
-    for i in range(g.size):
-        gx[i * sx] += g[i] / y[i * sy]
-        gy[i * sy] -= g[i] * ans[i] / y[i * sy]
+def div_bwd(v, g, x, y, ans, n):
+    for i in range(n):
+        g[x + i] += g[ans + i] / v[y + i]
+        g[y + i] -= g[ans + i] * v[ans + i] / v[y + i]
 
 
 def pow(x, y):  # noqa: A001 - the public name is tg.pow
@@ -338,21 +339,21 @@ def pow(x, y):  # noqa: A001 - the public name is tg.pow
 
 
 @kernel
-def pow_fwd(x, sx, y, sy, ans):
-    for i in range(ans.size):
-        ans[i] = x[i * sx] ** y[i * sy]
+def pow_fwd(v, x, y, ans, n):
+    for i in range(n):
+        v[ans + i] = v[x + i] ** v[y + i]
 
 
 @kernel
-def pow_bwd(x, sx, y, sy, ans, g, gx, gy):
-    for i in range(g.size):
-        a, b = x[i * sx], y[i * sy]
+def pow_bwd(v, g, x, y, ans, n):
+    for i in range(n):
+        a, b = v[x + i], v[y + i]
         if b != 0:
-            gx[i * sx] += g[i] * b * a ** (b - 1)
+            g[x + i] += g[ans + i] * b * a ** (b - 1)
         if a > 0:
-            gy[i * sy] += g[i] * ans[i] * math.log(a)
+            g[y + i] += g[ans + i] * v[ans + i] * math.log(a)
         elif a < 0 or b < 0:  # log of a negative base, or 0 ** negative: as torch, nan/inf
-            gy[i * sy] += g[i] * ans[i] * math.nan
+            g[y + i] += g[ans + i] * v[ans + i] * math.nan
 
 
 def maximum(x, y):
@@ -361,22 +362,22 @@ def maximum(x, y):
 
 
 @kernel
-def maximum_fwd(x, sx, y, sy, ans):
-    for i in range(ans.size):
-        ans[i] = x[i * sx] if x[i * sx] >= y[i * sy] else y[i * sy]
+def maximum_fwd(v, x, y, ans, n):
+    for i in range(n):
+        v[ans + i] = v[x + i] if v[x + i] >= v[y + i] else v[y + i]
 
 
 @kernel
-def maximum_bwd(x, sx, y, sy, ans, g, gx, gy):
-    for i in range(g.size):
-        a, b = x[i * sx], y[i * sy]
+def maximum_bwd(v, g, x, y, ans, n):
+    for i in range(n):
+        a, b = v[x + i], v[y + i]
         if a > b:
-            gx[i * sx] += g[i]
+            g[x + i] += g[ans + i]
         elif a < b:
-            gy[i * sy] += g[i]
+            g[y + i] += g[ans + i]
         else:
-            gx[i * sx] += 0.5 * g[i]
-            gy[i * sy] += 0.5 * g[i]
+            g[x + i] += 0.5 * g[ans + i]
+            g[y + i] += 0.5 * g[ans + i]
 
 
 def minimum(x, y):
@@ -385,22 +386,22 @@ def minimum(x, y):
 
 
 @kernel
-def minimum_fwd(x, sx, y, sy, ans):
-    for i in range(ans.size):
-        ans[i] = x[i * sx] if x[i * sx] <= y[i * sy] else y[i * sy]
+def minimum_fwd(v, x, y, ans, n):
+    for i in range(n):
+        v[ans + i] = v[x + i] if v[x + i] <= v[y + i] else v[y + i]
 
 
 @kernel
-def minimum_bwd(x, sx, y, sy, ans, g, gx, gy):
-    for i in range(g.size):
-        a, b = x[i * sx], y[i * sy]
+def minimum_bwd(v, g, x, y, ans, n):
+    for i in range(n):
+        a, b = v[x + i], v[y + i]
         if a < b:
-            gx[i * sx] += g[i]
+            g[x + i] += g[ans + i]
         elif a > b:
-            gy[i * sy] += g[i]
+            g[y + i] += g[ans + i]
         else:
-            gx[i * sx] += 0.5 * g[i]
-            gy[i * sy] += 0.5 * g[i]
+            g[x + i] += 0.5 * g[ans + i]
+            g[y + i] += 0.5 * g[ans + i]
 
 
 # comparisons: 0/1 values, no gradient (their reverse rule is "nothing")
@@ -421,17 +422,17 @@ def le(x, y):
 
 
 @kernel
-def compare_fwd(op, x, sx, y, sy, ans):
-    for i in range(ans.size):
-        a, b = x[i * sx], y[i * sy]
+def compare_fwd(op, v, x, y, ans, n):
+    for i in range(n):
+        a, b = v[x + i], v[y + i]
         if op == Op.GT:
-            ans[i] = 1.0 if a > b else 0.0
+            v[ans + i] = 1.0 if a > b else 0.0
         elif op == Op.GE:
-            ans[i] = 1.0 if a >= b else 0.0
+            v[ans + i] = 1.0 if a >= b else 0.0
         elif op == Op.LT:
-            ans[i] = 1.0 if a < b else 0.0
+            v[ans + i] = 1.0 if a < b else 0.0
         else:
-            ans[i] = 1.0 if a <= b else 0.0
+            v[ans + i] = 1.0 if a <= b else 0.0
 
 
 # ---------------------------------------------------------------------------- where
@@ -441,22 +442,20 @@ def where(cond, x, y):
     ``tg.where(v > 0, v, 0.1 * v)`` replays correctly whichever way ``v`` goes."""
     tape, (cond, x, y) = vars_of([cond, x, y], "where")
     shape = broadcast_shape("where", cond, x, y)
-    cond, sc = stride_operand(cond, shape)
-    x, sx = stride_operand(x, shape)
-    y, sy = stride_operand(y, shape)
-    return Var(tape, tape._emit(Op.WHERE, [cond._b, x._b, y._b], shape, (sc, sx, sy)))
+    cond, x, y = (broadcast_to(a, shape) for a in (cond, x, y))
+    return Var(tape, tape._emit(Op.WHERE, [cond._b, x._b, y._b], shape))
 
 
 @kernel
-def where_fwd(c, sc, x, sx, y, sy, ans):
-    for i in range(ans.size):
-        ans[i] = x[i * sx] if c[i * sc] != 0 else y[i * sy]
+def where_fwd(v, c, x, y, ans, n):
+    for i in range(n):
+        v[ans + i] = v[x + i] if v[c + i] != 0 else v[y + i]
 
 
 @kernel
-def where_bwd(c, sc, x, sx, y, sy, g, gx, gy):
-    for i in range(g.size):
-        if c[i * sc] != 0:
-            gx[i * sx] += g[i]
+def where_bwd(v, g, c, x, y, ans, n):
+    for i in range(n):
+        if v[c + i] != 0:
+            g[x + i] += g[ans + i]
         else:
-            gy[i * sy] += g[i]
+            g[y + i] += g[ans + i]

@@ -56,12 +56,14 @@ def _batched(v, batch_shape, mat):
     return broadcast_to(v, batch_shape + mat), 1
 
 
+# x, y, ans: int64 offsets in the arenas; 2-D views of them go to BLAS or to plain loops
 @kernel
-def matmul_fwd(x, y, ans, batch, M, K, N, sx, sy):
+def matmul_fwd(v, x, y, ans, batch, M, K, N, sx, sy):
     for t in range(batch):
-        X = x[t * sx * M * K: (t * sx + 1) * M * K].reshape((M, K))
-        Y = y[t * sy * K * N: (t * sy + 1) * K * N].reshape((K, N))
-        Z = ans[t * M * N: (t + 1) * M * N].reshape((M, N))
+        xo, yo, zo = x + t * sx * M * K, y + t * sy * K * N, ans + t * M * N
+        X = v[xo: xo + M * K].reshape((M, K))
+        Y = v[yo: yo + K * N].reshape((K, N))
+        Z = v[zo: zo + M * N].reshape((M, N))
         if M * K * N >= BLAS_MIN:
             np.dot(X, Y, Z)
         else:
@@ -77,13 +79,12 @@ def matmul_fwd(x, y, ans, batch, M, K, N, sx, sy):
 # gx += g @ y.T,  gy += x.T @ g   (per batch; a shared operand sums over the batch);
 # dx / dy: whether x / y need a gradient at all
 @kernel
-def matmul_bwd(x, y, g, gx, gy, batch, M, K, N, sx, sy, dx, dy):
+def matmul_bwd(v, g, x, y, ans, batch, M, K, N, sx, sy, dx, dy):
     for t in range(batch):
-        X = x[t * sx * M * K: (t * sx + 1) * M * K].reshape((M, K))
-        Y = y[t * sy * K * N: (t * sy + 1) * K * N].reshape((K, N))
-        G = g[t * M * N: (t + 1) * M * N].reshape((M, N))
-        GX = gx[t * sx * M * K: (t * sx + 1) * M * K].reshape((M, K))
-        GY = gy[t * sy * K * N: (t * sy + 1) * K * N].reshape((K, N))
+        xo, yo, zo = x + t * sx * M * K, y + t * sy * K * N, ans + t * M * N
+        X, GX = v[xo: xo + M * K].reshape((M, K)), g[xo: xo + M * K].reshape((M, K))
+        Y, GY = v[yo: yo + K * N].reshape((K, N)), g[yo: yo + K * N].reshape((K, N))
+        G = g[zo: zo + M * N].reshape((M, N))
         if M * K * N >= BLAS_MIN:
             if dx:
                 GX += np.dot(G, Y.T)

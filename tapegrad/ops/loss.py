@@ -88,32 +88,36 @@ def _check_labels(a, C, err):
 
 
 # ans[r] = logsumexp(x[r, :]) - x[r, label_r];  gx[r, j] += g[r] * (softmax(x[r])_j - [j == label_r])
+# (x: logits at a uint64 offset, y: labels, ans: losses; every label is checked before use)
 @kernel
-def cross_entropy_fwd(x, y, ans, N, C):
+def cross_entropy_fwd(v, x, y, ans, N, C):
     for r in range(N):
-        lab = y[r]
+        lab = v[y + np.uint64(r)]
         if not (lab >= 0 and lab < C and lab == math.floor(lab)):
             return False
+        row = x + np.uint64(r * C)
         m = -math.inf
-        for j in range(C):
-            if x[r * C + j] > m or x[r * C + j] != x[r * C + j]:
-                m = x[r * C + j]
+        for j in range(np.uint64(C)):
+            if v[row + j] > m or v[row + j] != v[row + j]:
+                m = v[row + j]
         s = 0.0
-        for j in range(C):
-            s += math.exp(x[r * C + j] - m)
-        ans[r] = m + math.log(s) - x[r * C + int(lab)]
+        for j in range(np.uint64(C)):
+            s += math.exp(v[row + j] - m)
+        v[ans + np.uint64(r)] = m + math.log(s) - v[row + np.uint64(int(lab))]
     return True
 
 
 @kernel
-def cross_entropy_bwd(x, y, ans, g, gx, N, C):
+def cross_entropy_bwd(v, g, x, y, ans, N, C):
     for r in range(N):
-        lab = y[r]  # checked again: the arena may have been written since the forward sweep
+        lab = v[y + np.uint64(r)]  # checked again: the arena may have been written since
         if not (lab >= 0 and lab < C):
             return False
-        c = int(lab)
-        lse = ans[r] + x[r * C + c]
-        for j in range(C):
-            gx[r * C + j] += g[r] * math.exp(x[r * C + j] - lse)
-        gx[r * C + c] -= g[r]
+        row = x + np.uint64(r * C)
+        c = np.uint64(int(lab))
+        out = ans + np.uint64(r)
+        lse = v[out] + v[row + c]
+        for j in range(np.uint64(C)):
+            g[row + j] += g[out] * math.exp(v[row + j] - lse)
+        g[row + c] -= g[out]
     return True

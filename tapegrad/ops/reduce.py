@@ -3,9 +3,12 @@
 ``sum``/``max`` over several axes record one instruction per run of adjacent axes; ``mean``
 is a sum times 1/count. ``logsumexp``, ``softmax`` and ``log_softmax`` subtract the maximum
 first, so they do not overflow. ``max`` splits the gradient of a tie equally (as
-``torch.amax``).
+``torch.amax``). Kernels index the arenas at uint64 offsets, as in ``ops.elementwise``;
+``_at(p, a, n, B, j, b)`` is the offset of element ``[a, j, b]`` of the buffer at ``p``.
 """
 import math
+
+import numpy as np
 
 from .._jit import kernel
 from ..errors import ShapeError, user_site
@@ -47,56 +50,69 @@ def _reduce_keep(op, name, x, axis, keepdims):
     return reshape_var(x, kept) if keepdims else x
 
 
+@kernel
+def _at(p, a, n, B, j, b):
+    return p + np.uint64((a * n + j) * B + b)
+
+
 # sum:  ans[a, b] = sum_j x[a, j, b];  gx[a, j, b] += g[a, b]
 @kernel
-def sum_fwd(x, ans, A, n, B):
+def sum_fwd(v, x, ans, A, n, B):
     for a in range(A):
-        for b in range(B):
-            ans[a * B + b] = 0
+        out = ans + np.uint64(a * B)
+        for b in range(np.uint64(B)):
+            v[out + b] = 0
         for j in range(n):
-            row = (a * n + j) * B
-            for b in range(B):
-                ans[a * B + b] += x[row + b]
+            row = _at(x, a, n, B, j, 0)
+            for b in range(np.uint64(B)):
+                v[out + b] += v[row + b]
 
 
 @kernel
-def sum_bwd(x, ans, g, gx, A, n, B):
+def sum_bwd(v, g, x, ans, A, n, B):
     for a in range(A):
+        out = ans + np.uint64(a * B)
         for j in range(n):
-            row = (a * n + j) * B
-            for b in range(B):
-                gx[row + b] += g[a * B + b]
+            row = _at(x, a, n, B, j, 0)
+            for b in range(np.uint64(B)):
+                g[row + b] += g[out + b]
 
 
-# max:  ans[a, b] = max_j x[a, j, b];  the k tied maxima each get g[a, b] / k
+# max:  ans[a, b] = max_j x[a, j, b] (NaN if any is NaN);  the k tied maxima get g[a, b] / k
 @kernel
-def max_fwd(x, ans, A, n, B):
-    for a in range(A):
-        for b in range(B):
-            m = x[a * n * B + b]
-            for j in range(1, n):
-                v = x[(a * n + j) * B + b]
-                if v > m or v != v:
-                    m = v
-                    if v != v:
-                        break
-            ans[a * B + b] = m
+def _row_max(v, x, a, n, B, b):
+    m = -math.inf
+    for j in range(n):
+        e = v[_at(x, a, n, B, j, b)]
+        if e > m or e != e:
+            m = e
+            if e != e:
+                break
+    return m
 
 
 @kernel
-def max_bwd(x, ans, g, gx, A, n, B):
+def max_fwd(v, x, ans, A, n, B):
     for a in range(A):
         for b in range(B):
-            m = ans[a * B + b]
+            v[ans + np.uint64(a * B + b)] = _row_max(v, x, a, n, B, b)
+
+
+@kernel
+def max_bwd(v, g, x, ans, A, n, B):
+    for a in range(A):
+        for b in range(B):
+            out = ans + np.uint64(a * B + b)
             ties = 0
             for j in range(n):
-                if x[(a * n + j) * B + b] == m:
+                if v[_at(x, a, n, B, j, b)] == v[out]:
                     ties += 1
             if ties:
-                share = g[a * B + b] / ties
+                share = g[out] / ties
                 for j in range(n):
-                    if x[(a * n + j) * B + b] == m:
-                        gx[(a * n + j) * B + b] += share
+                    i = _at(x, a, n, B, j, b)
+                    if v[i] == v[out]:
+                        g[i] += share
 
 
 # ---------------------------------------------------------------------------- logsumexp family
@@ -122,37 +138,30 @@ def logsumexp(x, axis=-1, keepdims=False):
     return reshape_var(y, kept) if keepdims else y
 
 
+# ans[a, b] = m + log(sum_j exp(x[a, j, b] - m)), m the maximum;  gx += g * exp(x - ans)
 @kernel
-def _row_max(x, a, n, B, b):
-    m = -math.inf
-    for j in range(n):
-        v = x[(a * n + j) * B + b]
-        if v > m or v != v:
-            m = v
-    return m
-
-
-@kernel
-def logsumexp_fwd(x, ans, A, n, B):
+def logsumexp_fwd(v, x, ans, A, n, B):
     for a in range(A):
         for b in range(B):
-            m = _row_max(x, a, n, B, b)
+            out = ans + np.uint64(a * B + b)
+            m = _row_max(v, x, a, n, B, b)
             if math.isinf(m) or m != m:
-                ans[a * B + b] = m
+                v[out] = m
                 continue
             s = 0.0
             for j in range(n):
-                s += math.exp(x[(a * n + j) * B + b] - m)
-            ans[a * B + b] = m + math.log(s)
+                s += math.exp(v[_at(x, a, n, B, j, b)] - m)
+            v[out] = m + math.log(s)
 
 
 @kernel
-def logsumexp_bwd(x, ans, g, gx, A, n, B):
+def logsumexp_bwd(v, g, x, ans, A, n, B):
     for a in range(A):
         for b in range(B):
+            out = ans + np.uint64(a * B + b)
             for j in range(n):
-                i = (a * n + j) * B + b
-                gx[i] += g[a * B + b] * math.exp(x[i] - ans[a * B + b])
+                i = _at(x, a, n, B, j, b)
+                g[i] += g[out] * math.exp(v[i] - v[out])
 
 
 def softmax(x, axis=-1):
@@ -162,31 +171,32 @@ def softmax(x, axis=-1):
     return Var(tape, tape._emit(Op.SOFTMAX, [x._b], x.shape, attrs))
 
 
+# ans = exp(x - m) / sum_j exp(x - m);  gx += ans * (g - sum_j g * ans)
 @kernel
-def softmax_fwd(x, ans, A, n, B):
+def softmax_fwd(v, x, ans, A, n, B):
     for a in range(A):
         for b in range(B):
-            m = _row_max(x, a, n, B, b)
+            m = _row_max(v, x, a, n, B, b)
             s = 0.0
             for j in range(n):
-                i = (a * n + j) * B + b
-                ans[i] = math.exp(x[i] - m)
-                s += ans[i]
+                e = math.exp(v[_at(x, a, n, B, j, b)] - m)
+                v[_at(ans, a, n, B, j, b)] = e
+                s += e
             for j in range(n):
-                ans[(a * n + j) * B + b] /= s
+                v[_at(ans, a, n, B, j, b)] /= s
 
 
 @kernel
-def softmax_bwd(x, ans, g, gx, A, n, B):
+def softmax_bwd(v, g, x, ans, A, n, B):
     for a in range(A):
         for b in range(B):
             dot = 0.0
             for j in range(n):
-                i = (a * n + j) * B + b
-                dot += g[i] * ans[i]
+                i = _at(ans, a, n, B, j, b)
+                dot += g[i] * v[i]
             for j in range(n):
-                i = (a * n + j) * B + b
-                gx[i] += ans[i] * (g[i] - dot)
+                i = _at(ans, a, n, B, j, b)
+                g[_at(x, a, n, B, j, b)] += v[i] * (g[i] - dot)
 
 
 def log_softmax(x, axis=-1):
@@ -196,27 +206,27 @@ def log_softmax(x, axis=-1):
     return Var(tape, tape._emit(Op.LOG_SOFTMAX, [x._b], x.shape, attrs))
 
 
+# ans = x - logsumexp(x);  gx += g - exp(ans) * sum_j g
 @kernel
-def log_softmax_fwd(x, ans, A, n, B):
+def log_softmax_fwd(v, x, ans, A, n, B):
     for a in range(A):
         for b in range(B):
-            m = _row_max(x, a, n, B, b)
+            m = _row_max(v, x, a, n, B, b)
             s = 0.0
             for j in range(n):
-                s += math.exp(x[(a * n + j) * B + b] - m)
+                s += math.exp(v[_at(x, a, n, B, j, b)] - m)
             lse = m + math.log(s)
             for j in range(n):
-                i = (a * n + j) * B + b
-                ans[i] = x[i] - lse
+                v[_at(ans, a, n, B, j, b)] = v[_at(x, a, n, B, j, b)] - lse
 
 
 @kernel
-def log_softmax_bwd(x, ans, g, gx, A, n, B):
+def log_softmax_bwd(v, g, x, ans, A, n, B):
     for a in range(A):
         for b in range(B):
             gs = 0.0
             for j in range(n):
-                gs += g[(a * n + j) * B + b]
+                gs += g[_at(ans, a, n, B, j, b)]
             for j in range(n):
-                i = (a * n + j) * B + b
-                gx[i] += g[i] - math.exp(ans[i]) * gs
+                i = _at(ans, a, n, B, j, b)
+                g[_at(x, a, n, B, j, b)] += g[i] - math.exp(v[i]) * gs

@@ -3,9 +3,13 @@
 
 Every kernel sees a flat buffer as a 3-D ``(A, n, B)`` view (A = product of the axes before,
 B = product of the axes after the one it works on), so one kernel serves every axis and rank.
+Kernels index the arenas ``v`` / ``g`` at the uint64 offsets ``x`` (input) and ``ans``
+(output), as in ``tapegrad.ops.elementwise``; the attributes arrive as int64.
 A reshape records no instruction: it is a new buffer over the same arena slice.
 """
 import numbers
+
+import numpy as np
 
 from .._jit import kernel
 from ..errors import ShapeError, user_site
@@ -39,19 +43,23 @@ def reshape(x, shape):
 # ---------------------------------------------------------------------------- expand
 # (recorded by _record.broadcast_to) out[a, j, b] = x[a, b];  gx[a, b] += sum_j g[a, j, b]
 @kernel
-def expand_fwd(x, ans, A, n, B):
+def expand_fwd(v, x, ans, A, n, B):
     for a in range(A):
+        src = x + np.uint64(a * B)
         for j in range(n):
-            for b in range(B):
-                ans[(a * n + j) * B + b] = x[a * B + b]
+            dst = ans + np.uint64((a * n + j) * B)
+            for b in range(np.uint64(B)):
+                v[dst + b] = v[src + b]
 
 
 @kernel
-def expand_bwd(g, gx, A, n, B):
+def expand_bwd(g, x, ans, A, n, B):
     for a in range(A):
+        src = x + np.uint64(a * B)
         for j in range(n):
-            for b in range(B):
-                gx[a * B + b] += g[(a * n + j) * B + b]
+            dst = ans + np.uint64((a * n + j) * B)
+            for b in range(np.uint64(B)):
+                g[src + b] += g[dst + b]
 
 
 # ---------------------------------------------------------------------------- indexing
@@ -102,23 +110,23 @@ def index(x, key):
 
 # out[a, j, b] = x[a, start + j*step, b];  gx[a, start + j*step, b] += g[a, j, b]
 @kernel
-def slice_fwd(x, ans, A, n, B, start, step, count):
+def slice_fwd(v, x, ans, A, n, B, start, step, count):
     for a in range(A):
         for j in range(count):
-            src = (a * n + start + j * step) * B
-            dst = (a * count + j) * B
-            for b in range(B):
-                ans[dst + b] = x[src + b]
+            src = x + np.uint64((a * n + start + j * step) * B)
+            dst = ans + np.uint64((a * count + j) * B)
+            for b in range(np.uint64(B)):
+                v[dst + b] = v[src + b]
 
 
 @kernel
-def slice_bwd(g, gx, A, n, B, start, step, count):
+def slice_bwd(g, x, ans, A, n, B, start, step, count):
     for a in range(A):
         for j in range(count):
-            src = (a * n + start + j * step) * B
-            dst = (a * count + j) * B
-            for b in range(B):
-                gx[src + b] += g[dst + b]
+            src = x + np.uint64((a * n + start + j * step) * B)
+            dst = ans + np.uint64((a * count + j) * B)
+            for b in range(np.uint64(B)):
+                g[src + b] += g[dst + b]
 
 
 # ---------------------------------------------------------------------------- concatenate
@@ -166,21 +174,21 @@ def stack(xs, axis=0):
 
 # out[a, start + j, b] = x[a, j, b];  gx[a, j, b] += g[a, start + j, b]
 @kernel
-def place_fwd(x, ans, A, n, B, start, count):
+def place_fwd(v, x, ans, A, n, B, start, count):
     for a in range(A):
-        dst = (a * n + start) * B
-        src = a * count * B
-        for i in range(count * B):
-            ans[dst + i] = x[src + i]
+        dst = ans + np.uint64((a * n + start) * B)
+        src = x + np.uint64(a * count * B)
+        for i in range(np.uint64(count * B)):
+            v[dst + i] = v[src + i]
 
 
 @kernel
-def place_bwd(g, gx, A, n, B, start, count):
+def place_bwd(g, x, ans, A, n, B, start, count):
     for a in range(A):
-        dst = (a * n + start) * B
-        src = a * count * B
-        for i in range(count * B):
-            gx[src + i] += g[dst + i]
+        dst = ans + np.uint64((a * n + start) * B)
+        src = x + np.uint64(a * count * B)
+        for i in range(np.uint64(count * B)):
+            g[src + i] += g[dst + i]
 
 
 # ---------------------------------------------------------------------------- transpose
@@ -213,26 +221,26 @@ def transpose(x, axes=None):
     return x
 
 
-# (A, M, N, B) -> (A, N, M, B):  out[a, n, m, b] = x[a, m, n, b]
+# (A, M, N, B) -> (A, N, M, B):  out[a, q, m, b] = x[a, m, q, b]
 @kernel
-def transpose_fwd(x, ans, A, M, N, B):
+def transpose_fwd(v, x, ans, A, M, N, B):
     for a in range(A):
         base = a * M * N * B
         for m in range(M):
-            for n in range(N):
-                src = base + (m * N + n) * B
-                dst = base + (n * M + m) * B
-                for b in range(B):
-                    ans[dst + b] = x[src + b]
+            for q in range(N):
+                src = x + np.uint64(base + (m * N + q) * B)
+                dst = ans + np.uint64(base + (q * M + m) * B)
+                for b in range(np.uint64(B)):
+                    v[dst + b] = v[src + b]
 
 
 @kernel
-def transpose_bwd(g, gx, A, M, N, B):
+def transpose_bwd(g, x, ans, A, M, N, B):
     for a in range(A):
         base = a * M * N * B
         for m in range(M):
-            for n in range(N):
-                src = base + (m * N + n) * B
-                dst = base + (n * M + m) * B
-                for b in range(B):
-                    gx[src + b] += g[dst + b]
+            for q in range(N):
+                src = x + np.uint64(base + (m * N + q) * B)
+                dst = ans + np.uint64(base + (q * M + m) * B)
+                for b in range(np.uint64(B)):
+                    g[src + b] += g[dst + b]
