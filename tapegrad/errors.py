@@ -44,12 +44,18 @@ class UnknownNameError(TapegradError, KeyError):
         return str(self.args[0]) if self.args else ""
 
 
+_inside = {}  # code filename -> is it a file of the tapegrad package?
+
+
 def user_site():
     """``file:line`` of the innermost caller outside the tapegrad package."""
     f = sys._getframe(1)
     while f is not None:
         fn = f.f_code.co_filename
-        if not os.path.abspath(fn).startswith(_PKG_DIR + os.sep):
+        inside = _inside.get(fn)
+        if inside is None:
+            inside = _inside[fn] = os.path.abspath(fn).startswith(_PKG_DIR + os.sep)
+        if not inside:
             return f"{os.path.basename(fn)}:{f.f_lineno}"
         f = f.f_back
     return "<unknown>"

@@ -4,10 +4,14 @@ Shape rule: a 1-D left operand is a row ``(1, K)``, a 1-D right operand a column
 (the added axis is dropped from the result); leading batch axes broadcast. A 2-D right
 operand folds the left operand's batch into its rows (one ``(B*M, K) @ (K, N)`` product).
 Attributes: ``batch, M, K, N, sx, sy`` with ``sx``/``sy`` 0 when that operand is shared by the
-whole batch. Products of at least ``BLAS_MIN`` multiply-adds go to BLAS (``np.dot``: SciPy's library,
-which ``tapegrad._jit`` loads single-threaded); smaller ones are plain loops, as fast there.
+whole batch. Products of at least ``BLAS_MIN`` multiply-adds call SciPy's BLAS ``?gemm``
+directly (which ``tapegrad._jit`` loads single-threaded): unlike ``np.dot`` it accumulates
+into the gradient (beta = 1) without a temporary, and costs far less to compile. Smaller
+products are plain loops, as fast there.
 """
 import numpy as np
+from numba import types
+from numba.np.linalg import ensure_blas
 
 from .._jit import kernel
 from ..errors import ShapeError, user_site
@@ -16,6 +20,32 @@ from ..var import Var
 from ._record import broadcast_to, prod, reshape_var, vars_of
 
 BLAS_MIN = 65536
+
+# numba's own entry to SciPy's ?gemm (what its np.dot calls), declared here with addresses as
+# intp so that one call site serves both arena dtypes and the function stays cacheable.
+# (kind, transa, transb, m, n, k, &alpha, a, lda, b, ldb, &beta, c, ldc) -> status
+ensure_blas()
+_xxgemm = types.ExternalFunction("numba_xxgemm", types.intc(
+    types.char, types.char, types.char, types.intp, types.intp, types.intp, types.intp,
+    types.intp, types.intp, types.intp, types.intp, types.intp, types.intp, types.intp))
+_N, _T = ord("n"), ord("t")
+
+
+@kernel
+def _ptr(arr, i):
+    """Address of element ``i`` of a 1-D array."""
+    return np.int64(arr.ctypes.data) + i * arr.itemsize
+
+
+@kernel
+def gemm(ta, tb, m, n, k, va, a, lda, vb, b, ldb, beta, vc, c):
+    """Column-major ``C[m, n] = op(A)[m, k] @ op(B)[k, n] + beta * C`` on the arenas: ``A`` at
+    offset ``a`` of arena ``va`` and so on; ``ta``/``tb`` are ord("n") or ord("t").
+    A row-major ``Z = X @ Y`` is the column-major ``Z.T = Y.T @ X.T``: see the callers."""
+    ab = np.array([1.0, beta], vc.dtype)
+    kind = ord("d") if vc.itemsize == 8 else ord("s")
+    _xxgemm(np.int8(kind), np.int8(ta), np.int8(tb), m, n, k, _ptr(ab, 0), _ptr(va, a), lda,
+            _ptr(vb, b), ldb, _ptr(ab, 1), _ptr(vc, c), m)
 
 
 def matmul(x, y):
@@ -64,8 +94,8 @@ def matmul_fwd(v, x, y, ans, batch, M, K, N, sx, sy):
         X = v[xo: xo + M * K].reshape((M, K))
         Y = v[yo: yo + K * N].reshape((K, N))
         Z = v[zo: zo + M * N].reshape((M, N))
-        if M * K * N >= BLAS_MIN:
-            np.dot(X, Y, Z)
+        if M * K * N >= BLAS_MIN:  # Z.T (N x M) = Y.T (N x K) @ X.T (K x M)
+            gemm(_N, _N, N, M, K, v, yo, N, v, xo, K, 0.0, v, zo)
         else:
             for m in range(M):
                 for n in range(N):
@@ -86,10 +116,10 @@ def matmul_bwd(v, g, x, y, ans, batch, M, K, N, sx, sy, dx, dy):
         Y, GY = v[yo: yo + K * N].reshape((K, N)), g[yo: yo + K * N].reshape((K, N))
         G = g[zo: zo + M * N].reshape((M, N))
         if M * K * N >= BLAS_MIN:
-            if dx:
-                GX += np.dot(G, Y.T)
-            if dy:
-                GY += np.dot(X.T, G)
+            if dx:  # GX.T (K x M) += Y (K x N) @ G.T (N x M)
+                gemm(_T, _N, K, M, N, v, yo, N, g, zo, N, 1.0, g, xo)
+            if dy:  # GY.T (N x K) += G.T (N x M) @ X (M x K)
+                gemm(_N, _T, N, K, M, g, zo, N, v, xo, K, 1.0, g, yo)
             continue
         if dx:
             for m in range(M):
