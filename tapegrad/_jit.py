@@ -1,8 +1,8 @@
 """numba decorators used by every kernel, in one place.
 
-``kernel`` marks an op's forward or reverse rule: a small function over 1-D views of the value
-and gradient arenas, inlined into the interpreters of ``tapegrad.sweep`` (so each op's rules can
-sit next to its shape rule without costing a call per instruction).
+``kernel`` marks an op's forward or reverse rule: a small function over the value and
+gradient arenas at given offsets, inlined into the interpreters of ``tapegrad.sweep`` (so each
+op's rules can sit next to its shape rule without costing a call per instruction).
 ``jit`` marks a compiled entry point (an interpreter, an optimizer step), cached on disk.
 
 ``error_model="numpy"`` lets ``/`` follow IEEE (inf/nan instead of an exception) and keeps
@@ -27,7 +27,7 @@ kernel = numba.njit(inline="always", error_model="numpy")
 
 
 def _load_scipy_blas_single_threaded():
-    """numba's ``np.dot`` calls SciPy's own BLAS library; on a loaded 2-core machine its
+    """Matrix products call SciPy's own BLAS library (through numba's ?gemm entry); on a loaded 2-core machine its
     threads made a 128x64 product 300x slower (DESIGN.md). Load it now with one thread,
     unless the user chose (OPENBLAS_NUM_THREADS set) or SciPy's BLAS is already loaded.
     NumPy's BLAS (a separate library, already loaded) and child processes are unaffected."""
@@ -36,7 +36,7 @@ def _load_scipy_blas_single_threaded():
     os.environ["OPENBLAS_NUM_THREADS"] = "1"
     try:
         import scipy.linalg.cython_blas  # noqa: F401
-    except ImportError:  # numba reports the missing SciPy when it compiles np.dot
+    except ImportError:  # numba reports the missing SciPy when a matmul compiles
         pass
     finally:
         del os.environ["OPENBLAS_NUM_THREADS"]
@@ -68,39 +68,6 @@ def drop_stale_cache(dispatcher, files):
         with open(stamp, "w") as fh:
             fh.write(digest.hexdigest())
     except (OSError, AttributeError):  # no writable cache: nothing stale can be loaded either
-        pass
-
-
-def _load_scipy_blas_single_threaded():
-    """numba's ``np.dot`` calls SciPy's own BLAS library; on a loaded 2-core machine its
-    threads made a 128x64 product 300x slower (DESIGN.md). Load it now with one thread,
-    unless the user chose (OPENBLAS_NUM_THREADS set) or SciPy's BLAS is already loaded.
-    NumPy's BLAS (a separate library, already loaded) and child processes are unaffected."""
-    if "OPENBLAS_NUM_THREADS" in os.environ or "scipy.linalg" in sys.modules:
-        return
-    os.environ["OPENBLAS_NUM_THREADS"] = "1"
-    try:
-        import scipy.linalg.cython_blas  # noqa: F401
-    except ImportError:  # numba reports the missing SciPy when it compiles np.dot
-        pass
-    finally:
-        del os.environ["OPENBLAS_NUM_THREADS"]
-
-
-_load_scipy_blas_single_threaded()
-
-
-def refresh_cache_stamp(module_file, *dep_files):
-    """Touch ``module_file`` when a file it compiles in is newer.
-
-    numba keys its on-disk cache on the source file of the cached function alone, but the
-    interpreters inline kernels from other files: without this, editing a kernel would keep
-    running the old compiled code. Call it at the top of a module, before its ``@jit``s.
-    """
-    try:
-        if max(os.stat(f).st_mtime for f in dep_files) > os.stat(module_file).st_mtime:
-            os.utime(module_file)
-    except OSError:  # a read-only install never changes anyway
         pass
 
 
