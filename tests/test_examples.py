@@ -44,11 +44,16 @@ def has_module(name):
 
 def test_every_example_is_tested():
     tested = {"seed_mlp.py", "neuron.py", "ols.py", "mlp_vs_torch.py", "digits.py",
-              "rnn_sincos.py", "grad_of_target.py"}
+              "rnn_sincos.py", "grad_of_target.py", "replay_speed.py"}
     assert {p.name for p in EXAMPLES.glob("*.py")} == tested
     readme = (EXAMPLES / "README.md").read_text()
     for name in tested:
         assert f"examples/{name}" in readme, f"{name} missing from examples/README.md"
+
+
+def test_replay_speed(tmp_path):
+    out = run_example("replay_speed.py", tmp_path)
+    assert number(r"forward\+reverse ([0-9.]+) ns per instruction", out) > 0
 
 
 def test_seed_mlp(tmp_path):
