@@ -27,6 +27,7 @@ _stack = []  # tapes entered with `with tape:`
 
 
 def current_tape(what):
+    """The tape of the innermost ``with tape:`` block (used by ``tg.param`` etc.)."""
     if not _stack:
         raise TapegradError(f"tg.{what}() needs a tape: use it inside `with tape:` "
                             f"or call tape.{what}(...) ({user_site()})")

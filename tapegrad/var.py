@@ -21,7 +21,7 @@ class Var:
     array([ 2., -4.])
     """
 
-    __slots__ = ("tape", "_b")
+    __slots__ = ("tape", "_b")  # tape: the Tape it lives on; _b: its buffer index
     __array_ufunc__ = None  # NumPy defers to Var: np_array * v calls Var.__rmul__
     __array_priority__ = 1000
 
@@ -32,22 +32,28 @@ class Var:
     # ------------------------------------------------------------------ properties
     @property
     def shape(self):
+        """The shape, a tuple: ``v.shape == (32, 64)``."""
         return self.tape._shape[self._b]
 
     @property
     def ndim(self):
+        """Number of axes: ``len(v.shape)``."""
         return len(self.shape)
 
     @property
     def size(self):
+        """Number of elements."""
         return int(self.tape._bsize[self._b])
 
     @property
     def dtype(self):
+        """The tape's arena dtype (float64 or float32)."""
         return self.tape.dtype
 
     @property
     def name(self):
+        """The Var's name (None if unnamed); settable: ``loss.name = "loss"``, then
+        ``tape["loss"]``."""
         return self.tape._bname[self._b]
 
     @name.setter
@@ -164,6 +170,7 @@ class Var:
         return _ops.abs(self)
 
     def abs(self):
+        """``tg.abs(v)``."""
         return _ops.abs(self)
 
     def __gt__(self, o):
@@ -183,20 +190,25 @@ class Var:
 
     @property
     def T(self):
+        """The axes reversed: ``W.T``."""
         return _ops.transpose(self)
 
     def reshape(self, *shape):
+        """Same memory, new shape: ``v.reshape(2, -1)`` or ``v.reshape((2, -1))``."""
         if len(shape) == 1 and not isinstance(shape[0], int):
             shape = shape[0]
         return _ops.reshape(self, shape)
 
     def sum(self, axis=None, keepdims=False):
+        """``tg.sum(v, axis, keepdims)``: ``v.sum()``, ``v.sum(axis=0)``."""
         return _ops.sum(self, axis=axis, keepdims=keepdims)
 
     def mean(self, axis=None, keepdims=False):
+        """``tg.mean(v, axis, keepdims)``: ``v.mean()``."""
         return _ops.mean(self, axis=axis, keepdims=keepdims)
 
     def max(self, axis=None, keepdims=False):
+        """``tg.max(v, axis, keepdims)``: ``v.max(axis=1)``."""
         return _ops.max(self, axis=axis, keepdims=keepdims)
 
 

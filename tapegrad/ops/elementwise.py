@@ -406,18 +406,22 @@ def minimum_bwd(v, g, x, y, ans, n):
 
 # comparisons: 0/1 values, no gradient (their reverse rule is "nothing")
 def gt(x, y):
+    """1.0 where x > y else 0.0 (no gradient).  ``v > 0``"""
     return _binary(Op.GT, x, y, "gt")
 
 
 def ge(x, y):
+    """1.0 where x >= y else 0.0 (no gradient).  ``v >= 0``"""
     return _binary(Op.GE, x, y, "ge")
 
 
 def lt(x, y):
+    """1.0 where x < y else 0.0 (no gradient).  ``v < 0``"""
     return _binary(Op.LT, x, y, "lt")
 
 
 def le(x, y):
+    """1.0 where x <= y else 0.0 (no gradient).  ``v <= 0``"""
     return _binary(Op.LE, x, y, "le")
 
 

@@ -14,6 +14,7 @@ import numpy as np
 from .._jit import kernel
 from ..errors import ShapeError, user_site
 from ..opcodes import Op
+from ..tape import TEMP
 from ..var import Var
 from ._record import norm_axis, prod, reshape_var, vars_of
 
@@ -149,7 +150,7 @@ def concatenate(xs, axis=0):
     n = sum(s[ax] for s in shapes)
     out_shape = shapes[0][:ax] + (n,) + shapes[0][ax + 1:]
     A, B = prod(out_shape[:ax]), prod(out_shape[ax + 1:])
-    out = tape._new_buffer(out_shape, 3)  # TEMP, written piecewise by PLACE instructions
+    out = tape._new_buffer(out_shape, TEMP)  # written piecewise by PLACE instructions
     start = 0
     for v in xs:
         tape._emit(Op.PLACE, [v._b], out_shape, (A, n, B, start, v.shape[ax]), out=out)
