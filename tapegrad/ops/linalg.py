@@ -86,24 +86,24 @@ def _batched(v, batch_shape, mat):
     return broadcast_to(v, batch_shape + mat), 1
 
 
-# x, y, ans: int64 offsets in the arenas; 2-D views of them go to BLAS or to plain loops
+# x, y, ans: offsets of X (M, K), Y (K, N) and Z (M, N) in the arenas (int64); batch t reads
+# X at x + t*sx*M*K. Small products are plain loops over the arenas at uint64 offsets.
 @kernel
 def matmul_fwd(v, x, y, ans, batch, M, K, N, sx, sy):
     for t in range(batch):
         xo, yo, zo = x + t * sx * M * K, y + t * sy * K * N, ans + t * M * N
-        X = v[xo: xo + M * K].reshape((M, K))
-        Y = v[yo: yo + K * N].reshape((K, N))
-        Z = v[zo: zo + M * N].reshape((M, N))
         if M * K * N >= BLAS_MIN:  # Z.T (N x M) = Y.T (N x K) @ X.T (K x M)
             gemm(_N, _N, N, M, K, v, yo, N, v, xo, K, 0.0, v, zo)
-        else:
-            for m in range(M):
-                for n in range(N):
-                    Z[m, n] = 0
-                for k in range(K):
-                    xv = X[m, k]
-                    for n in range(N):
-                        Z[m, n] += xv * Y[k, n]
+            continue
+        for m in range(M):
+            z = np.uint64(zo + m * N)
+            for n in range(np.uint64(N)):
+                v[z + n] = 0
+            for k in range(K):
+                xv = v[np.uint64(xo + m * K + k)]
+                row = np.uint64(yo + k * N)
+                for n in range(np.uint64(N)):
+                    v[z + n] += xv * v[row + n]
 
 
 # gx += g @ y.T,  gy += x.T @ g   (per batch; a shared operand sums over the batch);
@@ -112,25 +112,23 @@ def matmul_fwd(v, x, y, ans, batch, M, K, N, sx, sy):
 def matmul_bwd(v, g, x, y, ans, batch, M, K, N, sx, sy, dx, dy):
     for t in range(batch):
         xo, yo, zo = x + t * sx * M * K, y + t * sy * K * N, ans + t * M * N
-        X, GX = v[xo: xo + M * K].reshape((M, K)), g[xo: xo + M * K].reshape((M, K))
-        Y, GY = v[yo: yo + K * N].reshape((K, N)), g[yo: yo + K * N].reshape((K, N))
-        G = g[zo: zo + M * N].reshape((M, N))
         if M * K * N >= BLAS_MIN:
             if dx:  # GX.T (K x M) += Y (K x N) @ G.T (N x M)
                 gemm(_T, _N, K, M, N, v, yo, N, g, zo, N, 1.0, g, xo)
             if dy:  # GY.T (N x K) += G.T (N x M) @ X (M x K)
                 gemm(_N, _T, N, K, M, g, zo, N, v, xo, K, 1.0, g, yo)
             continue
-        if dx:
-            for m in range(M):
-                for k in range(K):
-                    s = GX[m, k] * 0
-                    for n in range(N):
-                        s += G[m, n] * Y[k, n]
-                    GX[m, k] += s
-        if dy:
-            for m in range(M):
-                for k in range(K):
-                    xv = X[m, k]
-                    for n in range(N):
-                        GY[k, n] += xv * G[m, n]
+        for m in range(M):
+            z = np.uint64(zo + m * N)
+            for k in range(K):
+                row = np.uint64(yo + k * N)
+                xi = np.uint64(xo + m * K + k)
+                if dx:
+                    s = g[xi] * 0
+                    for n in range(np.uint64(N)):
+                        s += g[z + n] * v[row + n]
+                    g[xi] += s
+                if dy:
+                    xv = v[xi]
+                    for n in range(np.uint64(N)):
+                        g[row + n] += xv * g[z + n]
