@@ -110,6 +110,14 @@ def main(argv=None):
     def want(name):
         return name not in skip
 
+    def add_frameworks(workload, params, batches, kind):
+        """The installed graph-object frameworks on one MLP workload."""
+        for module, label, engine in (("autograd", "autograd", AutogradEngine),
+                                      ("torch", "torch", TorchEngine),
+                                      ("jax", "jax-jit", JaxEngine)):
+            if have[module]:
+                B.add(workload, label, engine(params, batches, kind), K)
+
     # ------------------------------------------------------------------ seed-mlp
     t_setup = time.perf_counter()
     X, Y = seed_data()
@@ -123,12 +131,7 @@ def main(argv=None):
         B.add("seed-mlp", "pyobj", SeedNodes(params, X, Y, "pyobj"), K)
     if have["micrograd"]:
         B.add("seed-mlp", "micrograd", SeedNodes(params, X, Y, "micrograd"), K)
-    if have["autograd"]:
-        B.add("seed-mlp", "autograd", AutogradEngine(params, batches, "seed"), K)
-    if have["torch"]:
-        B.add("seed-mlp", "torch", TorchEngine(params, batches, "seed"), K)
-    if have["jax"]:
-        B.add("seed-mlp", "jax-jit", JaxEngine(params, batches, "seed"), K)
+    add_frameworks("seed-mlp", params, batches, "seed")
     info["seed-mlp"] = {"check_ok": _check_line("seed-mlp", B.results["seed-mlp"], "tg-loop",
                                                 1e-6)}
 
@@ -144,12 +147,7 @@ def main(argv=None):
                                         DIG_BATCH), K)
     if want("numba-fused"):
         B.add("digits-mlp", "numba-fused", DigitsFused(params, Xd, Yd), K)
-    if have["autograd"]:
-        B.add("digits-mlp", "autograd", AutogradEngine(params, dbatches, "digits"), K)
-    if have["torch"]:
-        B.add("digits-mlp", "torch", TorchEngine(params, dbatches, "digits"), K)
-    if have["jax"]:
-        B.add("digits-mlp", "jax-jit", JaxEngine(params, dbatches, "digits"), K)
+    add_frameworks("digits-mlp", params, dbatches, "digits")
     info["digits-mlp"] = {"data": src, "check_ok": _check_line(
         "digits-mlp", B.results["digits-mlp"], "tg-loop", 1e-4)}
 
