@@ -19,10 +19,13 @@ from .reduce import mean, sum
 _REDUCTIONS = ("mean", "sum", "none")
 
 
-def _reduce(x, reduction, name):
+def _check_reduction(reduction, name):
     if reduction not in _REDUCTIONS:
         raise TapegradError(f"{name}: reduction must be one of {_REDUCTIONS}, got "
                             f"{reduction!r} ({user_site()})")
+
+
+def _reduce(x, reduction):
     if reduction == "mean":
         return mean(x)
     return sum(x) if reduction == "sum" else x
@@ -30,9 +33,8 @@ def _reduce(x, reduction, name):
 
 def mse_loss(pred, target, reduction="mean"):
     """Mean (or sum, or none) of squared differences.  ``tg.mse_loss(pred, y)``"""
-    if reduction not in _REDUCTIONS:
-        return _reduce(None, reduction, "mse_loss")
-    return _reduce(square(sub(pred, target)), reduction, "mse_loss")
+    _check_reduction(reduction, "mse_loss")
+    return _reduce(square(sub(pred, target)), reduction)
 
 
 def cross_entropy(logits, labels, reduction="mean"):
@@ -41,8 +43,7 @@ def cross_entropy(logits, labels, reduction="mean"):
 
     ``tg.cross_entropy(logits, np.array([3, 0, 1]))``"""
     tape, (logits,) = vars_of([logits], "cross_entropy")
-    if reduction not in _REDUCTIONS:
-        return _reduce(None, reduction, "cross_entropy")
+    _check_reduction(reduction, "cross_entropy")
     if logits.ndim not in (1, 2):
         raise ShapeError(f"cross_entropy: logits must be (N, C) or (C,), got {logits.shape} "
                          f"({user_site()})")
@@ -75,7 +76,7 @@ def cross_entropy(logits, labels, reduction="mean"):
     out = Var(tape, tape._emit(Op.CROSS_ENTROPY, [x._b, y._b], (N,), (N, C)))
     if logits.ndim == 1:
         out = reshape_var(out, ())
-    return _reduce(out, reduction, "cross_entropy")
+    return _reduce(out, reduction)
 
 
 def _check_labels(a, C, err):
