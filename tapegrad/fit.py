@@ -5,11 +5,14 @@ Python validates the data once, packs every fed input's samples into one 2-D arr
 (row = sample, a block of columns per input) and draws the sample order; the compiled
 ``train_steps`` then runs a chunk of steps with no Python in between. Chunks are sized to
 take about a tenth of a second, so a progress bar can move and Ctrl-C stops after a whole
-chunk of whole steps.
+chunk of whole steps (``_DeferSigint``). ``tg.fit`` holds the tape's lock for its whole run.
 """
+import functools
 import math
 import os
+import signal
 import sys
+import threading
 import time
 
 import numpy as np
@@ -136,12 +139,50 @@ class _Bar:
             sys.stderr.write("\n")
 
 
+class _DeferSigint:
+    """Until ``restore()``, Ctrl-C (SIGINT) only sets ``hit``, and the loop stops at the end
+    of the chunk, after its steps are counted -- not a KeyboardInterrupt landing between a
+    compiled call and the bookkeeping (steps applied but not counted in ``opt.t``). Main
+    thread only (where Python delivers signals); ``restore()`` puts the previous handler back
+    and, when it is not Python's default, calls it for the deferred Ctrl-C."""
+
+    def __init__(self):
+        self.hit, self.old = False, None
+        if threading.current_thread() is threading.main_thread():
+            if callable(signal.getsignal(signal.SIGINT)):
+                self.old = signal.signal(signal.SIGINT, self._handler)
+
+    def _handler(self, signum, frame):
+        self.hit = True
+
+    def restore(self):
+        if self.old is not None:
+            signal.signal(signal.SIGINT, self.old)
+            if self.hit and self.old is not signal.default_int_handler:
+                self.old(signal.SIGINT, None)
+
+
+def _locked(fn):
+    """Run ``fn(loss, ...)`` holding the lock of the loss's tape (replays serialise)."""
+    @functools.wraps(fn)
+    def wrapper(loss, *args, **kwargs):
+        lock = getattr(getattr(loss, "tape", None), "lock", None)
+        if lock is None:
+            return fn(loss, *args, **kwargs)
+        with lock:
+            return fn(loss, *args, **kwargs)
+    return wrapper
+
+
+@_locked
 def fit(loss, opt, data, batch_size, steps, shuffle=True, seed=0, progress=None):
     """Train for ``steps`` steps inside compiled code; returns the per-step losses.
 
     ``data``: dict input name -> array whose first axis is the samples; each step feeds
     ``batch_size`` of them (the inputs' recorded first axis). Each call starts a fresh pass
     over the data, shuffled with ``seed`` when ``shuffle`` is true, wrapping around as needed.
+    Ctrl-C stops it after the current chunk (about 0.1 s) of whole steps: it returns the
+    losses of the steps applied, and ``opt.t`` counts exactly those.
 
     >>> hist = tg.fit(loss, opt, {"x": X, "y": Y}, batch_size=32, steps=1000)  # doctest: +SKIP
     """
@@ -166,8 +207,9 @@ def fit(loss, opt, data, batch_size, steps, shuffle=True, seed=0, progress=None)
     losses = np.full(steps, np.nan)
     bar = _Bar(steps, sys.stderr.isatty() if progress is None else bool(progress))
     done, chunk = 0, 1
+    sigint = _DeferSigint()
     try:
-        while done < steps:
+        while done < steps and not sigint.hit:
             m = min(chunk, steps - done)
             t = time.perf_counter()
             status, k, ran = train_steps(
@@ -180,12 +222,15 @@ def fit(loss, opt, data, batch_size, steps, shuffle=True, seed=0, progress=None)
                 raise NonFiniteError(f"fit(): the loss became {losses[done]} at step {done} "
                                      f"(0-based; steps before it are applied)")
             if status != OK:
-                raise tape._status_error(status, k)
+                raise tape._failed(status, k, "values", "grads")
             bar.update(ran, losses[done - 1])
             dt = time.perf_counter() - t
             chunk = max(1, min(chunk * 4, int(chunk * 0.1 / dt) if dt > 0 else chunk * 4))
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # a handler other than Python's raised it
         losses = losses[:done]
     finally:
+        sigint.restore()
         bar.close()
-    return losses
+    if done:
+        tape._broken.clear()  # every step replayed both sweeps whole
+    return losses[:done] if sigint.hit else losses

@@ -3,6 +3,8 @@
 The function is recorded on the first call for each combination of argument shapes and
 dtypes (arguments become inputs with ``requires_grad``) and replayed afterwards. A replay
 whose branch guard flips re-records that entry, so the caller never sees a stale branch.
+A function that raises while being recorded leaves the cache as it was; a replay holds its
+tape's lock, so threads may share one ``tg.grad`` function.
 """
 import numpy as np
 
@@ -36,16 +38,19 @@ def value_and_grad(f, argnums=0):
         feeds = {f"arg{i}": a for i, a in enumerate(arrays)}
         entry = cache.get(key)
         if entry is not None:
-            try:
-                entry[0].forward(**feeds)
-            except BranchChanged:
-                entry = None
-        if entry is None:
-            entry = cache[key] = _record(f, arrays, wanted)
-        tape, ins, out = entry
-        out.backward()
-        grads = tuple(ins[i % len(args)].grad.copy() for i in nums)
-        return out.item(), grads[0] if single else grads
+            with entry[0].lock:  # another thread may be replaying the same entry
+                try:
+                    entry[0].forward(**feeds)
+                except BranchChanged:
+                    pass
+                else:
+                    return _results(entry, nums, single)
+        # a new tape, stored only once recorded and differentiated: a function that raises
+        # leaves the cache as it was
+        entry = _record(f, arrays, wanted)
+        results = _results(entry, nums, single)
+        cache[key] = entry
+        return results
 
     return wrapped
 
@@ -63,6 +68,13 @@ def grad(f, argnums=0):
         return vg(*args)[1]
 
     return wrapped
+
+
+def _results(entry, nums, single):
+    tape, ins, out = entry
+    out.backward()
+    grads = tuple(ins[i % len(ins)].grad.copy() for i in nums)
+    return out.item(), grads[0] if single else grads
 
 
 def _record(f, arrays, wanted):

@@ -132,11 +132,15 @@ class Optimizer:
         return self._ranges
 
     def step(self):
-        """Update the parameters in place from the gradients of the last ``backward()``."""
-        starts, stops = self.ranges()
-        self.t += 1
-        step_kernel(self.kind, self.tape._val, self.tape._grad, starts, stops, self.state,
-                    self.hyper, self.t)
+        """Update the parameters in place from the gradients of the last ``backward()``
+        (holding the tape's lock; ``t`` counts the steps applied)."""
+        tape = self.tape
+        with tape.lock:
+            tape._check_intact("grads", f"{type(self).__name__}.step()", "backward()")
+            starts, stops = self.ranges()
+            step_kernel(self.kind, tape._val, tape._grad, starts, stops, self.state,
+                        self.hyper, self.t + 1)
+            self.t += 1
 
     def state_dict(self):
         """Everything needed to resume: kind, step count, hyper-parameters, state arrays."""

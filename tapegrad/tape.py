@@ -13,7 +13,14 @@ instruction is evaluated as soon as it is recorded. At the first replay (or back
 is *sealed*: the arena is laid out anew with all parameters in one contiguous prefix
 ``[0, P)``, then inputs and constants, then intermediates; the buffer table is validated so no
 compiled code ever sees an out-of-range index. Recording more after that re-seals.
+
+Threads: replays of one tape (``forward``, ``backward``, ``tg.fit``, an optimizer step)
+serialise on ``tape.lock``; ``tape.replica()`` gives another thread its own arenas over the
+same sealed instructions, and the compiled sweeps release the GIL, so replicas run in
+parallel. The stack of ``with tape:`` blocks is per thread. Record a tape on one thread.
 """
+import threading
+
 import numpy as np
 
 from .errors import (BranchChanged, FeedError, NonFiniteError, ShapeError, TapegradError,
@@ -23,15 +30,23 @@ from .opcodes import A0, N_ATTRS, OP, OPS, OUT, WIDTH, X, Y, Z, Op
 PARAM, INPUT, CONST, TEMP = 0, 1, 2, 3
 KIND_NAMES = ("param", "input", "const", "temp")
 
-_stack = []  # tapes entered with `with tape:`
+_local = threading.local()  # .stack: the tapes entered with `with tape:` on this thread
+
+
+def _entered():
+    stack = getattr(_local, "stack", None)
+    if stack is None:
+        stack = _local.stack = []
+    return stack
 
 
 def current_tape(what):
-    """The tape of the innermost ``with tape:`` block (used by ``tg.param`` etc.)."""
-    if not _stack:
+    """The tape of this thread's innermost ``with tape:`` block (used by ``tg.param`` etc.)."""
+    stack = _entered()
+    if not stack:
         raise TapegradError(f"tg.{what}() needs a tape: use it inside `with tape:` "
                             f"or call tape.{what}(...) ({user_site()})")
-    return _stack[-1]
+    return stack[-1]
 
 
 def _grow(a, n):
@@ -81,6 +96,8 @@ class Tape:
         self._fwd_masks = {}      # tuple(output buffers) -> uint8 mask of needed instructions
         self._rev_masks = {}      # seed buffer -> uint8 mask of instructions with a gradient path
         self._requires_grad = set()
+        self.lock = threading.RLock()  # held by every replay; hold it to make several atomic
+        self._broken = {}         # "values"/"grads" -> error of the replay that left them half-done
 
     # ------------------------------------------------------------------ leaves
     def param(self, value, name=None):
@@ -334,19 +351,23 @@ class Tape:
         ``outputs``: Vars whose values are needed; instructions none of them needs are
         skipped (default: replay everything, so every Var's ``.value`` is current).
         ``check_finite``: raise ``NonFiniteError`` at the first op producing NaN/Inf.
+        A replay that fails part-way leaves the values half-updated: ``backward()`` refuses
+        them until a ``forward()`` succeeds. Holds ``tape.lock`` (see ``replica``).
         """
-        self._seal()
-        self._feed(feeds)
-        if outputs is None:
-            mask = self._all_mask()
-        else:
-            mask = self._forward_mask([self._own(v, "forward(outputs=...)")._b
-                                       for v in outputs])
-        from . import sweep
-        status, k = sweep.forward(self._instr, self._imm, self._boff, self._bsize, self._val,
-                                  mask, bool(check_finite))
-        if status:
-            raise self._status_error(status, k)
+        with self.lock:
+            self._seal()
+            self._feed(feeds)
+            if outputs is None:
+                mask = self._all_mask()
+            else:
+                mask = self._forward_mask([self._own(v, "forward(outputs=...)")._b
+                                           for v in outputs])
+            from . import sweep
+            status, k = sweep.forward(self._instr, self._imm, self._boff, self._bsize,
+                                      self._val, mask, bool(check_finite))
+            if status:
+                raise self._failed(status, k, "values")
+            self._broken.pop("values", None)
 
     def _all_mask(self):
         mask = self._fwd_masks.get(None)
@@ -392,6 +413,11 @@ class Tape:
         return a
 
     def _backward(self, var, grad_output):
+        with self.lock:
+            self._check_intact("values", "backward()", "forward()")
+            self._backward_locked(var, grad_output)
+
+    def _backward_locked(self, var, grad_output):
         self._seal()
         b = var._b
         if grad_output is None:
@@ -411,7 +437,71 @@ class Tape:
         status, k = sweep.reverse(self._instr, self._imm, self._boff, self._bsize, self._val,
                                   self._grad, self._reverse_mask(b))
         if status:
-            raise self._status_error(status, k)
+            raise self._failed(status, k, "grads")
+        self._broken.pop("grads", None)
+
+    def _failed(self, status, k, *what):
+        """The error of a replay stopped at instruction ``k``; ``what`` ("values", "grads")
+        it left half-updated, which ``_check_intact`` then refuses."""
+        err = self._status_error(status, k)
+        for w in what:
+            self._broken[w] = f"{type(err).__name__}: {err}"
+        return err
+
+    def _check_intact(self, what, caller, fix):
+        if what in self._broken:
+            raise TapegradError(f"{caller}: the {what} are half-updated by a replay that "
+                                f"failed ({self._broken[what]}); call {fix} again first")
+
+    # ------------------------------------------------------------------ threads
+    def replica(self):
+        """A tape sharing this one's sealed instructions and buffer table, with its own
+        arenas (values copied, gradients zero) and its own lock: give each thread a replica
+        and they replay in parallel (the compiled sweeps release the GIL).
+
+        ``replica[v]`` is the replica's Var for a Var ``v`` of this tape (or by name). The
+        replica's parameters are its own copy: after updating this tape's parameters (an
+        optimizer step), ``replica.sync_params()`` copies them in. Recording more on either
+        tape leaves the other as it was.
+
+        >>> import numpy as np, tapegrad as tg
+        >>> tape = tg.Tape(); w = tape.param(np.ones(2)); loss = (w * w).sum()
+        >>> rep = tape.replica(); rep.forward(); rep[loss].backward(); rep[w].grad
+        array([2., 2.])
+        """
+        with self.lock:
+            self._seal()
+            r = object.__new__(Tape)
+            for key, v in self.__dict__.items():
+                if key in ("_instr", "_imm", "_boff", "_bsize"):
+                    r.__dict__[key] = v   # sealed: the recorder replaces, never writes, them
+                elif isinstance(v, (list, dict, set, np.ndarray)):
+                    r.__dict__[key] = v.copy()
+                else:
+                    r.__dict__[key] = v
+            r._grad = np.zeros_like(self._val)
+            r.lock = threading.RLock()
+            r._origin = self
+        return r
+
+    def sync_params(self, source=None):
+        """Copy the parameter values of ``source`` (default: the tape this one is a
+        ``replica()`` of) into this tape's parameters; returns None."""
+        source = getattr(self, "_origin", None) if source is None else source
+        if not isinstance(source, Tape):
+            raise TapegradError("sync_params(): give the source tape (this tape is not a "
+                                "replica)")
+        with source.lock:
+            bad = [b for b in self._params if b >= source._nbuf or source._kind[b] != PARAM
+                   or source._shape[b] != self._shape[b]]
+            if bad:
+                raise TapegradError(f"sync_params(): parameter %{bad[0]} "
+                                    f"{_fmt_shape(self._shape[bad[0]])} has no match on the "
+                                    f"source tape (not a replica of it?)")
+            values = [source._view(source._val, b).copy() for b in self._params]
+        with self.lock:
+            for b, v in zip(self._params, values):
+                self._view(self._val, b)[...] = v
 
     def _status_error(self, status, k):
         from . import sweep
@@ -449,6 +539,12 @@ class Tape:
         return {name: self._var(b) for name, b in self._inputs.items()}
 
     def __getitem__(self, name):
+        from .var import Var
+        if isinstance(name, Var) and name.tape is getattr(self, "_origin", None):
+            if name._b >= self._nbuf:
+                raise UnknownNameError(f"{name._describe()} was recorded after this replica "
+                                       f"was made")
+            return self._var(name._b)   # a replica's twin of a Var of its origin
         b = self._names.get(name)
         if b is None:
             known = ", ".join(sorted(self._names)) or "none"
@@ -491,11 +587,11 @@ class Tape:
         return load(path)
 
     def __enter__(self):
-        _stack.append(self)
+        _entered().append(self)
         return self
 
     def __exit__(self, *exc):
-        _stack.remove(self)
+        _entered().remove(self)
         return False
 
 
