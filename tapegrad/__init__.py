@@ -11,6 +11,8 @@ Record once, replay for thousands of steps::
     tape.forward(x=np.ones((8, 3)), y=np.zeros((8, 1)))
     loss.backward()          # W.grad is filled
 """
+__version__ = "0.1.0"  # before the imports: tapegrad._jit keys its cache directory on it
+
 from .errors import (BranchChanged, FeedError, GradcheckError, NonFiniteError, ShapeError,
                      TapeFormatError, TapegradError)
 from .tape import Tape, current_tape
@@ -24,8 +26,6 @@ from . import nn, optim
 from .fit import fit
 from .functional import grad, value_and_grad
 from .gradcheck import gradcheck
-
-__version__ = "0.1.0"
 
 
 def param(value, name=None):

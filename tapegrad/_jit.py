@@ -1,4 +1,4 @@
-"""numba decorators used by every kernel, in one place.
+"""numba decorators used by every kernel, in one place, and where their compiled code is cached.
 
 ``kernel`` marks an op's forward or reverse rule: a small function over the value and
 gradient arenas at given offsets, inlined into the interpreters of ``tapegrad.sweep`` (so each
@@ -7,23 +7,131 @@ op's rules can sit next to its shape rule without costing a call per instruction
 
 ``error_model="numpy"`` lets ``/`` follow IEEE (inf/nan instead of an exception) and keeps
 loops vectorisable; ``fastmath`` is off so results match NumPy's.
+
+Where the cache lives (first usable directory wins):
+
+1. ``NUMBA_CACHE_DIR``, when set (numba's own rule);
+2. an installed (non-editable) tapegrad -- one inside a ``site-packages`` directory -- caches
+   in a per-user directory, ``$XDG_CACHE_HOME/tapegrad`` or ``~/.cache/tapegrad``, in a
+   subdirectory named by tapegrad's version, the Python version and a hash of the install
+   path: never beside the package, where ``pip uninstall`` would leave the files behind as a
+   namespace package that shadows a later ``pip install -e``;
+3. a source checkout or editable install caches in ``tapegrad/__pycache__`` (numba's default);
+4. numba's user-wide cache directory.
+
+When none is writable, tapegrad runs without a cache (each process compiles again) and says so
+in one warning. With ``NUMBA_DISABLE_JIT=1`` every kernel runs as plain Python: correct and
+very slow, for debugging; one warning says so too.
 """
 import glob
 import hashlib
 import os
 import sys
+import tempfile
+import warnings
 
 import numba
+from numba.core.dispatcher import Dispatcher
 
-if "NUMBA_CACHE_DIR" not in os.environ:
-    # numba fails at import-time of a cached function if __pycache__ beside the package is
-    # unwritable and no cache dir is set; fall back to a per-user cache directory then.
-    _here = os.path.dirname(os.path.abspath(__file__))
-    if not os.access(_here, os.W_OK):
-        os.environ["NUMBA_CACHE_DIR"] = os.path.join(
-            os.path.expanduser("~"), ".cache", "tapegrad-numba")
+from . import __version__
+
+PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+INSTALLED = any(part in ("site-packages", "dist-packages")
+                for part in os.path.normpath(PACKAGE_DIR).split(os.sep))
 
 kernel = numba.njit(inline="always", error_model="numpy")
+
+
+def user_cache_dir():
+    """The per-user cache directory of an installed tapegrad (whether or not it is in use)."""
+    base = os.environ.get("XDG_CACHE_HOME", "")
+    if not os.path.isabs(base):
+        base = os.environ.get("LOCALAPPDATA", "") if os.name == "nt" else ""
+        base = base or os.path.join(os.path.expanduser("~"), ".cache")
+    where = hashlib.sha1(PACKAGE_DIR.encode()).hexdigest()[:10]
+    tag = f"{__version__}-py{sys.version_info[0]}{sys.version_info[1]}-{where}"
+    return os.path.join(base, "tapegrad", tag)
+
+
+def _cache_class():
+    """numba's ``FunctionCache`` with tapegrad's list of cache locations (module docstring).
+
+    numba chooses a cache directory by trying its locator classes in order; this subclass
+    puts the per-user directory of an installed tapegrad second (after ``NUMBA_CACHE_DIR``)
+    and drops the in-tree ``__pycache__`` for an installed package. None when this numba
+    lacks the internals (tapegrad then uses numba's default locations).
+    """
+    try:
+        from numba.core import caching as c
+        base_impl, base_cache = c.CompileResultCacheImpl, c.FunctionCache
+        mixin, locator = c._SourceFileBackedLocatorMixin, c._CacheLocator
+        defaults = list(base_impl._locator_classes)
+    except (ImportError, AttributeError):
+        return None
+
+    class InstalledPackageLocator(mixin, locator):
+        """Files of an installed tapegrad, cached in ``user_cache_dir()``."""
+
+        def __init__(self, py_func, py_file):
+            self._py_file = py_file
+            self._lineno = py_func.__code__.co_firstlineno
+            sub = os.path.relpath(os.path.dirname(os.path.abspath(py_file)), PACKAGE_DIR)
+            self._cache_path = os.path.normpath(os.path.join(user_cache_dir(), sub))
+
+        def get_cache_path(self):
+            return self._cache_path
+
+        @classmethod
+        def from_function(cls, py_func, py_file):
+            inside = os.path.abspath(py_file).startswith(PACKAGE_DIR + os.sep)
+            return super().from_function(py_func, py_file) if INSTALLED and inside else None
+
+    first = 1 if defaults and "UserProvided" in defaults[0].__name__ else 0
+    rest = [k for k in defaults[first:] if not (INSTALLED and "InTree" in k.__name__)]
+
+    class Impl(base_impl):
+        _locator_classes = defaults[:first] + [InstalledPackageLocator] + rest
+
+    class TapegradFunctionCache(base_cache):
+        _impl_class = Impl
+
+    return TapegradFunctionCache
+
+
+_FunctionCache = _cache_class()
+_warned = set()
+
+
+def _warn_once(what, message):
+    if what not in _warned:
+        _warned.add(what)
+        warnings.warn(message, RuntimeWarning, stacklevel=3)
+
+
+def cached(fn, **options):
+    """``numba.njit(cache=True, **options)(fn)``, cached where the module docstring says."""
+    disp = numba.njit(**options)(fn)
+    if not isinstance(disp, Dispatcher):  # NUMBA_DISABLE_JIT=1
+        _warn_once("nojit", "tapegrad: NUMBA_DISABLE_JIT is set, so replays, tg.fit and the "
+                            "optimizers run as plain Python (correct, and about 1000x slower)")
+        return disp
+    try:
+        if _FunctionCache is None:
+            disp.enable_caching()
+        else:
+            disp._cache = _FunctionCache(disp.py_func)
+    except RuntimeError as e:  # numba: "cannot cache function ...: no locator available"
+        _warn_once("nocache", f"tapegrad: no writable directory for numba's cache ({e}); "
+                              f"compiled code is not cached, so every process compiles the "
+                              f"interpreters again (seconds per kernel). Set NUMBA_CACHE_DIR "
+                              f"to a writable directory to cache it.")
+    return disp
+
+
+def jit(fn):
+    """A cached compiled entry point; it releases the GIL (the tape's lock serialises
+    replays of one tape, replicas run in parallel)."""
+    return cached(fn, error_model="numpy", nogil=True)
 
 
 def _load_scipy_blas_single_threaded():
@@ -51,26 +159,31 @@ def drop_stale_cache(dispatcher, files):
     numba keys its cache on the content of the cached function's own file, but the
     interpreters inline kernels from other files: without this, editing a kernel would keep
     running the old compiled code. Call it right after defining the dispatcher (numba reads
-    the cache index at the first call).
+    the cache index at the first call). Safe when several processes start at once: the stamp
+    is replaced atomically, and a removed index only costs a compile.
     """
+    cache_dir = getattr(getattr(dispatcher, "stats", None), "cache_path", None)
+    if not cache_dir:  # not compiled (NUMBA_DISABLE_JIT) or not cached: nothing stale to load
+        return
     digest = hashlib.sha256()
     for f in sorted(files):
         with open(f, "rb") as fh:
             digest.update(fh.read())
     name = dispatcher.py_func.__module__.rsplit(".", 1)[-1] + "." + dispatcher.py_func.__name__
     try:
-        cache_dir = dispatcher.stats.cache_path
         stamp = os.path.join(cache_dir, f"{name}.tapegrad-sources")
-        if os.path.exists(stamp) and open(stamp).read() == digest.hexdigest():
-            return
+        if os.path.exists(stamp):
+            with open(stamp) as fh:
+                if fh.read() == digest.hexdigest():
+                    return
         for index in glob.glob(os.path.join(cache_dir, f"{name}-*.nbi")):
-            os.remove(index)
-        with open(stamp, "w") as fh:
+            try:
+                os.remove(index)
+            except FileNotFoundError:  # another process removed it first
+                pass
+        fd, tmp = tempfile.mkstemp(dir=cache_dir, prefix=f"{name}.", suffix=".tmp")
+        with os.fdopen(fd, "w") as fh:
             fh.write(digest.hexdigest())
-    except (OSError, AttributeError):  # no writable cache: nothing stale can be loaded either
+        os.replace(tmp, stamp)
+    except OSError:  # no writable cache: nothing stale can be loaded either
         pass
-
-
-def jit(fn):
-    """A cached compiled entry point."""
-    return numba.njit(cache=True, error_model="numpy", nogil=True)(fn)

@@ -9,8 +9,8 @@ from .workloads import (DIG_BETAS, DIG_EPS, DIG_LR, DIG_WD, SEED_BETAS, SEED_EPS
 
 
 def _njit(fn):
-    import numba
-    return numba.njit(cache=True, error_model="numpy")(fn)
+    from .._jit import cached   # tapegrad's cache location (outside site-packages)
+    return cached(fn, error_model="numpy")
 
 
 def _seed_fused_impl(p, g, m, v, X, Y, s0, n, t0, hyper, losses):
