@@ -484,6 +484,14 @@ class Tape:
             r._origin = self
         return r
 
+    def _origins(self):
+        """The tapes this one is a replica of, nearest first."""
+        out, t = [], getattr(self, "_origin", None)
+        while t is not None:
+            out.append(t)
+            t = getattr(t, "_origin", None)
+        return out
+
     def sync_params(self, source=None):
         """Copy the parameter values of ``source`` (default: the tape this one is a
         ``replica()`` of) into this tape's parameters; returns None."""
@@ -540,7 +548,7 @@ class Tape:
 
     def __getitem__(self, name):
         from .var import Var
-        if isinstance(name, Var) and name.tape is getattr(self, "_origin", None):
+        if isinstance(name, Var) and name.tape is not self and name.tape in self._origins():
             if name._b >= self._nbuf:
                 raise UnknownNameError(f"{name._describe()} was recorded after this replica "
                                        f"was made")

@@ -15,8 +15,6 @@ import sys
 import textwrap
 import time
 
-import numba
-import numpy as np
 import pytest
 
 import tapegrad
@@ -66,10 +64,9 @@ def _deps_dir(tmp_path):
     test venv sees numpy, numba and scipy without downloading them, and no other tapegrad)."""
     deps = tmp_path / "deps"
     deps.mkdir()
-    sites = {pathlib.Path(m.__file__).resolve().parents[1] for m in (np, numba)}
-    import scipy
-    import setuptools
-    sites |= {pathlib.Path(m.__file__).resolve().parents[1] for m in (scipy, setuptools)}
+    from importlib.util import find_spec
+    specs = [find_spec(m) for m in ("numpy", "numba", "llvmlite", "scipy", "setuptools")]
+    sites = {pathlib.Path(s.origin).resolve().parents[1] for s in specs if s and s.origin}
     for site in sites:
         for entry in site.iterdir():
             name = entry.name.lower()

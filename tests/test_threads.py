@@ -214,6 +214,10 @@ def test_replica_shares_instructions_and_owns_arenas():
     for p in tape.params:
         np.testing.assert_array_equal(rep[p].value, p.value)
     assert rep["x"].shape == (32, 4)
+    rep2 = rep.replica()                  # a replica of a replica maps the first tape's Vars
+    rep2.forward(x=xb, y=yb)
+    rep.forward(x=xb, y=yb)
+    assert rep2[loss].item() == rep[loss].item()
 
 
 def test_recording_more_leaves_a_replica_unchanged():
