@@ -272,3 +272,20 @@ def test_replicas_in_a_thread_pool_match_one_tape():
         assert l0 == l1
         for a, b in zip(g0, g1):
             np.testing.assert_array_equal(a, b)
+
+
+def test_replicas_benchmark_runs():
+    """``python -m tapegrad.bench.replicas --quick`` (BENCHMARKS.md): it checks every engine's
+    gradients against one tape's before timing; no timing is asserted."""
+    import os
+    import pathlib
+    import subprocess
+    import sys
+    root = pathlib.Path(__file__).resolve().parents[1]
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root), env.get("PYTHONPATH")]))
+    p = subprocess.run([sys.executable, "-m", "tapegrad.bench.replicas", "--quick"], env=env,
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    for engine in ("one tape", "1 replica", "2 threads, one tape", "2 replicas"):
+        assert engine in p.stdout

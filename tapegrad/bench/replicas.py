@@ -113,8 +113,10 @@ def main(argv=None):
             fn()
             times[name].append((time.perf_counter() - t0) / args.batches)
     base = np.median(times["one tape"])
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"MLP 32-128-128-1 (tanh, relu), batch {batch}, float64: forward + backward of "
-          f"{args.batches} batches, {args.rounds} rounds, {os.cpu_count()} cpus")
+          f"{args.batches} batches, {args.rounds} rounds, {os.cpu_count()} cpus, load "
+          f"average {load:.2f} (other processes take cores from the threads)")
     print(f"{'engine':<22}{'median / batch':>16}{'IQR':>26}{'speed-up':>10}")
     for name, ts in times.items():
         q1, med, q3 = np.percentile(ts, [25, 50, 75])
