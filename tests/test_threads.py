@@ -6,6 +6,10 @@ interleave on its arenas (issue #14: a thread feeding x = 1 read ``w.grad == 18`
 cannot be forced deterministically; these tests run the racy patterns many times and require
 every result to be exactly one a single thread could have produced.
 """
+import os
+import pathlib
+import subprocess
+import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -277,10 +281,6 @@ def test_replicas_in_a_thread_pool_match_one_tape():
 def test_replicas_benchmark_runs():
     """``python -m tapegrad.bench.replicas --quick`` (BENCHMARKS.md): it checks every engine's
     gradients against one tape's before timing; no timing is asserted."""
-    import os
-    import pathlib
-    import subprocess
-    import sys
     root = pathlib.Path(__file__).resolve().parents[1]
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root), env.get("PYTHONPATH")]))
