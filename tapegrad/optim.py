@@ -136,7 +136,8 @@ class Optimizer:
         (holding the tape's lock; ``t`` counts the steps applied)."""
         tape = self.tape
         with tape.lock:
-            tape._check_intact("grads", f"{type(self).__name__}.step()", "backward()")
+            if tape._broken:
+                tape._check_intact("grads", f"{type(self).__name__}.step()", "backward()")
             starts, stops = self.ranges()
             step_kernel(self.kind, tape._val, tape._grad, starts, stops, self.state,
                         self.hyper, self.t + 1)

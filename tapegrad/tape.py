@@ -367,7 +367,8 @@ class Tape:
                                       self._val, mask, bool(check_finite))
             if status:
                 raise self._failed(status, k, "values")
-            self._broken.pop("values", None)
+            if self._broken:
+                self._broken.pop("values", None)
 
     def _all_mask(self):
         mask = self._fwd_masks.get(None)
@@ -414,7 +415,8 @@ class Tape:
 
     def _backward(self, var, grad_output):
         with self.lock:
-            self._check_intact("values", "backward()", "forward()")
+            if self._broken:
+                self._check_intact("values", "backward()", "forward()")
             self._backward_locked(var, grad_output)
 
     def _backward_locked(self, var, grad_output):
@@ -438,7 +440,8 @@ class Tape:
                                   self._grad, self._reverse_mask(b))
         if status:
             raise self._failed(status, k, "grads")
-        self._broken.pop("grads", None)
+        if self._broken:
+            self._broken.pop("grads", None)
 
     def _failed(self, status, k, *what):
         """The error of a replay stopped at instruction ``k``; ``what`` ("values", "grads")
