@@ -10,6 +10,9 @@ round-robin over ``--rounds`` rounds (medians, and the interquartile range):
 * ``2 replicas``    -- two threads, each with its own ``tape.replica()`` and half the
   batches: the sweeps release the GIL, so they run on two cores at once.
 
+Each row also shows the best round and the cores the process kept busy (CPU time / wall
+time): on a machine shared with other jobs a parallel speed-up needs the second core free.
+
 Every engine's gradients are checked against the single-thread ones (bit for bit) before
 timing. BLAS stays single-threaded (as in ``tapegrad bench``).
 """
@@ -107,21 +110,29 @@ def main(argv=None):
     for fn in engines.values():   # warm up
         fn()
     times = {name: [] for name in engines}
+    cpu = {name: [] for name in engines}
     for _ in range(args.rounds):
         for name, fn in engines.items():
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             fn()
-            times[name].append((time.perf_counter() - t0) / args.batches)
+            wall = time.perf_counter() - t0
+            times[name].append(wall / args.batches)
+            cpu[name].append((time.process_time() - c0) / wall)
     base = np.median(times["one tape"])
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"MLP 32-128-128-1 (tanh, relu), batch {batch}, float64: forward + backward of "
           f"{args.batches} batches, {args.rounds} rounds, {os.cpu_count()} cpus, load "
           f"average {load:.2f} (other processes take cores from the threads)")
-    print(f"{'engine':<22}{'median / batch':>16}{'IQR':>26}{'speed-up':>10}")
+    best = np.min(times["one tape"])
+    print(f"{'engine':<22}{'median / batch':>15}{'IQR':>22}{'speed-up':>9}{'best':>11}"
+          f"{'speed-up':>9}{'cores':>7}")
     for name, ts in times.items():
         q1, med, q3 = np.percentile(ts, [25, 50, 75])
-        print(f"{name:<22}{med * 1e3:>13.3f} ms{q1 * 1e3:>12.3f}-{q3 * 1e3:.3f} ms"
-              f"{base / med:>9.2f}x")
+        print(f"{name:<22}{med * 1e3:>12.3f} ms{q1 * 1e3:>11.3f}-{q3 * 1e3:.3f} ms"
+              f"{base / med:>8.2f}x{np.min(ts) * 1e3:>8.3f} ms{best / np.min(ts):>8.2f}x"
+              f"{np.median(cpu[name]):>7.2f}")
+    print("speed-up: one tape's time / the engine's (median, and best round); cores: process "
+          "CPU time / wall time (2.0 = both cores busy for this process)")
 
 
 if __name__ == "__main__":
