@@ -28,6 +28,8 @@ from .ops.elementwise import (abs_bwd, abs_fwd, add_bwd, add_fwd, compare_fwd, c
                               sigmoid_bwd, sigmoid_fwd, sin_bwd, sin_fwd, sqrt_bwd, sqrt_fwd,
                               square_bwd, square_fwd, sub_bwd, sub_fwd, tanh_bwd, tanh_fwd,
                               where_bwd, where_fwd)
+from .ops.immediate import (addc_bwd, addc_fwd, divc_bwd, divc_fwd, mulc_bwd, mulc_fwd,
+                            rdivc_bwd, rdivc_fwd, rpowc_bwd, rpowc_fwd, rsubc_bwd, rsubc_fwd)
 from .ops.linalg import matmul_bwd, matmul_fwd
 from .ops.loss import cross_entropy_bwd, cross_entropy_fwd
 from .ops.reduce import (log_softmax_bwd, log_softmax_fwd, logsumexp_bwd, logsumexp_fwd,
@@ -70,8 +72,20 @@ def unary_fwd(op, v, x, ans, n, k):
         abs_fwd(v, x, ans, n, k)
     elif op == Op.SQUARE:
         square_fwd(v, x, ans, n, k)
-    else:
+    elif op == Op.POWC:
         powc_fwd(v, x, ans, n, k)
+    elif op == Op.ADDC:
+        addc_fwd(v, x, ans, n, k)
+    elif op == Op.MULC:
+        mulc_fwd(v, x, ans, n, k)
+    elif op == Op.RSUBC:
+        rsubc_fwd(v, x, ans, n, k)
+    elif op == Op.DIVC:
+        divc_fwd(v, x, ans, n, k)
+    elif op == Op.RDIVC:
+        rdivc_fwd(v, x, ans, n, k)
+    else:
+        rpowc_fwd(v, x, ans, n, k)
 
 
 @kernel
@@ -100,8 +114,20 @@ def unary_bwd(op, v, g, x, ans, n, k):
         abs_bwd(v, g, x, ans, n, k)
     elif op == Op.SQUARE:
         square_bwd(v, g, x, ans, n, k)
-    else:
+    elif op == Op.POWC:
         powc_bwd(v, g, x, ans, n, k)
+    elif op == Op.ADDC:
+        addc_bwd(v, g, x, ans, n, k)
+    elif op == Op.MULC:
+        mulc_bwd(v, g, x, ans, n, k)
+    elif op == Op.RSUBC:
+        rsubc_bwd(v, g, x, ans, n, k)
+    elif op == Op.DIVC:
+        divc_bwd(v, g, x, ans, n, k)
+    elif op == Op.RDIVC:
+        rdivc_bwd(v, g, x, ans, n, k)
+    else:
+        rpowc_bwd(v, g, x, ans, n, k)
 
 
 @kernel

@@ -43,7 +43,7 @@ class Var:
     @property
     def size(self):
         """Number of elements."""
-        return int(self.tape._bsize[self._b])
+        return _size(self.tape._shape[self._b], "")
 
     @property
     def dtype(self):
@@ -54,7 +54,7 @@ class Var:
     def name(self):
         """The Var's name (None if unnamed); settable: ``loss.name = "loss"``, then
         ``tape["loss"]``."""
-        return self.tape._bname[self._b]
+        return self.tape._bname.get(self._b)
 
     @name.setter
     def name(self, name):
@@ -74,9 +74,11 @@ class Var:
     def item(self):
         """The value as a Python float (size 1 only). The number is frozen: using it in
         further ops records a constant."""
-        if self.size != 1:
+        tape = self.tape
+        if _size(tape._shape[self._b], "") != 1:
             raise TapegradError(f"item() of {self._describe()}: only size-1 Vars convert")
-        return float(self.value.reshape(-1)[0])
+        tape._flush()
+        return float(tape._val[tape._boff[self._b]])
 
     def numpy(self):
         """A copy of the value."""
@@ -89,7 +91,7 @@ class Var:
 
     def _describe(self):
         label = f"%{self._b}" + (f" ({self.name!r})" if self.name else "")
-        return f"{label} of shape {self.shape} (recorded at {self.tape._bsrc[self._b]})"
+        return f"{label} of shape {self.shape} (recorded at {self.tape._bsrc(self._b)})"
 
     def __repr__(self):
         v = self.value
@@ -213,3 +215,4 @@ class Var:
 
 
 from . import ops as _ops  # noqa: E402  (the ops import Var)
+from .tape import _size  # noqa: E402

@@ -17,19 +17,42 @@ import math
 from .._jit import kernel
 from ..opcodes import Op
 from ..var import Var
+from . import immediate
 from ._record import broadcast_shape, broadcast_to, vars_of
 
 
 def _unary(op, x, name, k=0.0):
-    tape, (x,) = vars_of([x], name)
-    return Var(tape, tape._emit(op, [x._b], x.shape, imm=float(k)))
+    if type(x) is not Var:
+        tape, (x,) = vars_of([x], name)
+    tape = x.tape
+    return Var(tape, tape._emit(op, (x._b,), tape._shape[x._b], imm=float(k)))
 
 
-def _binary(op, x, y, name):
+# opcodes as plain ints for the operators (an Op member costs an enum lookup each use)
+_ADD, _SUB, _MUL, _DIV = int(Op.ADD), int(Op.SUB), int(Op.MUL), int(Op.DIV)
+_ADDC, _RSUBC, _MULC, _DIVC, _RDIVC = (int(Op.ADDC), int(Op.RSUBC), int(Op.MULC), int(Op.DIVC),
+                                       int(Op.RDIVC))
+
+
+def _binary(op, x, y, name, right=None, left=None, negate=False):
+    """``op`` of two operands; a Python number on the right (left) is recorded as the
+    immediate of the unary opcode ``right`` (``left``) instead (``tapegrad/ops/immediate.py``),
+    negated first if ``negate`` (``x - c`` is ``x + (-c)``)."""
+    tx, ty = type(x), type(y)
+    if tx is Var:
+        if ty is Var:
+            tape = x.tape
+            shape = tape._shape[x._b]
+            if y.tape is tape and tape._shape[y._b] == shape:  # the common case: same shape
+                return Var(tape, tape._emit(op, (x._b, y._b), shape))
+        elif right is not None and ty in immediate.SCALARS:
+            return immediate.record(right, x, -float(y) if negate else y)
+    elif left is not None and ty is Var and tx in immediate.SCALARS:
+        return immediate.record(left, y, x)
     tape, (x, y) = vars_of([x, y], name)
     shape = broadcast_shape(name, x, y)
     x, y = broadcast_to(x, shape), broadcast_to(y, shape)
-    return Var(tape, tape._emit(op, [x._b, y._b], shape))
+    return Var(tape, tape._emit(op, (x._b, y._b), shape))
 
 
 # ---------------------------------------------------------------------------- unary
@@ -261,7 +284,7 @@ def powc_bwd(v, g, x, ans, n, k):
 # ---------------------------------------------------------------------------- binary
 def add(x, y):
     """x + y with broadcasting.  ``tg.add(a, b)``"""
-    return _binary(Op.ADD, x, y, "add")
+    return _binary(_ADD, x, y, "add", _ADDC, _ADDC)
 
 
 @kernel
@@ -279,7 +302,7 @@ def add_bwd(v, g, x, y, ans, n):
 
 def sub(x, y):
     """x - y with broadcasting.  ``tg.sub(a, b)``"""
-    return _binary(Op.SUB, x, y, "sub")
+    return _binary(_SUB, x, y, "sub", _ADDC, _RSUBC, negate=True)
 
 
 @kernel
@@ -297,7 +320,7 @@ def sub_bwd(v, g, x, y, ans, n):
 
 def mul(x, y):
     """x * y with broadcasting.  ``tg.mul(a, b)``"""
-    return _binary(Op.MUL, x, y, "mul")
+    return _binary(_MUL, x, y, "mul", _MULC, _MULC)
 
 
 @kernel
@@ -315,7 +338,7 @@ def mul_bwd(v, g, x, y, ans, n):
 
 def div(x, y):
     """x / y with broadcasting (IEEE: 1/0 = inf).  ``tg.div(a, b)``"""
-    return _binary(Op.DIV, x, y, "div")
+    return _binary(_DIV, x, y, "div", _DIVC, _RDIVC)
 
 
 @kernel
@@ -333,9 +356,9 @@ def div_bwd(v, g, x, y, ans, n):
 
 def pow(x, y):  # noqa: A001 - the public name is tg.pow
     """x ** y; a Python number as y records the exponent as an immediate.  ``tg.pow(v, 3)``"""
-    if isinstance(y, (int, float)) and not isinstance(y, bool):
+    if type(y) in immediate.SCALARS and type(y) is not bool:
         return _unary(Op.POWC, x, "pow", y)
-    return _binary(Op.POW, x, y, "pow")
+    return _binary(Op.POW, x, y, "pow", None, Op.RPOWC)
 
 
 @kernel

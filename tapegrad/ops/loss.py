@@ -57,7 +57,7 @@ def cross_entropy(logits, labels, reduction="mean"):
             raise ShapeError(f"cross_entropy: labels must have shape {want} for logits "
                              f"{logits.shape}, got {labels.shape} ({user_site()})")
         _check_labels(labels.value, C, FeedError)
-        base = tape._base[labels._b]
+        base = tape._base_of(labels._b)
         if tape._kind[base] == 1:  # an input: its feeds are checked against C
             tape._labels[base] = min(C, tape._labels.get(base, C))
         lab = labels
