@@ -23,6 +23,7 @@ index. Layout, validation and activity analysis are array operations or compiled
 a Python loop over instructions. Recording more after that re-seals.
 """
 import operator
+import os
 from array import array
 
 import numpy as np
@@ -44,6 +45,11 @@ _SIZES = {(): 1}             # shape -> number of elements, for shapes already s
 # the arrays of an empty tape (never written: the first append reallocates)
 _EMPTY_INSTR = np.zeros((0, WIDTH), np.int32)
 _EMPTY_F64, _EMPTY_I64, _EMPTY_I32 = np.zeros(0), np.zeros(0, np.int64), np.zeros(0, np.int32)
+
+try:  # physical memory: arenas larger than this are refused before anything is allocated
+    _PHYS_BYTES = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+except (ValueError, OSError, AttributeError):  # not POSIX: numpy's MemoryError still applies
+    _PHYS_BYTES = 2 ** 62
 
 _stack = []  # tapes entered with `with tape:`
 
@@ -213,6 +219,11 @@ class Tape:
         return b
 
     def _grow_arena(self, n, shape, what="temporary"):
+        need = 2 * n * self.dtype.itemsize  # values and gradients
+        if need > _PHYS_BYTES:
+            raise TapegradError(f"a {what} of shape {shape} makes the arenas need {need:,} bytes "
+                                f"(values and gradients); this machine has {_PHYS_BYTES:,} "
+                                f"({user_site()})")
         try:
             self._val = _grow(self._val, n)
             self._cap = self._val.shape[0]
