@@ -287,7 +287,7 @@ def load(path):
     tape._used = sum(bsize[b] for _, b in roots)
     tape._names, tape._params, tape._inputs = names, params, inputs
     tape._labels, tape._requires_grad = labels, set(rg)
-    tape._n_params = pos
+    tape._n_params = tape._param_elems = pos
     tape._fwd_masks, tape._rev_masks = {}, {}
     tape._layout = 1
     tape._sealed = True

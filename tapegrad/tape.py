@@ -132,7 +132,8 @@ class Tape:
         self._sealed = False
         self._base = None         # sealed: int64 array, buffer -> root buffer
         self._layout = 0          # counts seals: arena offsets change only then
-        self._n_params = 0        # P: elements in the parameter prefix
+        self._n_params = 0        # P: elements in the parameter prefix (when sealed)
+        self._param_elems = 0     # elements of the parameters recorded so far
         self._fwd_masks = {}      # tuple(output buffers) -> uint8 mask of needed instructions
         self._rev_masks = {}      # seed buffer -> uint8 mask of instructions with a gradient path
         self._requires_grad = set()
@@ -143,6 +144,7 @@ class Tape:
         value = self._leaf_array(value, "param", name)
         b = self._new_buffer(value.shape, PARAM, name, value=value)
         self._params.append(b)
+        self._param_elems += value.size
         return self._var(b)
 
     def input(self, name, shape=None, value=None, requires_grad=False):
@@ -377,9 +379,8 @@ class Tape:
                 p.clear()
         k0, k1 = self._done, self._nf
         if k0 < k1 and evaluate:
-            from . import sweep
             nb = self._nbf
-            status, k = sweep.forward(self._instr[k0:k1], self._imm[k0:k1], self._boff[:nb],
+            status, k = _sweep.forward(self._instr[k0:k1], self._imm[k0:k1], self._boff[:nb],
                                       self._bsize[:nb], self._val, _ones(k1 - k0), False)
             if status:
                 if not check:
@@ -422,9 +423,8 @@ class Tape:
         total = self._used
         if self._grad.shape[0] != max(total, 1):
             self._grad = np.zeros(max(total, 1), self.dtype)
-        self._n_params = int(bsize[self._params].sum()) if self._params else 0
-        from .validate import validate_tape_arrays
-        validate_tape_arrays(instr, self._imm, self._boff, bsize, None, max(total, 1))
+        self._n_params = self._param_elems
+        _validate.validate_tape_arrays(instr, self._imm, self._boff, bsize, None, max(total, 1))
         self._layout += 1
         self._sealed = True
 
@@ -457,10 +457,10 @@ class Tape:
         key = tuple(sorted(outputs))
         mask = self._fwd_masks.get(key)
         if mask is None:
-            from .activity import forward_mask
             needed = np.zeros(max(self._nbuf, 1), np.uint8)
             needed[self._base[list(key)]] = 1
-            mask = self._fwd_masks[key] = forward_mask(self._instr, N_IN, self._base, needed)
+            mask = self._fwd_masks[key] = _activity.forward_mask(self._instr, N_IN, self._base,
+                                                                 needed)
         return mask
 
     def _reverse_mask(self, seed):
@@ -469,13 +469,12 @@ class Tape:
         needs its gradient."""
         mask = self._rev_masks.get(seed)
         if mask is None:
-            from .activity import reverse_mask
             varied = np.zeros(max(self._nbuf, 1), np.uint8)
             leaves = self._params + sorted(self._requires_grad)
             if leaves:
                 varied[self._base[leaves]] = 1
-            mask = self._rev_masks[seed] = reverse_mask(self._instr, N_IN, DIFFERENTIABLE,
-                                                        self._base, varied, seed)
+            mask = self._rev_masks[seed] = _activity.reverse_mask(
+                self._instr, N_IN, DIFFERENTIABLE, self._base, varied, seed)
         return mask
 
     def _grad_ranges(self, rmask):
@@ -515,8 +514,7 @@ class Tape:
         else:
             mask = self._forward_mask([self._own(v, "forward(outputs=...)")._b
                                        for v in outputs])
-        from . import sweep
-        status, k = sweep.forward(self._instr, self._imm, self._boff, self._bsize, self._val,
+        status, k = _sweep.forward(self._instr, self._imm, self._boff, self._bsize, self._val,
                                   mask, bool(check_finite))
         if status:
             raise self._status_error(status, k)
@@ -582,26 +580,24 @@ class Tape:
             self._grad[self._boff[b]] = 1.0
         else:
             self._view(self._grad, b)[...] = seed
-        from . import sweep
-        status, k = sweep.reverse(self._instr, self._imm, self._boff, self._bsize, self._val,
+        status, k = _sweep.reverse(self._instr, self._imm, self._boff, self._bsize, self._val,
                                   self._grad, self._reverse_mask(b))
         if status:
             raise self._status_error(status, k)
 
     def _status_error(self, status, k):
-        from . import sweep
         op = OPS[Op(int(self._instr[k, OP]))].name
         where = self._site(k)
-        if status == sweep.GUARD_FLIPPED:
+        if status == _sweep.GUARD_FLIPPED:
             return BranchChanged(
                 f"replay took the other branch at the guard recorded at {where}: bool() of a "
                 f"Var was {bool(self._instr[k, A0])} when recorded. Re-record the tape, or "
                 f"write the choice with tg.where / tg.maximum so it replays")
-        if status == sweep.NON_FINITE:
+        if status == _sweep.NON_FINITE:
             out = int(self._instr[k, OUT])
             return NonFiniteError(f"{op} produced NaN/Inf in %{out} "
                                   f"{_fmt_shape(self._shape[out])} (recorded at {where})")
-        if status == sweep.BAD_LABEL:
+        if status == _sweep.BAD_LABEL:
             return FeedError(f"{op}: a label is not an integer in [0, {self._instr[k, A0 + 1]}) "
                              f"(recorded at {where})")
         return TapegradError(f"{op}: replay failed with status {status} (recorded at {where})")
@@ -724,4 +720,8 @@ def _ones(m):
     return _ONES[:m]
 
 
-from .var import Var  # noqa: E402  (var imports the ops, which import this module)
+# imported last: these import the ops, which import this module
+from . import activity as _activity  # noqa: E402
+from . import sweep as _sweep  # noqa: E402
+from . import validate as _validate  # noqa: E402
+from .var import Var  # noqa: E402
