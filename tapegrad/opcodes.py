@@ -66,20 +66,22 @@ class Op(IntEnum):
     EXPAND = 31      # (A, B) -> (A, n, B)
     SLICE = 32       # (A, n, B) -> (A, count, B): rows start, start+step, ...
     PLACE = 33       # writes x (A, count, B) into out (A, n, B) at rows start.. (concatenate)
-    TRANSPOSE = 34   # (A, M, N, B) -> (A, N, M, B)
+    UNSLICE = 34     # (A, count, B) -> (A, n, B): SLICE's transpose, zero elsewhere
+    TRANSPOSE = 35   # (A, M, N, B) -> (A, N, M, B)
     # reductions over the middle axis of an (A, n, B) view
-    SUM = 35         # -> (A, B)
-    MAX = 36         # -> (A, B); gradient split equally between ties
-    LOGSUMEXP = 37   # -> (A, B)
-    SOFTMAX = 38     # -> (A, n, B)
-    LOG_SOFTMAX = 39 # -> (A, n, B)
+    SUM = 36         # -> (A, B)
+    MAX = 37         # -> (A, B); gradient split equally between ties
+    LOGSUMEXP = 38   # -> (A, B)
+    SOFTMAX = 39     # -> (A, n, B)
+    LOG_SOFTMAX = 40 # -> (A, n, B)
     # linear algebra
-    MATMUL = 40      # batch of (M, K) @ (K, N); A0..A5 = batch, M, K, N, sx, sy
+    MATMUL = 41      # batch of (M, K) @ (K, N); A0..A5 = batch, M, K, N, sx, sy
     # losses
-    CROSS_ENTROPY = 41  # x (N, C) logits, y (N,) labels stored as floats -> (N,) losses
+    CROSS_ENTROPY = 42  # x (N, C) logits, y (N,) labels stored as floats -> (N,) losses
+    ONEHOT = 43      # y (N,) labels (floats) -> (N, C) one-hot rows; no gradient
     # control
-    GUARD = 42       # checks (x[0] != 0) == A0 on replay; no value, no gradient
-    N_OPS = 43       # sentinel: the number of opcodes
+    GUARD = 44       # checks (x[0] != 0) == A0 on replay; no value, no gradient
+    N_OPS = 45       # sentinel: the number of opcodes
 
 
 class OpSpec(NamedTuple):
@@ -124,6 +126,7 @@ OPS = {
     Op.EXPAND: OpSpec("expand", 1, "A n B"),
     Op.SLICE: OpSpec("slice", 1, "A n B start step count"),
     Op.PLACE: OpSpec("place", 1, "A n B start count"),
+    Op.UNSLICE: OpSpec("unslice", 1, "A n B start step count"),
     Op.TRANSPOSE: OpSpec("transpose", 1, "A M N B"),
     Op.SUM: OpSpec("sum", 1, "A n B"),
     Op.MAX: OpSpec("max", 1, "A n B"),
@@ -132,6 +135,7 @@ OPS = {
     Op.LOG_SOFTMAX: OpSpec("log_softmax", 1, "A n B"),
     Op.MATMUL: OpSpec("matmul", 2, "batch M K N sx sy"),
     Op.CROSS_ENTROPY: OpSpec("cross_entropy", 2, "N C"),
+    Op.ONEHOT: OpSpec("onehot", 1, "N C", False),
     Op.GUARD: OpSpec("guard", 1, "expected", False),
 }
 

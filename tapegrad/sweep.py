@@ -31,11 +31,11 @@ from .ops.elementwise import (abs_bwd, abs_fwd, add_bwd, add_fwd, compare_fwd, c
 from .ops.immediate import (addc_bwd, addc_fwd, divc_bwd, divc_fwd, mulc_bwd, mulc_fwd,
                             rdivc_bwd, rdivc_fwd, rpowc_bwd, rpowc_fwd, rsubc_bwd, rsubc_fwd)
 from .ops.linalg import matmul_bwd, matmul_fwd
-from .ops.loss import cross_entropy_bwd, cross_entropy_fwd
+from .ops.loss import cross_entropy_bwd, cross_entropy_fwd, onehot_fwd
 from .ops.reduce import (log_softmax_bwd, log_softmax_fwd, logsumexp_bwd, logsumexp_fwd,
                          max_bwd, max_fwd, softmax_bwd, softmax_fwd, sum_bwd, sum_fwd)
 from .ops.shape import (expand_bwd, expand_fwd, place_bwd, place_fwd, slice_bwd, slice_fwd,
-                        transpose_bwd, transpose_fwd)
+                        transpose_bwd, transpose_fwd, unslice_bwd, unslice_fwd)
 
 OK, GUARD_FLIPPED, NON_FINITE, BAD_LABEL = 0, 1, 2, 3
 
@@ -191,6 +191,8 @@ def forward(instr, imm, boff, bsize, val, mask, check_finite):
             slice_fwd(val, x, ans, a0, a1, a2, a3, a4, a5)
         elif op == Op.PLACE:
             place_fwd(val, x, ans, a0, a1, a2, a3, a4)
+        elif op == Op.UNSLICE:
+            unslice_fwd(val, x, ans, a0, a1, a2, a3, a4, a5)
         elif op == Op.TRANSPOSE:
             transpose_fwd(val, x, ans, a0, a1, a2, a3)
         elif op == Op.SUM:
@@ -207,6 +209,9 @@ def forward(instr, imm, boff, bsize, val, mask, check_finite):
             matmul_fwd(val, np.int64(x), np.int64(y), np.int64(ans), a0, a1, a2, a3, a4, a5)
         elif op == Op.CROSS_ENTROPY:
             if not cross_entropy_fwd(val, x, y, ans, a0, a1):
+                return BAD_LABEL, k
+        elif op == Op.ONEHOT:
+            if not onehot_fwd(val, x, ans, a0, a1):
                 return BAD_LABEL, k
         elif op == Op.GUARD:
             if (val[x] != 0) != (a0 != 0):
@@ -241,6 +246,8 @@ def reverse(instr, imm, boff, bsize, val, grad, mask):
             slice_bwd(grad, x, ans, a0, a1, a2, a3, a4, a5)
         elif op == Op.PLACE:
             place_bwd(grad, x, ans, a0, a1, a2, a3, a4)
+        elif op == Op.UNSLICE:
+            unslice_bwd(grad, x, ans, a0, a1, a2, a3, a4, a5)
         elif op == Op.TRANSPOSE:
             transpose_bwd(grad, x, ans, a0, a1, a2, a3)
         elif op == Op.SUM:

@@ -98,7 +98,8 @@ def check_instructions(instr, bsize, n_in):
             if i0 != 1 or (a0 != 0 and a0 != 1):
                 return k, 6
             continue
-        if a0 < 0 or a1 < 0 or a2 < 0 or a3 < 0 or a5 < 0 or (a4 < 0 and op != Op.SLICE):
+        if (a0 < 0 or a1 < 0 or a2 < 0 or a3 < 0 or a5 < 0
+                or (a4 < 0 and op != Op.SLICE and op != Op.UNSLICE)):
             return k, 7  # only a slice's step may be negative
         AnB, AB = _prod(a0, a1, a2, 1), _prod(a0, a2, 1, 1)
         if op == Op.EXPAND:
@@ -106,6 +107,12 @@ def check_instructions(instr, bsize, n_in):
                 return k, 8
         elif op == Op.SLICE:
             if i0 != AnB or out != _prod(a0, a5, a2, 1):
+                return k, 8
+            last = a3 + (a5 - 1) * a4
+            if not (a5 == 0 or AB == 0 or (a4 != 0 and 0 <= a3 < a1 and 0 <= last < a1)):
+                return k, 9
+        elif op == Op.UNSLICE:
+            if i0 != _prod(a0, a5, a2, 1) or out != AnB:
                 return k, 8
             last = a3 + (a5 - 1) * a4
             if not (a5 == 0 or AB == 0 or (a4 != 0 and 0 <= a3 < a1 and 0 <= last < a1)):
@@ -133,6 +140,9 @@ def check_instructions(instr, bsize, n_in):
                 return k, 14
         elif op == Op.CROSS_ENTROPY:  # N C
             if i0 != _prod(a0, a1, 1, 1) or i1 != a0 or out != a0 or (a1 < 1 and a0 != 0):
+                return k, 15
+        elif op == Op.ONEHOT:  # N C
+            if i0 != a0 or out != _prod(a0, a1, 1, 1) or (a1 < 1 and a0 != 0):
                 return k, 15
         else:
             return k, 16

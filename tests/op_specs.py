@@ -124,6 +124,12 @@ def checker(shape):
     return (np.arange(_size(shape)).reshape(shape) % 3 != 1).astype(float)
 
 
+def _np_unslice(x):
+    g = np.zeros_like(x)
+    g[1:, ::-2] = 3 * x[1:, ::-2] ** 2
+    return g
+
+
 # ---------------------------------------------------------------------------- guard helpers
 def _guard_branch(x):
     # `if` on a comparison Var records a GUARD; inputs are positive so the branch is stable
@@ -335,6 +341,10 @@ SPECS = [
     Spec("index_slices", (Op.SLICE, Op.MUL, Op.ADD),
          lambda x: x[1:, ::2] * x[:-1, 1::2] + x[:-1, ::2],
          lambda x: x[1:, ::2] * x[:-1, 1::2] + x[:-1, ::2], [C((3, 4))]),
+    # the reverse rule of a slice records its transpose (UNSLICE): a gradient as the value
+    Spec("unslice", (Op.UNSLICE, Op.SLICE),
+         lambda x: tg.gradients((x[1:, ::-2] ** 3).sum(), [x])[0],
+         lambda x: _np_unslice(x), [C((3, 4)), C((2, 5))]),
     # ------------------------------------------------------------------ concatenate / stack (PLACE)
     Spec("concatenate", (Op.PLACE,), lambda *xs, axis: tg.concatenate(list(xs), axis=axis),
          lambda *xs, axis: np.concatenate(xs, axis=axis),
@@ -429,6 +439,12 @@ SPECS = [
           C((5,), id="1d_sum", labels=4, reduction="sum"),
           C((5,), id="1d_none", labels=np.int64(0), reduction="none"),
           C((1, 3), id="one_row", labels=np.array([2], np.int32), reduction="mean")], wide),
+    # cross_entropy's reverse rule records softmax minus a one-hot row (ONEHOT)
+    Spec("cross_entropy_grad", (Op.ONEHOT, Op.SOFTMAX),
+         lambda x: tg.gradients(tg.cross_entropy(
+             x, x.tape.input("labels", value=np.array([0.0, 2.0, 1.0]))), [x])[0],
+         lambda x: (scipy.special.softmax(x, axis=1) - np.eye(3)[[0, 2, 1]]) / 3,
+         [C((3, 3))], wide),
     Spec("cross_entropy_default", (Op.CROSS_ENTROPY, Op.SUM, Op.MULC),
          lambda x: tg.cross_entropy(x, np.array([0, 2, 1])),
          lambda x: np_cross_entropy(x, np.array([0, 2, 1])), [C((3, 3))], wide),

@@ -19,6 +19,7 @@ from ..opcodes import Op
 from ..var import Var
 from . import immediate
 from ._record import broadcast_shape, broadcast_to, vars_of
+from ._vjp import vjp
 
 
 def _unary(op, x, name, k=0.0):
@@ -73,6 +74,11 @@ def neg_bwd(v, g, x, ans, n, k):
         g[x + i] -= g[ans + i]
 
 
+@vjp(Op.NEG)
+def neg_vjp(r, g):
+    return (-g,)
+
+
 def exp(x):
     """e**x.  ``tg.exp(v)``"""
     return _unary(Op.EXP, x, "exp")
@@ -88,6 +94,11 @@ def exp_fwd(v, x, ans, n, k):
 def exp_bwd(v, g, x, ans, n, k):
     for i in range(n):
         g[x + i] += g[ans + i] * v[ans + i]
+
+
+@vjp(Op.EXP)
+def exp_vjp(r, g):
+    return (g * r.ans,)
 
 
 def log(x):
@@ -107,6 +118,11 @@ def log_bwd(v, g, x, ans, n, k):
         g[x + i] += g[ans + i] / v[x + i]
 
 
+@vjp(Op.LOG)
+def log_vjp(r, g):
+    return (g / r.x,)
+
+
 def sqrt(x):
     """Square root.  ``tg.sqrt(v)``"""
     return _unary(Op.SQRT, x, "sqrt")
@@ -122,6 +138,11 @@ def sqrt_fwd(v, x, ans, n, k):
 def sqrt_bwd(v, g, x, ans, n, k):
     for i in range(n):
         g[x + i] += g[ans + i] * 0.5 / v[ans + i]
+
+
+@vjp(Op.SQRT)
+def sqrt_vjp(r, g):
+    return (g / r.ans * 0.5,)
 
 
 def sin(x):
@@ -141,6 +162,11 @@ def sin_bwd(v, g, x, ans, n, k):
         g[x + i] += g[ans + i] * math.cos(v[x + i])
 
 
+@vjp(Op.SIN)
+def sin_vjp(r, g):
+    return (g * cos(r.x),)
+
+
 def cos(x):
     """Cosine.  ``tg.cos(v)``"""
     return _unary(Op.COS, x, "cos")
@@ -158,6 +184,11 @@ def cos_bwd(v, g, x, ans, n, k):
         g[x + i] -= g[ans + i] * math.sin(v[x + i])
 
 
+@vjp(Op.COS)
+def cos_vjp(r, g):
+    return (-(g * sin(r.x)),)
+
+
 def tanh(x):
     """Hyperbolic tangent.  ``tg.tanh(v)``"""
     return _unary(Op.TANH, x, "tanh")
@@ -173,6 +204,11 @@ def tanh_fwd(v, x, ans, n, k):
 def tanh_bwd(v, g, x, ans, n, k):
     for i in range(n):
         g[x + i] += g[ans + i] * (1 - v[ans + i] * v[ans + i])
+
+
+@vjp(Op.TANH)
+def tanh_vjp(r, g):
+    return (g * (1.0 - square(r.ans)),)
 
 
 def sigmoid(x):
@@ -196,6 +232,11 @@ def sigmoid_bwd(v, g, x, ans, n, k):
         g[x + i] += g[ans + i] * v[ans + i] * (1 - v[ans + i])
 
 
+@vjp(Op.SIGMOID)
+def sigmoid_vjp(r, g):
+    return (g * (r.ans * (1.0 - r.ans)),)
+
+
 def relu(x):
     """max(x, 0); relu'(0) = 0.  ``tg.relu(v)``"""
     return _unary(Op.RELU, x, "relu")
@@ -214,6 +255,11 @@ def relu_bwd(v, g, x, ans, n, k):
             g[x + i] += g[ans + i]
 
 
+@vjp(Op.RELU)
+def relu_vjp(r, g):
+    return (g * gt(r.x, 0.0),)
+
+
 def leaky_relu(x, negative_slope=0.01):
     """x if x > 0 else negative_slope * x.  ``tg.leaky_relu(v, 0.1)``"""
     return _unary(Op.LEAKY_RELU, x, "leaky_relu", negative_slope)
@@ -229,6 +275,11 @@ def leaky_relu_fwd(v, x, ans, n, k):
 def leaky_relu_bwd(v, g, x, ans, n, k):
     for i in range(n):
         g[x + i] += g[ans + i] if v[x + i] > 0 else k * g[ans + i]
+
+
+@vjp(Op.LEAKY_RELU)
+def leaky_relu_vjp(r, g):
+    return (g * (gt(r.x, 0.0) * (1.0 - r.k) + r.k),)
 
 
 def abs(x):  # noqa: A001 - the public name is tg.abs
@@ -251,6 +302,11 @@ def abs_bwd(v, g, x, ans, n, k):
             g[x + i] -= g[ans + i]
 
 
+@vjp(Op.ABS)
+def abs_vjp(r, g):
+    return (g * (gt(r.x, 0.0) - lt(r.x, 0.0)),)
+
+
 def square(x):
     """x * x.  ``tg.square(v)``"""
     return _unary(Op.SQUARE, x, "square")
@@ -268,6 +324,11 @@ def square_bwd(v, g, x, ans, n, k):
         g[x + i] += 2 * g[ans + i] * v[x + i]
 
 
+@vjp(Op.SQUARE)
+def square_vjp(r, g):
+    return (g * r.x * 2.0,)
+
+
 @kernel
 def powc_fwd(v, x, ans, n, k):
     for i in range(n):
@@ -279,6 +340,11 @@ def powc_bwd(v, g, x, ans, n, k):
     if k != 0:
         for i in range(n):
             g[x + i] += g[ans + i] * k * v[x + i] ** (k - 1)
+
+
+@vjp(Op.POWC)
+def powc_vjp(r, g):
+    return (None if r.k == 0 else g * (r.x ** (r.k - 1.0) * r.k),)
 
 
 # ---------------------------------------------------------------------------- binary
@@ -300,6 +366,11 @@ def add_bwd(v, g, x, y, ans, n):
         g[y + i] += g[ans + i]
 
 
+@vjp(Op.ADD)
+def add_vjp(r, g):
+    return g, g
+
+
 def sub(x, y):
     """x - y with broadcasting.  ``tg.sub(a, b)``"""
     return _binary(_SUB, x, y, "sub", _ADDC, _RSUBC, negate=True)
@@ -316,6 +387,11 @@ def sub_bwd(v, g, x, y, ans, n):
     for i in range(n):
         g[x + i] += g[ans + i]
         g[y + i] -= g[ans + i]
+
+
+@vjp(Op.SUB)
+def sub_vjp(r, g):
+    return g, (-g if r.need[1] else None)
 
 
 def mul(x, y):
@@ -336,6 +412,11 @@ def mul_bwd(v, g, x, y, ans, n):
         g[y + i] += g[ans + i] * v[x + i]
 
 
+@vjp(Op.MUL)
+def mul_vjp(r, g):
+    return (g * r.y if r.need[0] else None), (g * r.x if r.need[1] else None)
+
+
 def div(x, y):
     """x / y with broadcasting (IEEE: 1/0 = inf).  ``tg.div(a, b)``"""
     return _binary(_DIV, x, y, "div", _DIVC, _RDIVC)
@@ -352,6 +433,12 @@ def div_bwd(v, g, x, y, ans, n):
     for i in range(n):
         g[x + i] += g[ans + i] / v[y + i]
         g[y + i] -= g[ans + i] * v[ans + i] / v[y + i]
+
+
+@vjp(Op.DIV)
+def div_vjp(r, g):
+    gx = g / r.y
+    return gx, (-(gx * r.ans) if r.need[1] else None)
 
 
 def pow(x, y):  # noqa: A001 - the public name is tg.pow
@@ -379,6 +466,19 @@ def pow_bwd(v, g, x, y, ans, n):
             g[y + i] += g[ans + i] * v[ans + i] * math.nan
 
 
+@vjp(Op.POW)
+def pow_vjp(r, g):
+    x, y = r.x, r.y
+    gx = g * (y * x ** (y - 1.0)) if r.need[0] else None
+    gy = None
+    if r.need[1]:  # log of a positive base; nan for a negative one or 0 ** negative, as the kernel
+        pos = gt(x, 0.0)
+        t = g * r.ans * log(where(pos, x, 1.0))
+        # (the nan is a constant: a product g * nan would put 0 * nan into higher orders)
+        gy = where(pos, t, where(lt(x, 0.0) + lt(y, 0.0), math.nan, 0.0))
+    return gx, gy
+
+
 def maximum(x, y):
     """Elementwise max; a tie splits the gradient equally.  ``tg.maximum(a, 0.0)``"""
     return _binary(Op.MAXIMUM, x, y, "maximum")
@@ -403,6 +503,12 @@ def maximum_bwd(v, g, x, y, ans, n):
             g[y + i] += 0.5 * g[ans + i]
 
 
+@vjp(Op.MAXIMUM)
+def maximum_vjp(r, g):
+    s = (gt(r.x, r.y) - lt(r.x, r.y)) * 0.5  # +-1/2, 0 at a tie: the halves split a tie
+    return (g * (0.5 + s) if r.need[0] else None), (g * (0.5 - s) if r.need[1] else None)
+
+
 def minimum(x, y):
     """Elementwise min; a tie splits the gradient equally.  ``tg.minimum(a, b)``"""
     return _binary(Op.MINIMUM, x, y, "minimum")
@@ -425,6 +531,12 @@ def minimum_bwd(v, g, x, y, ans, n):
         else:
             g[x + i] += 0.5 * g[ans + i]
             g[y + i] += 0.5 * g[ans + i]
+
+
+@vjp(Op.MINIMUM)
+def minimum_vjp(r, g):
+    s = (gt(r.x, r.y) - lt(r.x, r.y)) * 0.5
+    return (g * (0.5 - s) if r.need[0] else None), (g * (0.5 + s) if r.need[1] else None)
 
 
 # comparisons: 0/1 values, no gradient (their reverse rule is "nothing")
@@ -486,3 +598,9 @@ def where_bwd(v, g, c, x, y, ans, n):
             g[x + i] += g[ans + i]
         else:
             g[y + i] += g[ans + i]
+
+
+@vjp(Op.WHERE)
+def where_vjp(r, g):
+    return (None, where(r.x, g, 0.0) if r.need[1] else None,
+            where(r.x, 0.0, g) if r.need[2] else None)

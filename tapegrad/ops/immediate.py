@@ -16,6 +16,7 @@ import numpy as np
 from .._jit import kernel
 from ..opcodes import Op
 from ..var import Var
+from ._vjp import vjp
 
 # number types taken as immediates (bool is an int: True * x == x); exact type match, so
 # the test costs one set lookup while recording
@@ -45,6 +46,11 @@ def addc_bwd(v, g, x, ans, n, k):
         g[x + i] += g[ans + i]
 
 
+@vjp(Op.ADDC)
+def addc_vjp(r, g):
+    return (g,)
+
+
 # x * c ----------------------------------------------------------------------------------
 @kernel
 def mulc_fwd(v, x, ans, n, k):
@@ -56,6 +62,11 @@ def mulc_fwd(v, x, ans, n, k):
 def mulc_bwd(v, g, x, ans, n, k):
     for i in range(n):
         g[x + i] += g[ans + i] * k
+
+
+@vjp(Op.MULC)
+def mulc_vjp(r, g):
+    return (g * r.k,)
 
 
 # c - x ----------------------------------------------------------------------------------
@@ -71,6 +82,11 @@ def rsubc_bwd(v, g, x, ans, n, k):
         g[x + i] -= g[ans + i]
 
 
+@vjp(Op.RSUBC)
+def rsubc_vjp(r, g):
+    return (-g,)
+
+
 # x / c ----------------------------------------------------------------------------------
 @kernel
 def divc_fwd(v, x, ans, n, k):
@@ -84,6 +100,11 @@ def divc_bwd(v, g, x, ans, n, k):
         g[x + i] += g[ans + i] / k
 
 
+@vjp(Op.DIVC)
+def divc_vjp(r, g):
+    return (g / r.k,)
+
+
 # c / x: d/dx = -c / x**2 = -ans / x ---------------------------------------------------------
 @kernel
 def rdivc_fwd(v, x, ans, n, k):
@@ -95,6 +116,11 @@ def rdivc_fwd(v, x, ans, n, k):
 def rdivc_bwd(v, g, x, ans, n, k):
     for i in range(n):
         g[x + i] -= g[ans + i] * v[ans + i] / v[x + i]
+
+
+@vjp(Op.RDIVC)
+def rdivc_vjp(r, g):
+    return (-(g * r.ans / r.x),)
 
 
 # c ** x: d/dx = c**x * log(c) (c < 0: nan; c = 0: as torch) ----------------------------------
@@ -117,3 +143,13 @@ def rpowc_bwd(v, g, x, ans, n, k):
         for i in range(n):  # 0 ** x: gradient 0 where x >= 0 (torch), inf * log(0) where x < 0
             if v[x + i] < 0:
                 g[x + i] += g[ans + i] * v[ans + i] * -math.inf
+
+
+@vjp(Op.RPOWC)
+def rpowc_vjp(r, g):
+    from .elementwise import lt, where
+    if r.k > 0:
+        return (g * r.ans * math.log(r.k),)
+    if r.k < 0:
+        return (g * math.nan,)
+    return (where(lt(r.x, 0.0), g * r.ans * -math.inf, 0.0),)

@@ -13,6 +13,7 @@ from ..errors import FeedError, ShapeError, TapegradError, user_site
 from ..opcodes import Op
 from ..var import Var
 from ._record import reshape_var, vars_of
+from ._vjp import vjp
 from .elementwise import square, sub
 from .reduce import mean, sum
 
@@ -121,4 +122,28 @@ def cross_entropy_bwd(v, g, x, y, ans, N, C):
         for j in range(np.uint64(C)):
             g[row + j] += g[out] * math.exp(v[row + j] - lse)
         g[row + c] -= g[out]
+    return True
+
+
+@vjp(Op.CROSS_ENTROPY)
+def cross_entropy_vjp(r, g):
+    from .reduce import softmax
+    N, C = r.a[:2]
+    tape = g.tape
+    hot = Var(tape, tape._emit(Op.ONEHOT, [r.y._b], (N, C), (N, C)))
+    return (softmax(reshape_var(r.x, (N, C)), axis=1) - hot) * reshape_var(g, (N, 1)), None
+
+
+# ans[r, j] = 1 if j == label_r else 0 (the labels of cross_entropy's reverse rule); labels are
+# checked before use, as in cross_entropy_fwd; no gradient
+@kernel
+def onehot_fwd(v, y, ans, N, C):
+    for r in range(N):
+        lab = v[y + np.uint64(r)]
+        if not (lab >= 0 and lab < C and lab == math.floor(lab)):
+            return False
+        row = ans + np.uint64(r * C)
+        for j in range(np.uint64(C)):
+            v[row + j] = 0
+        v[row + np.uint64(int(lab))] = 1
     return True
