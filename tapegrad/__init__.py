@@ -24,7 +24,7 @@ from . import nn, optim
 from .fit import fit
 from .functional import grad, value_and_grad
 from .gradcheck import gradcheck
-from .higher import gradients
+from .higher import gradients, hessian, hvp, jacobian, jacrev, vjp
 
 __version__ = "0.1.0"
 
