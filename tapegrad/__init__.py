@@ -15,7 +15,7 @@ from .errors import (BranchChanged, FeedError, GradcheckError, NonFiniteError, S
                      TapeFormatError, TapegradError)
 from .tape import Tape, current_tape
 from .var import Var
-from .ops import (abs, add, concatenate, cos, cross_entropy, div, exp, leaky_relu, log,
+from .ops import (abs, add, argmax, clip, concatenate, cos, cross_entropy, div, exp, leaky_relu, log,
                   log_softmax, logsumexp, matmul, max, maximum, mean, minimum, mse_loss, mul,
                   neg, pow, relu, reshape, sigmoid, sin, softmax, sqrt, square, stack, sub, sum,
                   tanh, transpose, where)

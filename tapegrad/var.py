@@ -22,8 +22,21 @@ class Var:
     """
 
     __slots__ = ("tape", "_b")  # tape: the Tape it lives on; _b: its buffer index
-    __array_ufunc__ = None  # NumPy defers to Var: np_array * v calls Var.__rmul__
     __array_priority__ = 1000
+
+    # NumPy on Vars records the tapegrad op (tapegrad/interop.py): np.tanh(v), np_array * v,
+    # np.sum(v, axis=0), np.dot(X, v); anything else raises, never an object array
+    def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
+        return _interop.array_ufunc(ufunc, method, *inputs, **kwargs)
+
+    def __array_function__(self, func, types, args, kwargs):
+        return _interop.array_function(func, types, args, kwargs)
+
+    def __array__(self, dtype=None, copy=None):
+        raise TapegradError(f"a Var is not an array: np.asarray / np.array of "
+                            f"{self._describe()} would freeze its value (or make an object "
+                            f"array); use v.value or v.numpy() for the numbers, or a tapegrad "
+                            f"op ({user_site()})")
 
     def __init__(self, tape, b):
         self.tape = tape
@@ -213,6 +226,57 @@ class Var:
         """``tg.max(v, axis, keepdims)``: ``v.max(axis=1)``."""
         return _ops.max(self, axis=axis, keepdims=keepdims)
 
+    # the elementwise functions as methods, as users of torch tensors write them
+    def relu(self):
+        """``tg.relu(v)``."""
+        return _ops.relu(self)
 
+    def exp(self):
+        """``tg.exp(v)``."""
+        return _ops.exp(self)
+
+    def log(self):
+        """``tg.log(v)``."""
+        return _ops.log(self)
+
+    def tanh(self):
+        """``tg.tanh(v)``."""
+        return _ops.tanh(self)
+
+    def sigmoid(self):
+        """``tg.sigmoid(v)``."""
+        return _ops.sigmoid(self)
+
+    def sin(self):
+        """``tg.sin(v)``."""
+        return _ops.sin(self)
+
+    def cos(self):
+        """``tg.cos(v)``."""
+        return _ops.cos(self)
+
+    def sqrt(self):
+        """``tg.sqrt(v)``."""
+        return _ops.sqrt(self)
+
+    def pow(self, k):
+        """``v ** k``."""
+        return _ops.pow(self, k)
+
+    def dot(self, w):
+        """``np.dot(v, w)`` for 1-D and 2-D operands (a matrix product)."""
+        return _interop._dot(self, w)
+
+    def clip(self, lo=None, hi=None):
+        """``tg.clip(v, lo, hi)``: values limited to [lo, hi]; the gradient passes where
+        lo <= v <= hi (as torch.clamp)."""
+        return _ops.clip(self, lo, hi)
+
+    def argmax(self, axis=None):
+        """Indices of the maxima (an integer ndarray of the current value, no gradient)."""
+        return np.argmax(self.value, axis=axis)
+
+
+from . import interop as _interop  # noqa: E402
 from . import ops as _ops  # noqa: E402  (the ops import Var)
 from .tape import _size  # noqa: E402

@@ -327,6 +327,8 @@ SPECS = [
          lambda x: tg.where(x > 0, x, 0.1 * x) + tg.where(x < 0, 0.5, x),
          lambda x: np.where(x > 0, x, 0.1 * x) + np.where(x < 0, 0.5, x),
          [C((2, 3))], distinct),
+    Spec("clip", (Op.WHERE, Op.LT, Op.GT), lambda x: tg.clip(x, -0.5, 0.5),
+         lambda x: np.clip(x, -0.5, 0.5), [C((2, 3)), C((4,))], distinct),
     # ------------------------------------------------------------------ expand
     Spec("expand", (Op.EXPAND, Op.MUL),
          lambda x, shape: x * np.ones(shape), lambda x, shape: x * np.ones(shape),

@@ -14,6 +14,8 @@ gradient of a tie equally.
 """
 import math
 
+import numpy as np
+
 from .._jit import kernel
 from ..opcodes import Op
 from ..var import Var
@@ -583,6 +585,24 @@ def where(cond, x, y):
     shape = broadcast_shape("where", cond, x, y)
     cond, x, y = (broadcast_to(a, shape) for a in (cond, x, y))
     return Var(tape, tape._emit(Op.WHERE, [cond._b, x._b, y._b], shape))
+
+
+def clip(x, lo=None, hi=None):
+    """``x`` limited to ``[lo, hi]`` (None: no limit on that side), as ``np.clip``; the
+    gradient passes where ``lo <= x <= hi``, as ``torch.clamp``.  ``tg.clip(v, 0.0, 1.0)``"""
+    tape, (x,) = vars_of([x], "clip")
+    if lo is not None:
+        x = where(lt(x, lo), lo, x)
+    if hi is not None:
+        x = where(gt(x, hi), hi, x)
+    return x
+
+
+def argmax(x, axis=None):
+    """Indices of the maxima of ``x``'s current value (an integer ndarray; no gradient, not
+    recorded).  ``tg.argmax(logits, axis=1)``"""
+    tape, (x,) = vars_of([x], "argmax")
+    return np.argmax(x.value, axis=axis)
 
 
 @kernel
