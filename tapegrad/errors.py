@@ -54,9 +54,10 @@ def site_id():
 
     Recording keeps this per instruction and per buffer; the ``file:line`` text is made only
     when an error message or a listing needs it (``site_text``). The code object is kept
-    alive in ``_sites``, so its ``id`` stays unique.
+    alive in ``_sites``, so its ``id`` stays unique. The walk starts at the caller's caller:
+    the caller (``Tape._emit`` or ``_new_buffer``) is always inside the package.
     """
-    f = sys._getframe(1)
+    f = sys._getframe(2)
     inside = _inside
     while f is not None:
         code = f.f_code

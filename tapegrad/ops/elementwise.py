@@ -32,9 +32,9 @@ def _unary(op, x, name, k=0.0):
 
 
 # opcodes as plain ints for the operators (an Op member costs an enum lookup each use)
-_ADD, _SUB, _MUL, _DIV = int(Op.ADD), int(Op.SUB), int(Op.MUL), int(Op.DIV)
-_ADDC, _RSUBC, _MULC, _DIVC, _RDIVC = (int(Op.ADDC), int(Op.RSUBC), int(Op.MULC), int(Op.DIVC),
-                                       int(Op.RDIVC))
+ADD, SUB, MUL, DIV = int(Op.ADD), int(Op.SUB), int(Op.MUL), int(Op.DIV)
+ADDC, RSUBC, MULC, DIVC, RDIVC = (int(Op.ADDC), int(Op.RSUBC), int(Op.MULC), int(Op.DIVC),
+                                  int(Op.RDIVC))
 
 
 def _binary(op, x, y, name, right=None, left=None, negate=False):
@@ -352,7 +352,7 @@ def powc_vjp(r, g):
 # ---------------------------------------------------------------------------- binary
 def add(x, y):
     """x + y with broadcasting.  ``tg.add(a, b)``"""
-    return _binary(_ADD, x, y, "add", _ADDC, _ADDC)
+    return _binary(ADD, x, y, "add", ADDC, ADDC)
 
 
 @kernel
@@ -375,7 +375,7 @@ def add_vjp(r, g):
 
 def sub(x, y):
     """x - y with broadcasting.  ``tg.sub(a, b)``"""
-    return _binary(_SUB, x, y, "sub", _ADDC, _RSUBC, negate=True)
+    return _binary(SUB, x, y, "sub", ADDC, RSUBC, negate=True)
 
 
 @kernel
@@ -398,7 +398,7 @@ def sub_vjp(r, g):
 
 def mul(x, y):
     """x * y with broadcasting.  ``tg.mul(a, b)``"""
-    return _binary(_MUL, x, y, "mul", _MULC, _MULC)
+    return _binary(MUL, x, y, "mul", MULC, MULC)
 
 
 @kernel
@@ -421,7 +421,7 @@ def mul_vjp(r, g):
 
 def div(x, y):
     """x / y with broadcasting (IEEE: 1/0 = inf).  ``tg.div(a, b)``"""
-    return _binary(_DIV, x, y, "div", _DIVC, _RDIVC)
+    return _binary(DIV, x, y, "div", DIVC, RDIVC)
 
 
 @kernel
