@@ -455,7 +455,6 @@ SPECS = [
          [C((4, 3), (4, 3), id="mean", reduction="mean"),
           C((4, 3), (4, 3), id="sum", reduction="sum"),
           C((4, 3), (4, 3), id="none", reduction="none"),
-          C((4, 3), (3,), id="bcast_target", reduction="mean"),
           C((5,), (5,), id="1d_default", reduction="mean")]),
     # ------------------------------------------------------------------ guard
     Spec("guard_branch", (Op.GUARD, Op.GT, Op.SUM, Op.MULC), _guard_branch,

@@ -97,3 +97,12 @@ def test_clip_gradient_passes_inside_the_bounds_only():
     w = tape2.param(np.array([-1.0, 2.0]))
     tg.clip(w, lo=0.0).sum().backward()
     np.testing.assert_array_equal(w.grad, [0.0, 1.0])
+
+
+def test_mse_loss_of_different_shapes_is_a_shape_error():
+    tape = tg.Tape()
+    p = tape.param(np.zeros((4, 1)))
+    with pytest.raises(tg.ShapeError, match=r"\(4, 1\).*\(4,\)"):
+        tg.mse_loss(p, np.zeros(4))
+    assert len(tape) == 0
+    assert tg.mse_loss(p, np.ones((4, 1))).item() == 1.0

@@ -33,8 +33,14 @@ def _reduce(x, reduction):
 
 
 def mse_loss(pred, target, reduction="mean"):
-    """Mean (or sum, or none) of squared differences.  ``tg.mse_loss(pred, y)``"""
+    """Mean (or sum, or none) of squared differences of two operands of the same shape.
+    ``tg.mse_loss(pred, y)``. Different shapes are a ShapeError: a prediction (N, 1) against
+    targets (N,) would otherwise broadcast to (N, N) and train silently on the wrong loss."""
     _check_reduction(reduction, "mse_loss")
+    tape, (pred, target) = vars_of([pred, target], "mse_loss")
+    if pred.shape != target.shape:
+        raise ShapeError(f"mse_loss: prediction of shape {pred.shape} and target of shape "
+                         f"{target.shape} differ (reshape one of them) ({user_site()})")
     return _reduce(square(sub(pred, target)), reduction)
 
 
