@@ -34,6 +34,7 @@ from .opcodes import A0, DIFFERENTIABLE, N_IN, OP, OPS, OUT, WIDTH, X, Op
 
 PARAM, INPUT, CONST, TEMP = 0, 1, 2, 3
 KIND_NAMES = ("param", "input", "const", "temp")
+RESERVED_INPUT_NAMES = ("outputs", "check_finite")  # tape.forward's own keywords
 FLUSH_EVERY = 4096           # pending instructions evaluated together
 MAX_BUFFER_ELEMENTS = 2 ** 31 - 1  # attributes that describe sizes are int32
 _INT32 = 2 ** 31
@@ -137,6 +138,8 @@ class Tape:
         self._fwd_masks = {}      # tuple(output buffers) -> uint8 mask of needed instructions
         self._rev_masks = {}      # seed buffer -> uint8 mask of instructions with a gradient path
         self._requires_grad = set()
+        self._varied = None       # after a reverse sweep: uint8 per root buffer, 1 if it has a
+                                  # gradient (depends on a param or a requires_grad input)
 
     # ------------------------------------------------------------------ leaves
     def param(self, value, name=None):
@@ -151,6 +154,10 @@ class Tape:
         """A placeholder fed by name at replay: ``tape.forward(name=array)``."""
         if not isinstance(name, str) or not name.isidentifier():
             raise TapegradError(f"input name must be an identifier string, got {name!r} "
+                                f"({user_site()})")
+        if name in RESERVED_INPUT_NAMES:
+            raise TapegradError(f"input name {name!r} is reserved: tape.forward() takes it as "
+                                f"an option (reserved: {', '.join(RESERVED_INPUT_NAMES)}) "
                                 f"({user_site()})")
         if value is not None:
             value = self._leaf_array(value, "input", name)
@@ -393,6 +400,7 @@ class Tape:
     def _dirty(self):
         self._sealed = False
         self._base = None
+        self._varied = None
         self._fwd_masks.clear()
         self._rev_masks.clear()
 
@@ -475,6 +483,7 @@ class Tape:
                 varied[self._base[leaves]] = 1
             mask = self._rev_masks[seed] = _activity.reverse_mask(
                 self._instr, N_IN, DIFFERENTIABLE, self._base, varied, seed)
+            self._varied = varied  # completed by the pass: every buffer with a gradient
         return mask
 
     def _grad_ranges(self, rmask):

@@ -75,14 +75,26 @@ class Var:
 
     @property
     def value(self):
-        """The current value: a view of the tape's value arena."""
+        """The current value: a view of the tape's value arena. It stays live through every
+        replay, ``backward()``, optimizer step and ``tg.fit`` (they write into the arena in
+        place; writing into the view changes the Var). Recording more ops may move the arena
+        (it grows, and the first replay after recording lays parameters out first): take
+        ``.value`` again after recording."""
         return self.tape._view(self.tape._val, self._b)
 
     @property
     def grad(self):
-        """The gradient of the last ``backward()``: a view of the gradient arena."""
-        self.tape._seal()
-        return self.tape._view(self.tape._grad, self._b)
+        """The gradient of the last ``backward()``: a view of the gradient arena (live like
+        ``.value``). Defined for parameters, inputs made with ``requires_grad=True`` and Vars
+        computed from them; any other Var (a constant, a plain input) has no gradient and
+        raises ``TapegradError`` once a reverse sweep has run."""
+        tape = self.tape
+        tape._seal()
+        if tape._varied is not None and not tape._varied[tape._base[self._b]]:
+            raise TapegradError(f".grad of {self._describe()}: it has no gradient -- it "
+                                f"depends on no parameter and no input made with "
+                                f"requires_grad=True ({user_site()})")
+        return tape._view(tape._grad, self._b)
 
     def item(self):
         """The value as a Python float (size 1 only). The number is frozen: using it in
