@@ -21,6 +21,8 @@ from .ops import (abs, add, argmax, clip, concatenate, cos, cross_entropy, div, 
                   tanh, transpose, where)
 
 from . import nn, optim
+from .ops import random
+from .ops.random import dropout
 from .fit import fit
 from .functional import grad, value_and_grad
 from .gradcheck import gradcheck

@@ -40,7 +40,7 @@ it builds a Tape, so no compiled code ever runs on a bad file: anything wrong ra
 import numpy as np
 
 from .errors import TapeFormatError, TapegradError, intern_site, site_text
-from .opcodes import OP, OUT, WIDTH, X, Op
+from .opcodes import A0, OP, OUT, WIDTH, X, Op
 from .validate import validate_tape_arrays
 
 FORMAT_VERSION = 2  # 2: sites table; immediates renumbered the opcodes
@@ -261,10 +261,11 @@ def load(path):
         bad(str(e))
     for k in range(n):
         op, out = int(instr[k, OP]), int(instr[k, OUT])
-        if op == Op.GUARD:
+        if op in (Op.GUARD, Op.TICK):
             if out != int(instr[k, X]):
-                bad(f"instruction {k} (guard): output {out} must equal its input")
-        elif kind[out] != TEMP:
+                bad(f"instruction {k} ({Op(op).name.lower()}): output {out} must equal its "
+                    f"input")
+        if op != Op.GUARD and kind[out] != TEMP:
             bad(f"instruction {k}: writes buffer {out} of kind {kind[out]}, not a temporary")
 
     # ---- build the sealed tape
@@ -290,5 +291,12 @@ def load(path):
     tape._n_params = tape._param_elems = pos
     tape._fwd_masks, tape._rev_masks = {}, {}
     tape._layout = 1
+    draws = instr[np.isin(instr[:, OP], (Op.RAND, Op.RANDN))]
+    ticks = instr[instr[:, OP] == Op.TICK]
+    if len(draws):  # the seed and the counter of the random draws
+        tape.seed = int(draws[0, A0 + 1]) | (int(draws[0, A0 + 2]) << 31)
+        tape._rng_draws = int(draws[:, A0].max()) + 1
+    if len(ticks):
+        tape._rng = int(ticks[0, OUT])
     tape._sealed = True
     return tape

@@ -79,9 +79,13 @@ class Op(IntEnum):
     # losses
     CROSS_ENTROPY = 42  # x (N, C) logits, y (N,) labels stored as floats -> (N,) losses
     ONEHOT = 43      # y (N,) labels (floats) -> (N, C) one-hot rows; no gradient
+    # random draws (tapegrad/ops/random.py): counter-based, fresh on every replay
+    TICK = 44        # x = out = the tape's 2-number draw counter: advances it by one
+    RAND = 45        # x: the counter -> out: U[0, 1); A0 stream, A1 A2 the seed's halves
+    RANDN = 46       # x: the counter -> out: N(0, 1); attributes as RAND
     # control
-    GUARD = 44       # checks (x[0] != 0) == A0 on replay; no value, no gradient
-    N_OPS = 45       # sentinel: the number of opcodes
+    GUARD = 47       # checks (x[0] != 0) == A0 on replay; no value, no gradient
+    N_OPS = 48       # sentinel: the number of opcodes
 
 
 class OpSpec(NamedTuple):
@@ -136,6 +140,9 @@ OPS = {
     Op.MATMUL: OpSpec("matmul", 2, "batch M K N sx sy"),
     Op.CROSS_ENTROPY: OpSpec("cross_entropy", 2, "N C"),
     Op.ONEHOT: OpSpec("onehot", 1, "N C", False),
+    Op.TICK: OpSpec("tick", 1, "", False),
+    Op.RAND: OpSpec("rand", 1, "stream seed_lo seed_hi", False),
+    Op.RANDN: OpSpec("randn", 1, "stream seed_lo seed_hi", False),
     Op.GUARD: OpSpec("guard", 1, "expected", False),
 }
 

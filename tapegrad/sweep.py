@@ -32,6 +32,7 @@ from .ops.immediate import (addc_bwd, addc_fwd, divc_bwd, divc_fwd, mulc_bwd, mu
                             rdivc_bwd, rdivc_fwd, rpowc_bwd, rpowc_fwd, rsubc_bwd, rsubc_fwd)
 from .ops.linalg import matmul_bwd, matmul_fwd
 from .ops.loss import cross_entropy_bwd, cross_entropy_fwd, onehot_fwd
+from .ops.random import rand_fwd, tick_fwd
 from .ops.reduce import (log_softmax_bwd, log_softmax_fwd, logsumexp_bwd, logsumexp_fwd,
                          max_bwd, max_fwd, softmax_bwd, softmax_fwd, sum_bwd, sum_fwd)
 from .ops.shape import (expand_bwd, expand_fwd, place_bwd, place_fwd, slice_bwd, slice_fwd,
@@ -213,6 +214,12 @@ def forward(instr, imm, boff, bsize, val, mask, check_finite):
         elif op == Op.ONEHOT:
             if not onehot_fwd(val, x, ans, a0, a1):
                 return BAD_LABEL, k
+        elif op == Op.TICK:
+            tick_fwd(val, x)
+        elif op == Op.RAND:
+            rand_fwd(val, x, ans, n, a0, a1, a2, False)
+        elif op == Op.RANDN:
+            rand_fwd(val, x, ans, n, a0, a1, a2, True)
         elif op == Op.GUARD:
             if (val[x] != 0) != (a0 != 0):
                 return GUARD_FLIPPED, k

@@ -99,11 +99,18 @@ class Tape:
     30.0
     """
 
-    def __init__(self, dtype=np.float64):
+    def __init__(self, dtype=np.float64, seed=None):
         dtype = np.dtype(dtype)
         if dtype not in (np.float64, np.float32):
             raise TapegradError(f"Tape(dtype={dtype}): only float64 and float32 are supported")
+        if seed is None:
+            seed = int(np.random.SeedSequence().entropy) & (2 ** 62 - 1)
+        elif not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2 ** 62:
+            raise TapegradError(f"Tape(seed={seed!r}): the seed must be an int in [0, 2**62)")
         self.dtype = dtype
+        self.seed = int(seed)     # of the random draws (tg.random, tg.dropout)
+        self._rng = None          # the draws' counter buffer, made with the first draw
+        self._rng_draws = 0       # draws recorded (each is its own stream)
         self._f32 = dtype == np.float32
         # instructions: rows [0, _nf) in the arrays, [_nf, _n) pending: _prow holds five ints
         # per row (op, out, x, y, z), _psite and _pimm one each, _pattr (row, attrs) for the

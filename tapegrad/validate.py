@@ -37,6 +37,7 @@ REASONS = [
     "sizes do not match (batch, M, K, N)",
     "sizes do not match (N, C)",
     "no validation rule",
+    "a draw reads the 2-number counter (which tick writes in place)",
 ]
 _BIG = 2.0 ** 62  # no buffer is this large: a product beyond it matches no size
 
@@ -97,6 +98,12 @@ def check_instructions(instr, bsize, n_in):
         if op == Op.GUARD:
             if i0 != 1 or (a0 != 0 and a0 != 1):
                 return k, 6
+            continue
+        if op == Op.TICK or op == Op.RAND or op == Op.RANDN:
+            if i0 != 2 or (op == Op.TICK and instr[k, OUT] != instr[k, X]):
+                return k, 17
+            if op != Op.TICK and (a0 < 0 or a1 < 0 or a2 < 0):
+                return k, 7
             continue
         if (a0 < 0 or a1 < 0 or a2 < 0 or a3 < 0 or a5 < 0
                 or (a4 < 0 and op != Op.SLICE and op != Op.UNSLICE)):

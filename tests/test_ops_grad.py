@@ -146,8 +146,13 @@ def test_forward_float32(spec, case, request):
     _assert_values(out.value, want, F32_RTOL, f"{spec.id}: float32 replayed value")
 
 
+# random draws replay to new values by design: tests/test_random.py checks them against an
+# independent NumPy transcription of the generator instead of an op spec
+NO_SPEC = {Op.TICK, Op.RAND, Op.RANDN}
+
+
 def test_every_opcode_has_a_spec():
-    declared = set()
+    declared = set(NO_SPEC)
     for spec in SPECS:
         declared.update(Op(op) for op in spec.ops)
     missing = sorted(op.name for op in Op if op != Op.N_OPS and op not in declared)
