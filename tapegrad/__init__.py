@@ -22,6 +22,7 @@ from .ops import (abs, add, concatenate, cos, cross_entropy, div, exp, leaky_rel
 
 from . import nn, optim
 from .fit import fit
+from .forward import jacfwd, jvp
 from .functional import grad, value_and_grad
 from .gradcheck import gradcheck
 from .higher import gradients

@@ -1,18 +1,19 @@
-"""Forward mode: the compiled tangent sweep over the tape's instructions (ADOL-C's fos_forward,
-with several directions per sweep as its fov_forward).
+"""Forward mode: the compiled tangent sweep over the tape's instructions (ADOL-C's forward
+sweeps: fos_forward for one direction, fov_forward for several, as ``tg.jacfwd`` uses).
 
-The tangent arena holds ``D`` directions of the value arena one after another (flat,
-direction-major, ``D * len(val)`` elements), so buffer ``b``'s tangent in direction ``d`` is
-``tan[d * L + boff[b] :][: bsize[b]]`` with ``L = len(val)``: the same offsets as the values.
-After a value replay, ``tangent`` runs the instructions in order and writes each output's
-tangent from its inputs' tangents and the values, by the op's rule in
-``tapegrad.ops.tangents``. Leaves' tangents are seeded by the caller; every other element
-starts at zero.
+The tangent arena holds ``D`` directions for every element of the value arena, directions
+innermost (``D * len(val)`` elements): the tangents of the value at offset ``p`` are
+``tan[p*D : p*D + D]``, so buffer ``b``'s tangents are ``tan[boff[b]*D :][: bsize[b]*D]``, of
+shape ``shape[b] + (D,)`` -- the value layout with one more axis. After a value replay,
+``tangent`` runs the instructions in order and writes each output's tangents from its inputs'
+tangents and the values, by the op's rule in ``tapegrad.ops.tangents``. Leaves' tangents are
+seeded by the caller; every other element starts at zero.
 
 ``mask[k]`` (``tangent_mask``): bit 1 runs instruction ``k`` (it is needed by an output and
 some input carries a tangent), bit ``2 << j`` says input ``j`` carries one. Instructions
 without a tangent path (comparisons, guards, ONEHOT, anything that depends only on
-constants) never run, so their outputs keep the zero tangent.
+constants) never run, so their outputs keep the zero tangent. Like the other sweeps it
+trusts the tape arrays, which ``Tape._seal`` has validated.
 
 ``tangents(ys, seeds)`` runs it on a tape; ``tapegrad.forward`` builds ``tg.jvp`` and
 ``tg.jacfwd`` on it.
@@ -22,88 +23,25 @@ import os
 
 import numpy as np
 
-from ._jit import drop_stale_cache, jit, kernel
+from ._jit import drop_stale_cache, jit
 from .errors import ShapeError, TapegradError, user_site
 from .opcodes import A0, DIFFERENTIABLE, N_IN, OP, OUT, X, Y, Z, Op
-from .ops.tangents import (abs_tan, add_tan, addc_tan, cos_tan, cross_entropy_tan, div_tan,
-                           divc_tan, exp_tan, expand_tan, leaky_relu_tan, log_softmax_tan,
-                           log_tan, logsumexp_tan, matmul_tan, max_tan, maximum_tan,
-                           minimum_tan, mul_tan, mulc_tan, neg_tan, place_tan, pow_tan,
-                           powc_tan, rdivc_tan, relu_tan, rpowc_tan, rsubc_tan, sigmoid_tan,
-                           sin_tan, slice_tan, softmax_tan, sqrt_tan, square_tan, sub_tan,
-                           sum_tan, tanh_tan, transpose_tan, unslice_tan, where_tan, zero_tan)
+from .ops.reduce import sum_fwd
+from .ops.shape import expand_fwd, place_fwd, slice_fwd, transpose_fwd, unslice_fwd
+from .ops.tangents import (binary_tan, cross_entropy_tan, log_softmax_tan, logsumexp_tan,
+                           matmul_tan, max_tan, softmax_tan, unary_tan, where_tan, zero_tan)
 from .sweep import BAD_LABEL, OK, _offset
 
 MAX_TANGENT_ELEMENTS = 2 ** 23  # tangent arena elements per sweep (64 MB in float64)
 
 
-@kernel
-def unary_tan(op, v, t, L, D, x, ans, n, k):
-    if op == Op.NEG:
-        neg_tan(v, t, L, D, x, ans, n, k)
-    elif op == Op.EXP:
-        exp_tan(v, t, L, D, x, ans, n, k)
-    elif op == Op.LOG:
-        log_tan(v, t, L, D, x, ans, n, k)
-    elif op == Op.SQRT:
-        sqrt_tan(v, t, L, D, x, ans, n, k)
-    elif op == Op.SIN:
-        sin_tan(v, t, L, D, x, ans, n, k)
-    elif op == Op.COS:
-        cos_tan(v, t, L, D, x, ans, n, k)
-    elif op == Op.TANH:
-        tanh_tan(v, t, L, D, x, ans, n, k)
-    elif op == Op.SIGMOID:
-        sigmoid_tan(v, t, L, D, x, ans, n, k)
-    elif op == Op.RELU:
-        relu_tan(v, t, L, D, x, ans, n, k)
-    elif op == Op.LEAKY_RELU:
-        leaky_relu_tan(v, t, L, D, x, ans, n, k)
-    elif op == Op.ABS:
-        abs_tan(v, t, L, D, x, ans, n, k)
-    elif op == Op.SQUARE:
-        square_tan(v, t, L, D, x, ans, n, k)
-    elif op == Op.POWC:
-        powc_tan(v, t, L, D, x, ans, n, k)
-    elif op == Op.ADDC:
-        addc_tan(v, t, L, D, x, ans, n, k)
-    elif op == Op.MULC:
-        mulc_tan(v, t, L, D, x, ans, n, k)
-    elif op == Op.RSUBC:
-        rsubc_tan(v, t, L, D, x, ans, n, k)
-    elif op == Op.DIVC:
-        divc_tan(v, t, L, D, x, ans, n, k)
-    elif op == Op.RDIVC:
-        rdivc_tan(v, t, L, D, x, ans, n, k)
-    else:
-        rpowc_tan(v, t, L, D, x, ans, n, k)
-
-
-@kernel
-def binary_tan(op, v, t, L, D, x, y, ans, n, dx, dy):
-    if op == Op.ADD:
-        add_tan(v, t, L, D, x, y, ans, n, dx, dy)
-    elif op == Op.SUB:
-        sub_tan(v, t, L, D, x, y, ans, n, dx, dy)
-    elif op == Op.MUL:
-        mul_tan(v, t, L, D, x, y, ans, n, dx, dy)
-    elif op == Op.DIV:
-        div_tan(v, t, L, D, x, y, ans, n, dx, dy)
-    elif op == Op.POW:
-        pow_tan(v, t, L, D, x, y, ans, n, dx, dy)
-    elif op == Op.MAXIMUM:
-        maximum_tan(v, t, L, D, x, y, ans, n, dx, dy)
-    elif op == Op.MINIMUM:
-        minimum_tan(v, t, L, D, x, y, ans, n, dx, dy)
-    else:  # comparisons: no tangent
-        zero_tan(t, L, D, ans, n)
-
-
 @jit
 def tangent(instr, imm, boff, bsize, val, tan, ndir, mask):
-    """The tangent sweep: ``ndir`` directions in ``tan`` (``ndir * len(val)`` elements)."""
-    L = np.uint64(val.shape[0])
-    D = np.int64(ndir)
+    """The tangent sweep: ``ndir`` directions per value in ``tan`` (``ndir * len(val)``
+    elements, directions innermost: see ``tapegrad.ops.tangents``)."""
+    D = np.uint64(ndir)
+    Di = np.int64(ndir)
+    acc = np.zeros(ndir, np.float64)  # scratch of the normalisations
     for k in range(instr.shape[0]):
         m = mask[k]
         if m & 1 == 0:
@@ -112,42 +50,46 @@ def tangent(instr, imm, boff, bsize, val, tan, ndir, mask):
         op = instr[k, OP]
         ans, n = np.uint64(boff[instr[k, OUT]]), np.uint64(bsize[instr[k, OUT]])
         x, y, z = _offset(boff, instr[k, X]), _offset(boff, instr[k, Y]), _offset(boff, instr[k, Z])
+        tx, ty, tz, tans = x * D, y * D, z * D, ans * D
         a0, a1, a2 = np.int64(instr[k, A0]), np.int64(instr[k, A0 + 1]), np.int64(instr[k, A0 + 2])
         a3, a4, a5 = np.int64(instr[k, A0 + 3]), np.int64(instr[k, A0 + 4]), np.int64(instr[k, A0 + 5])
         if op < Op.ADD:
-            unary_tan(op, val, tan, L, D, x, ans, n, imm[k])
-        elif op < Op.WHERE:
-            binary_tan(op, val, tan, L, D, x, y, ans, n, dx, dy)
+            unary_tan(op, val, tan, x, ans, tx, tans, n, D, imm[k])
+        elif op < Op.GT:
+            binary_tan(op, val, tan, x, y, ans, tx, ty, tans, n, D, dx, dy)
+        elif op < Op.WHERE:  # comparisons
+            zero_tan(tan, tans, n, D)
         elif op == Op.WHERE:
-            where_tan(val, tan, L, D, x, y, z, ans, n)
+            where_tan(val, tan, x, ty, tz, tans, n, D)
+        # linear ops: the forward kernel on the tangents, seen as (A, n, B*D)
         elif op == Op.EXPAND:
-            expand_tan(tan, L, D, x, ans, a0, a1, a2)
+            expand_fwd(tan, tx, tans, a0, a1, a2 * Di)
         elif op == Op.SLICE:
-            slice_tan(tan, L, D, x, ans, a0, a1, a2, a3, a4, a5)
+            slice_fwd(tan, tx, tans, a0, a1, a2 * Di, a3, a4, a5)
         elif op == Op.PLACE:
-            place_tan(tan, L, D, x, ans, a0, a1, a2, a3, a4)
+            place_fwd(tan, tx, tans, a0, a1, a2 * Di, a3, a4)
         elif op == Op.UNSLICE:
-            unslice_tan(tan, L, D, x, ans, a0, a1, a2, a3, a4, a5)
+            unslice_fwd(tan, tx, tans, a0, a1, a2 * Di, a3, a4, a5)
         elif op == Op.TRANSPOSE:
-            transpose_tan(tan, L, D, x, ans, a0, a1, a2, a3)
+            transpose_fwd(tan, tx, tans, a0, a1, a2, a3 * Di)
         elif op == Op.SUM:
-            sum_tan(tan, L, D, x, ans, a0, a1, a2)
+            sum_fwd(tan, tx, tans, a0, a1, a2 * Di)
         elif op == Op.MAX:
-            max_tan(val, tan, L, D, x, ans, a0, a1, a2)
+            max_tan(val, tan, x, ans, tx, tans, a0, a1, a2, D)
         elif op == Op.LOGSUMEXP:
-            logsumexp_tan(val, tan, L, D, x, ans, a0, a1, a2)
+            logsumexp_tan(val, tan, x, ans, tx, tans, a0, a1, a2, D)
         elif op == Op.SOFTMAX:
-            softmax_tan(val, tan, L, D, x, ans, a0, a1, a2)
+            softmax_tan(val, tan, ans, tx, tans, a0, a1, a2, D, acc)
         elif op == Op.LOG_SOFTMAX:
-            log_softmax_tan(val, tan, L, D, x, ans, a0, a1, a2)
+            log_softmax_tan(val, tan, ans, tx, tans, a0, a1, a2, D, acc)
         elif op == Op.MATMUL:
-            matmul_tan(val, tan, L, D, np.int64(x), np.int64(y), np.int64(ans), a0, a1, a2, a3,
+            matmul_tan(val, tan, np.int64(x), np.int64(y), np.int64(ans), D, a0, a1, a2, a3,
                        a4, a5, dx, dy)
         elif op == Op.CROSS_ENTROPY:
-            if not cross_entropy_tan(val, tan, L, D, x, y, ans, a0, a1):
+            if not cross_entropy_tan(val, tan, x, y, ans, tx, tans, a0, a1, D):
                 return BAD_LABEL, k
         elif op == Op.ONEHOT:
-            zero_tan(tan, L, D, ans, n)
+            zero_tan(tan, tans, n, D)
         # GUARD: no value, no tangent
     return OK, 0
 
@@ -191,8 +133,8 @@ def _mask(tape, outs, seeded):
 
 
 def _run(tape, tan, ndir, mask):
-    """The tangent sweep over ``tape``'s current values; ``tan`` (flat, at least ``ndir *
-    len(val)`` elements) holds the seeds and zeros elsewhere."""
+    """The tangent sweep over ``tape``'s current values; ``tan`` (flat, ``ndir * len(val)``
+    elements) holds the seeds and zeros elsewhere."""
     status, k = tangent(tape._instr, tape._imm, tape._boff, tape._bsize, tape._val,
                         tan[: ndir * tape._val.shape[0]], np.int64(ndir), mask)
     if status:
@@ -255,16 +197,16 @@ def tangents(ys, seeds, ndir=None):
                              f"expected {want} ({user_site()})")
         checked.append((leaf._b, a.reshape(D, -1)))
     L = tape._val.shape[0]
-    tan = np.zeros(D * L, tape.dtype)
-    t2 = tan.reshape(D, L)
+    tan = np.zeros(L * D, tape.dtype)
+    t2 = tan.reshape(L, D)  # row p: the D tangents of value p
     for b, a in checked:
         o = int(tape._boff[b])
-        t2[:, o:o + a.shape[1]] = a
+        t2[o:o + a.shape[1]] = a.T
     _run(tape, tan, D, _mask(tape, [yv._b for yv in ys], [b for b, _ in checked]))
     out = []
     for yv in ys:
         o = int(tape._boff[yv._b])
-        r = t2[:, o:o + yv.size].reshape((D,) + yv.shape).copy()
+        r = t2[o:o + yv.size].T.reshape((D,) + yv.shape).copy()
         out.append(r[0] if ndir is None else r)
     return out[0] if single else out
 

@@ -1,501 +1,304 @@
 """Tangent rules (forward mode): each opcode's output tangent from its inputs' tangents and the
 values of the replay just done, inlined into the compiled tangent sweep of
-``tapegrad.tangent`` (ADOL-C's fos_forward, JAX's jvp rules). Grouped by family in the order of
-the op modules; each rule is the derivative of the forward rule in ``ops/<family>.py`` and
-agrees with the reverse rule there at kinks and ties (relu'(0) = abs'(0) = 0, ties share).
+``tapegrad.tangent`` (ADOL-C's forward sweeps, JAX's jvp rules). Grouped by family in the
+order of the op modules; each rule is the derivative of the forward rule in
+``ops/<family>.py`` and agrees with the reverse rule there at kinks and ties
+(relu'(0) = abs'(0) = 0, ties share).
 
-Arguments: ``v`` the value arena; ``t`` the tangent arena, ``D`` directions laid out one after
-another, each with the value arena's layout (``L`` elements, np.uint64), so the tangent of the
-element at offset ``p`` in direction ``d`` is ``t[d * L + p]``. Offsets ``x, y, c, ans``, the
-count ``n`` and the immediate ``k`` as in ``ops.elementwise``. A rule *writes* its output's
-tangent (every output is written by one instruction; PLACE: each its part). ``dx`` / ``dy``:
-whether that input carries a tangent at all; an input without one has zeros in ``t``, and
-rules that multiply by a value skip it (``inf * 0`` would make a NaN the input never had).
+The tangent arena ``t`` holds ``D`` directions per element of the value arena ``v``, the
+directions innermost: the tangents of the value at offset ``p`` are ``t[p*D : p*D + D]``. So a
+buffer of shape S has tangents of shape S + (D,), contiguous, and
 
-Loops run direction-outer where the slope is cheap, element-outer where it needs a
-transcendental (computed once for all directions).
+* an elementwise rule computes the slope once per element and applies it to ``D`` numbers;
+* a linear op (expand, slice, place, unslice, transpose, sum) sees its ``(A, n, B)`` view as
+  ``(A, n, B*D)``: its tangent rule is its forward kernel run on ``t`` with ``B*D``.
+
+Arguments: ``x, y, c, ans`` value offsets and ``tx, ty, tc, tans`` tangent offsets (= value
+offset * D), ``n`` elements, ``D`` directions (all np.uint64), ``k`` the immediate.
+A rule *writes* its output's tangent (every output is written by one instruction; PLACE:
+each its part). ``dx`` / ``dy``: whether that input carries a tangent at all; an input
+without one has zeros in ``t`` and rules that multiply by a value skip it (``inf * 0`` would
+make a NaN that input never had).
 """
 import math
 
 import numpy as np
 
 from .._jit import kernel
-from .linalg import BLAS_MIN, _N, gemm
-from .reduce import _at, _row_max, sum_fwd
-from .shape import expand_fwd, place_fwd, slice_fwd, transpose_fwd, unslice_fwd
+from ..opcodes import Op
+from .linalg import BLAS_MIN, _N, _T, gemm
 
 
-# ---------------------------------------------------------------------------- unary (elementwise.py)
-# -x:  d(-x) = -dx
 @kernel
-def neg_tan(v, t, L, D, x, ans, n, k):
-    for d in range(D):
-        o = np.uint64(d) * L
-        for i in range(n):
-            t[o + ans + i] = -t[o + x + i]
+def _u(i):
+    return np.uint64(i)
 
 
-# exp(x):  d = exp(x) dx = ans dx
+# ---------------------------------------------------------------------------- unary (elementwise.py, immediate.py)
 @kernel
-def exp_tan(v, t, L, D, x, ans, n, k):
-    for d in range(D):
-        o = np.uint64(d) * L
-        for i in range(n):
-            t[o + ans + i] = v[ans + i] * t[o + x + i]
+def unary_slope(op, v, x, ans, k):
+    """d ans / d x of the element at value offsets ``x``, ``ans``."""
+    a = v[x]
+    if op == Op.NEG:            # -x
+        return -1.0
+    elif op == Op.EXP:          # exp(x)' = exp(x) = ans
+        return 1.0 * v[ans]
+    elif op == Op.LOG:          # log(x)' = 1 / x
+        return 1.0 / a
+    elif op == Op.SQRT:         # sqrt(x)' = 1 / (2 sqrt(x)) = 0.5 / ans
+        return 0.5 / v[ans]
+    elif op == Op.SIN:          # sin' = cos
+        return math.cos(a)
+    elif op == Op.COS:          # cos' = -sin
+        return -math.sin(a)
+    elif op == Op.TANH:         # tanh' = 1 - ans^2
+        return 1.0 - v[ans] * v[ans]
+    elif op == Op.SIGMOID:      # sigmoid' = ans (1 - ans)
+        return v[ans] * (1.0 - v[ans])
+    elif op == Op.RELU:         # 1 where x > 0, else 0 (relu'(0) = 0)
+        return 1.0 if a > 0 else 0.0
+    elif op == Op.LEAKY_RELU:   # 1 where x > 0, else the slope k
+        return 1.0 if a > 0 else k
+    elif op == Op.ABS:          # sign(x), sign(0) = 0
+        return 1.0 if a > 0 else (-1.0 if a < 0 else 0.0)
+    elif op == Op.SQUARE:       # 2 x
+        return 2.0 * a
+    elif op == Op.POWC:         # k x^(k-1); x^0 is a constant
+        return k * a ** (k - 1) if k != 0 else 0.0
+    elif op == Op.ADDC:         # x + c
+        return 1.0
+    elif op == Op.MULC:         # x * c
+        return k
+    elif op == Op.RSUBC:        # c - x
+        return -1.0
+    elif op == Op.DIVC:         # x / c
+        return 1.0 / k
+    elif op == Op.RDIVC:        # c / x: -c / x^2 = -ans / x
+        return -v[ans] / a
+    # RPOWC, c^x: c^x log(c) = ans log(c); c < 0: NaN; c = 0: 0 where x >= 0 (torch) and
+    # ans * -inf where x < 0 -- as rpowc_bwd
+    if k > 0:
+        return v[ans] * math.log(k)
+    if k < 0:
+        return math.nan
+    return v[ans] * -math.inf if a < 0 else 0.0
 
 
-# log(x):  d = dx / x
 @kernel
-def log_tan(v, t, L, D, x, ans, n, k):
-    for d in range(D):
-        o = np.uint64(d) * L
-        for i in range(n):
-            t[o + ans + i] = t[o + x + i] / v[x + i]
-
-
-# sqrt(x):  d = dx / (2 sqrt(x)) = 0.5 dx / ans
-@kernel
-def sqrt_tan(v, t, L, D, x, ans, n, k):
-    for d in range(D):
-        o = np.uint64(d) * L
-        for i in range(n):
-            t[o + ans + i] = t[o + x + i] * 0.5 / v[ans + i]
-
-
-# sin(x):  d = cos(x) dx
-@kernel
-def sin_tan(v, t, L, D, x, ans, n, k):
+def unary_tan(op, v, t, x, ans, tx, tans, n, D, k):
+    """d ans = slope * d x, per element and direction."""
     for i in range(n):
-        s = math.cos(v[x + i])
+        s = unary_slope(op, v, x + i, ans + i, k)
+        o = i * D
         for d in range(D):
-            o = np.uint64(d) * L
-            t[o + ans + i] = s * t[o + x + i]
-
-
-# cos(x):  d = -sin(x) dx
-@kernel
-def cos_tan(v, t, L, D, x, ans, n, k):
-    for i in range(n):
-        s = -math.sin(v[x + i])
-        for d in range(D):
-            o = np.uint64(d) * L
-            t[o + ans + i] = s * t[o + x + i]
-
-
-# tanh(x):  d = (1 - ans^2) dx
-@kernel
-def tanh_tan(v, t, L, D, x, ans, n, k):
-    for d in range(D):
-        o = np.uint64(d) * L
-        for i in range(n):
-            t[o + ans + i] = (1 - v[ans + i] * v[ans + i]) * t[o + x + i]
-
-
-# sigmoid(x):  d = ans (1 - ans) dx
-@kernel
-def sigmoid_tan(v, t, L, D, x, ans, n, k):
-    for d in range(D):
-        o = np.uint64(d) * L
-        for i in range(n):
-            t[o + ans + i] = v[ans + i] * (1 - v[ans + i]) * t[o + x + i]
-
-
-# relu(x):  d = dx where x > 0, else 0
-@kernel
-def relu_tan(v, t, L, D, x, ans, n, k):
-    for d in range(D):
-        o = np.uint64(d) * L
-        for i in range(n):
-            t[o + ans + i] = t[o + x + i] if v[x + i] > 0 else 0
-
-
-# leaky_relu(x):  d = dx where x > 0, else k dx
-@kernel
-def leaky_relu_tan(v, t, L, D, x, ans, n, k):
-    for d in range(D):
-        o = np.uint64(d) * L
-        for i in range(n):
-            t[o + ans + i] = t[o + x + i] if v[x + i] > 0 else k * t[o + x + i]
-
-
-# |x|:  d = sign(x) dx, sign(0) = 0
-@kernel
-def abs_tan(v, t, L, D, x, ans, n, k):
-    for d in range(D):
-        o = np.uint64(d) * L
-        for i in range(n):
-            if v[x + i] > 0:
-                t[o + ans + i] = t[o + x + i]
-            elif v[x + i] < 0:
-                t[o + ans + i] = -t[o + x + i]
-            else:
-                t[o + ans + i] = 0
-
-
-# x^2:  d = 2 x dx
-@kernel
-def square_tan(v, t, L, D, x, ans, n, k):
-    for d in range(D):
-        o = np.uint64(d) * L
-        for i in range(n):
-            t[o + ans + i] = 2 * v[x + i] * t[o + x + i]
-
-
-# x^k:  d = k x^(k-1) dx  (k = 0: a constant, d = 0)
-@kernel
-def powc_tan(v, t, L, D, x, ans, n, k):
-    for i in range(n):
-        s = k * v[x + i] ** (k - 1) if k != 0 else 0.0
-        for d in range(D):
-            o = np.uint64(d) * L
-            t[o + ans + i] = s * t[o + x + i]
-
-
-# ---------------------------------------------------------------------------- immediates (immediate.py)
-# x + c:  d = dx
-@kernel
-def addc_tan(v, t, L, D, x, ans, n, k):
-    for d in range(D):
-        o = np.uint64(d) * L
-        for i in range(n):
-            t[o + ans + i] = t[o + x + i]
-
-
-# x * c:  d = c dx
-@kernel
-def mulc_tan(v, t, L, D, x, ans, n, k):
-    for d in range(D):
-        o = np.uint64(d) * L
-        for i in range(n):
-            t[o + ans + i] = t[o + x + i] * k
-
-
-# c - x:  d = -dx
-@kernel
-def rsubc_tan(v, t, L, D, x, ans, n, k):
-    for d in range(D):
-        o = np.uint64(d) * L
-        for i in range(n):
-            t[o + ans + i] = -t[o + x + i]
-
-
-# x / c:  d = dx / c
-@kernel
-def divc_tan(v, t, L, D, x, ans, n, k):
-    for d in range(D):
-        o = np.uint64(d) * L
-        for i in range(n):
-            t[o + ans + i] = t[o + x + i] / k
-
-
-# c / x:  d = -c / x^2 dx = -ans / x dx
-@kernel
-def rdivc_tan(v, t, L, D, x, ans, n, k):
-    for d in range(D):
-        o = np.uint64(d) * L
-        for i in range(n):
-            t[o + ans + i] = -(t[o + x + i] * v[ans + i] / v[x + i])
-
-
-# c^x:  d = c^x log(c) dx = ans log(c) dx; c < 0: NaN; c = 0: 0 where x >= 0 (torch), and
-# ans * -inf * dx where x < 0 -- as rpowc_bwd
-@kernel
-def rpowc_tan(v, t, L, D, x, ans, n, k):
-    lk = math.log(k) if k > 0 else 0.0
-    for d in range(D):
-        o = np.uint64(d) * L
-        for i in range(n):
-            if k > 0:
-                t[o + ans + i] = t[o + x + i] * v[ans + i] * lk
-            elif k < 0:
-                t[o + ans + i] = t[o + x + i] * math.nan
-            elif v[x + i] < 0:
-                t[o + ans + i] = t[o + x + i] * v[ans + i] * -math.inf
-            else:
-                t[o + ans + i] = 0
+            t[tans + o + d] = s * t[tx + o + d]
 
 
 # ---------------------------------------------------------------------------- binary (elementwise.py)
-# x + y:  d = dx + dy
 @kernel
-def add_tan(v, t, L, D, x, y, ans, n, dx, dy):
-    for d in range(D):
-        o = np.uint64(d) * L
-        for i in range(n):
-            t[o + ans + i] = t[o + x + i] + t[o + y + i]
+def binary_slopes(op, v, x, y, ans):
+    """(d ans / d x, d ans / d y) of the element at value offsets ``x``, ``y``, ``ans``."""
+    a, b = v[x], v[y]
+    if op == Op.ADD:            # x + y
+        return 1.0, 1.0
+    elif op == Op.SUB:          # x - y
+        return 1.0, -1.0
+    elif op == Op.MUL:          # x y: (y, x)
+        return 1.0 * b, 1.0 * a
+    elif op == Op.DIV:          # x / y: (1 / y, -x / y^2 = -ans / y)
+        return 1.0 / b, -v[ans] / b
+    elif op == Op.POW:          # x^y: (y x^(y-1), x^y log(x)); as pow_bwd: no x-slope when
+        sx = b * a ** (b - 1) if b != 0 else 0.0  # y = 0, NaN for a negative base, and
+        if a > 0:                                 # 0^negative gives inf * nan
+            return sx, v[ans] * math.log(a)
+        return sx, (v[ans] * math.nan if a < 0 or b < 0 else 0.0)
+    elif op == Op.MAXIMUM:      # the larger's slope; a tie shares (1/2, 1/2)
+        return (1.0, 0.0) if a > b else ((0.0, 1.0) if a < b else (0.5, 0.5))
+    # MINIMUM: the smaller's slope; a tie shares
+    return (1.0, 0.0) if a < b else ((0.0, 1.0) if a > b else (0.5, 0.5))
 
 
-# x - y:  d = dx - dy
 @kernel
-def sub_tan(v, t, L, D, x, y, ans, n, dx, dy):
-    for d in range(D):
-        o = np.uint64(d) * L
-        for i in range(n):
-            t[o + ans + i] = t[o + x + i] - t[o + y + i]
-
-
-# x * y:  d = dx y + x dy
-@kernel
-def mul_tan(v, t, L, D, x, y, ans, n, dx, dy):
-    for d in range(D):
-        o = np.uint64(d) * L
-        if dx and dy:
-            for i in range(n):
-                t[o + ans + i] = t[o + x + i] * v[y + i] + v[x + i] * t[o + y + i]
-        elif dx:
-            for i in range(n):
-                t[o + ans + i] = t[o + x + i] * v[y + i]
-        else:
-            for i in range(n):
-                t[o + ans + i] = v[x + i] * t[o + y + i]
-
-
-# x / y:  d = dx / y - ans dy / y
-@kernel
-def div_tan(v, t, L, D, x, y, ans, n, dx, dy):
-    for d in range(D):
-        o = np.uint64(d) * L
-        for i in range(n):
-            s = t[o + x + i] / v[y + i] if dx else 0.0
-            if dy:
-                s -= t[o + y + i] * v[ans + i] / v[y + i]
-            t[o + ans + i] = s
-
-
-# x^y:  d = y x^(y-1) dx + x^y log(x) dy; log of a negative base (or 0^negative) is NaN/inf
-# as in pow_bwd; y = 0 contributes no dx term
-@kernel
-def pow_tan(v, t, L, D, x, y, ans, n, dx, dy):
+def binary_tan(op, v, t, x, y, ans, tx, ty, tans, n, D, dx, dy):
+    """d ans = sx d x + sy d y (a term only for an input that carries a tangent)."""
     for i in range(n):
-        a, b = v[x + i], v[y + i]
-        sx = b * a ** (b - 1) if dx and b != 0 else 0.0
-        if not dy:
-            sy = 0.0
-        elif a > 0:
-            sy = v[ans + i] * math.log(a)
-        elif a < 0 or b < 0:
-            sy = v[ans + i] * math.nan
+        sx, sy = binary_slopes(op, v, x + i, y + i, ans + i)
+        o = i * D
+        if dx and dy:
+            for d in range(D):
+                t[tans + o + d] = sx * t[tx + o + d] + sy * t[ty + o + d]
+        elif dx:
+            for d in range(D):
+                t[tans + o + d] = sx * t[tx + o + d]
         else:
-            sy = 0.0
-        for d in range(D):
-            o = np.uint64(d) * L
-            s = sx * t[o + x + i] if dx else 0.0
-            if dy:
-                s += sy * t[o + y + i]
-            t[o + ans + i] = s
-
-
-# maximum(x, y):  d = dx where x > y, dy where x < y, (dx + dy) / 2 at a tie
-@kernel
-def maximum_tan(v, t, L, D, x, y, ans, n, dx, dy):
-    for d in range(D):
-        o = np.uint64(d) * L
-        for i in range(n):
-            a, b = v[x + i], v[y + i]
-            if a > b:
-                t[o + ans + i] = t[o + x + i]
-            elif a < b:
-                t[o + ans + i] = t[o + y + i]
-            else:
-                t[o + ans + i] = 0.5 * (t[o + x + i] + t[o + y + i])
-
-
-# minimum(x, y):  d = dx where x < y, dy where x > y, (dx + dy) / 2 at a tie
-@kernel
-def minimum_tan(v, t, L, D, x, y, ans, n, dx, dy):
-    for d in range(D):
-        o = np.uint64(d) * L
-        for i in range(n):
-            a, b = v[x + i], v[y + i]
-            if a < b:
-                t[o + ans + i] = t[o + x + i]
-            elif a > b:
-                t[o + ans + i] = t[o + y + i]
-            else:
-                t[o + ans + i] = 0.5 * (t[o + x + i] + t[o + y + i])
+            for d in range(D):
+                t[tans + o + d] = sy * t[ty + o + d]
 
 
 # comparisons (gt ge lt le) and onehot: 0/1 values, tangent 0
 @kernel
-def zero_tan(t, L, D, ans, n):
-    for d in range(D):
-        o = np.uint64(d) * L
-        for i in range(n):
-            t[o + ans + i] = 0
+def zero_tan(t, tans, n, D):
+    for i in range(n * D):
+        t[tans + i] = 0
 
 
 # where(c, x, y):  d = dx where c != 0, else dy  (no tangent through c)
 @kernel
-def where_tan(v, t, L, D, c, x, y, ans, n):
-    for d in range(D):
-        o = np.uint64(d) * L
-        for i in range(n):
-            t[o + ans + i] = t[o + x + i] if v[c + i] != 0 else t[o + y + i]
+def where_tan(v, t, c, tx, ty, tans, n, D):
+    for i in range(n):
+        o = i * D
+        src = tx if v[c + i] != 0 else ty
+        for d in range(D):
+            t[tans + o + d] = t[src + o + d]
 
 
 # ---------------------------------------------------------------------------- data movement (shape.py)
-# expand, slice, place, unslice, transpose (and sum, below) are linear: the output's tangent
-# is the op applied to the input's tangent -- the forward kernel run on each direction of t
-@kernel
-def expand_tan(t, L, D, x, ans, A, n, B):
-    for d in range(D):
-        o = np.uint64(d) * L
-        expand_fwd(t, x + o, ans + o, A, n, B)
-
-
-@kernel
-def slice_tan(t, L, D, x, ans, A, n, B, start, step, count):
-    for d in range(D):
-        o = np.uint64(d) * L
-        slice_fwd(t, x + o, ans + o, A, n, B, start, step, count)
-
-
-@kernel
-def place_tan(t, L, D, x, ans, A, n, B, start, count):
-    for d in range(D):
-        o = np.uint64(d) * L
-        place_fwd(t, x + o, ans + o, A, n, B, start, count)
-
-
-@kernel
-def unslice_tan(t, L, D, x, ans, A, n, B, start, step, count):
-    for d in range(D):
-        o = np.uint64(d) * L
-        unslice_fwd(t, x + o, ans + o, A, n, B, start, step, count)
-
-
-@kernel
-def transpose_tan(t, L, D, x, ans, A, M, N, B):
-    for d in range(D):
-        o = np.uint64(d) * L
-        transpose_fwd(t, x + o, ans + o, A, M, N, B)
-
+# expand, slice, place, unslice, transpose are linear: the sweep runs their forward kernels
+# on t with B*D (see the module docstring); no rule here.
 
 # ---------------------------------------------------------------------------- reductions (reduce.py)
-# sum_j x[a, j, b]:  d = sum_j dx[a, j, b]
+# sum is linear: sum_fwd on t with B*D.
 @kernel
-def sum_tan(t, L, D, x, ans, A, n, B):
-    for d in range(D):
-        o = np.uint64(d) * L
-        sum_fwd(t, x + o, ans + o, A, n, B)
+def _e(a, n, B, j, b):
+    """Offset of element [a, j, b] of an (A, n, B) buffer, from the buffer's start."""
+    return np.uint64((a * n + j) * B + b)
 
 
-# max_j x[a, j, b]:  d = mean of dx over the tied maxima (the k ties share, as max_bwd);
-# 0 where the maximum is NaN
+# max_j x[a, j, b]:  d = mean of dx over the tied maxima (they share, as max_bwd); 0 where
+# the maximum is NaN (no element equals it)
 @kernel
-def max_tan(v, t, L, D, x, ans, A, n, B):
+def max_tan(v, t, x, ans, tx, tans, A, n, B, D):
     for a in range(A):
         for b in range(B):
-            out = ans + np.uint64(a * B + b)
+            out = _u(a * B + b)
+            to = tans + out * D
+            for d in range(D):
+                t[to + d] = 0
             ties = 0
             for j in range(n):
-                if v[_at(x, a, n, B, j, b)] == v[out]:
+                e = _e(a, n, B, j, b)
+                if v[x + e] == v[ans + out]:
                     ties += 1
-            for d in range(D):
-                o = np.uint64(d) * L
-                s = 0.0
-                for j in range(n):
-                    i = _at(x, a, n, B, j, b)
-                    if v[i] == v[out]:
-                        s += t[o + i]
-                t[o + out] = s / ties if ties else 0.0
+                    for d in range(D):
+                        t[to + d] += t[tx + e * D + d]
+            if ties > 1:
+                for d in range(D):
+                    t[to + d] /= ties
 
 
-# logsumexp_j x:  d = sum_j exp(x_j - ans) dx_j  (softmax-weighted tangents)
+# logsumexp_j x:  d = sum_j exp(x_j - ans) dx_j  (the softmax-weighted tangents)
 @kernel
-def logsumexp_tan(v, t, L, D, x, ans, A, n, B):
+def logsumexp_tan(v, t, x, ans, tx, tans, A, n, B, D):
     for a in range(A):
         for b in range(B):
-            out = ans + np.uint64(a * B + b)
+            out = _u(a * B + b)
+            to = tans + out * D
             for d in range(D):
-                o = np.uint64(d) * L
-                s = 0.0
-                for j in range(n):
-                    i = _at(x, a, n, B, j, b)
-                    s += math.exp(v[i] - v[out]) * t[o + i]
-                t[o + out] = s
+                t[to + d] = 0
+            for j in range(n):
+                e = _e(a, n, B, j, b)
+                w = math.exp(v[x + e] - v[ans + out])
+                for d in range(D):
+                    t[to + d] += w * t[tx + e * D + d]
 
 
-# s = softmax(x):  ds_j = s_j (dx_j - sum_i s_i dx_i)
+# s = softmax(x):  ds_j = s_j (dx_j - sum_i s_i dx_i)   (acc: D numbers of scratch)
 @kernel
-def softmax_tan(v, t, L, D, x, ans, A, n, B):
-    for d in range(D):
-        o = np.uint64(d) * L
-        for a in range(A):
-            for b in range(B):
-                dot = 0.0
-                for j in range(n):
-                    dot += v[_at(ans, a, n, B, j, b)] * t[o + _at(x, a, n, B, j, b)]
-                for j in range(n):
-                    i = _at(ans, a, n, B, j, b)
-                    t[o + i] = v[i] * (t[o + _at(x, a, n, B, j, b)] - dot)
+def softmax_tan(v, t, ans, tx, tans, A, n, B, D, acc):
+    for a in range(A):
+        for b in range(B):
+            for d in range(D):
+                acc[d] = 0
+            for j in range(n):
+                e = _e(a, n, B, j, b)
+                s = v[ans + e]
+                for d in range(D):
+                    acc[d] += s * t[tx + e * D + d]
+            for j in range(n):
+                e = _e(a, n, B, j, b)
+                s = v[ans + e]
+                for d in range(D):
+                    t[tans + e * D + d] = s * (t[tx + e * D + d] - acc[d])
 
 
 # x - logsumexp(x):  d_j = dx_j - sum_i exp(ans_i) dx_i
 @kernel
-def log_softmax_tan(v, t, L, D, x, ans, A, n, B):
-    for d in range(D):
-        o = np.uint64(d) * L
-        for a in range(A):
-            for b in range(B):
-                dot = 0.0
-                for j in range(n):
-                    dot += math.exp(v[_at(ans, a, n, B, j, b)]) * t[o + _at(x, a, n, B, j, b)]
-                for j in range(n):
-                    t[o + _at(ans, a, n, B, j, b)] = t[o + _at(x, a, n, B, j, b)] - dot
+def log_softmax_tan(v, t, ans, tx, tans, A, n, B, D, acc):
+    for a in range(A):
+        for b in range(B):
+            for d in range(D):
+                acc[d] = 0
+            for j in range(n):
+                e = _e(a, n, B, j, b)
+                s = math.exp(v[ans + e])
+                for d in range(D):
+                    acc[d] += s * t[tx + e * D + d]
+            for j in range(n):
+                e = _e(a, n, B, j, b)
+                for d in range(D):
+                    t[tans + e * D + d] = t[tx + e * D + d] - acc[d]
 
 
 # ---------------------------------------------------------------------------- linear algebra (linalg.py)
-# Z = X @ Y per batch entry:  dZ = dX @ Y + X @ dY  (offsets int64 as in matmul_fwd; a shared
-# operand, stride 0, has one tangent matrix for the whole batch); BLAS from BLAS_MIN on
+# Z = X @ Y per batch entry:  dZ = dX @ Y + X @ dY. Tangents are (M, K, D), (K, N, D),
+# (M, N, D): X @ dY is one (M, K) @ (K, N*D) product; dX @ Y is, per row m of Z, the
+# column-major (D, K) @ (K, N). A shared operand (stride 0) has one tangent for the batch.
+# Value offsets x, y, ans as in matmul_fwd (int64); BLAS from BLAS_MIN multiply-adds on.
 @kernel
-def matmul_tan(v, t, L, D, x, y, ans, batch, M, K, N, sx, sy, dx, dy):
-    for d in range(D):
-        o = np.int64(d) * np.int64(L)
-        for b in range(batch):
-            xo, yo, zo = x + b * sx * M * K, y + b * sy * K * N, ans + b * M * N
-            if M * K * N >= BLAS_MIN:  # dZ.T = Y.T @ dX.T (+) dY.T @ X.T, as matmul_fwd
-                beta = 0.0
+def matmul_tan(v, t, x, y, ans, D, batch, M, K, N, sx, sy, dx, dy):
+    Di = np.int64(D)
+    ND = N * Di
+    for b in range(batch):
+        xo, yo, zo = x + b * sx * M * K, y + b * sy * K * N, ans + b * M * N
+        if M * K * N * Di >= BLAS_MIN:
+            beta = 0.0
+            if dx:  # per m:  dZ[m].T (D x N) = dX[m].T (D x K) @ Y (K x N)
+                for m in range(M):
+                    gemm(_N, _T, Di, N, K, t, (xo + m * K) * Di, Di, v, yo, N, 0.0, t,
+                         (zo + m * N) * Di)
+                beta = 1.0
+            if dy:  # dZ.T (N*D x M) += dY.T (N*D x K) @ X.T (K x M)
+                gemm(_N, _N, ND, M, K, t, yo * Di, ND, v, xo, K, beta, t, zo * Di)
+            continue
+        for m in range(M):
+            z = _u((zo + m * N) * Di)
+            for q in range(_u(ND)):
+                t[z + q] = 0
+            for kk in range(K):
                 if dx:
-                    gemm(_N, _N, N, M, K, v, yo, N, t, o + xo, K, 0.0, t, o + zo)
-                    beta = 1.0
+                    tx = _u((xo + m * K + kk) * Di)
+                    row = _u(yo + kk * N)
+                    for q in range(_u(N)):
+                        w = v[row + q]
+                        zq = z + q * D
+                        for d in range(D):
+                            t[zq + d] += t[tx + d] * w
                 if dy:
-                    gemm(_N, _N, N, M, K, t, o + yo, N, v, xo, K, beta, t, o + zo)
-                continue
-            for m in range(M):
-                z = np.uint64(o + zo + m * N)
-                for q in range(np.uint64(N)):
-                    t[z + q] = 0
-                for kk in range(K):
-                    if dx:
-                        a = t[np.uint64(o + xo + m * K + kk)]
-                        row = np.uint64(yo + kk * N)
-                        for q in range(np.uint64(N)):
-                            t[z + q] += a * v[row + q]
-                    if dy:
-                        a = v[np.uint64(xo + m * K + kk)]
-                        row = np.uint64(o + yo + kk * N)
-                        for q in range(np.uint64(N)):
-                            t[z + q] += a * t[row + q]
+                    a = v[_u(xo + m * K + kk)]
+                    trow = _u((yo + kk * N) * Di)
+                    for q in range(_u(ND)):
+                        t[z + q] += a * t[trow + q]
 
 
 # ---------------------------------------------------------------------------- losses (loss.py)
 # loss_r = logsumexp(x_r) - x_r[label_r]:  d = sum_j softmax(x_r)_j dx_rj - dx_r[label_r]
 # (labels carry no tangent; checked before use as in cross_entropy_fwd)
 @kernel
-def cross_entropy_tan(v, t, L, D, x, y, ans, N, C):
+def cross_entropy_tan(v, t, x, y, ans, tx, tans, N, C, D):
     for r in range(N):
-        lab = v[y + np.uint64(r)]
+        lab = v[y + _u(r)]
         if not (lab >= 0 and lab < C and lab == math.floor(lab)):
             return False
-        row = x + np.uint64(r * C)
-        c = np.uint64(int(lab))
-        out = ans + np.uint64(r)
+        row = x + _u(r * C)
+        trow = tx + _u(r * C) * D
+        c = _u(int(lab))
+        out = ans + _u(r)
+        to = tans + _u(r) * D
         lse = v[out] + v[row + c]
         for d in range(D):
-            o = np.uint64(d) * L
-            s = 0.0
-            for j in range(np.uint64(C)):
-                s += math.exp(v[row + j] - lse) * t[o + row + j]
-            t[o + out] = s - t[o + row + c]
+            t[to + d] = -t[trow + c * D + d]
+        for j in range(_u(C)):
+            p = math.exp(v[row + j] - lse)
+            for d in range(D):
+                t[to + d] += p * t[trow + j * D + d]
     return True
