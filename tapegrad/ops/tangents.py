@@ -120,19 +120,14 @@ def binary_slopes(op, v, x, y, ans):
 
 @kernel
 def binary_tan(op, v, t, x, y, ans, tx, ty, tans, n, D, dx, dy):
-    """d ans = sx d x + sy d y (a term only for an input that carries a tangent)."""
+    """d ans = sx d x + sy d y; the slope of an input without a tangent is dropped (its
+    tangents are zeros, and an infinite slope times zero would be NaN)."""
     for i in range(n):
         sx, sy = binary_slopes(op, v, x + i, y + i, ans + i)
+        sx, sy = sx if dx else 0.0, sy if dy else 0.0
         o = i * D
-        if dx and dy:
-            for d in range(D):
-                t[tans + o + d] = sx * t[tx + o + d] + sy * t[ty + o + d]
-        elif dx:
-            for d in range(D):
-                t[tans + o + d] = sx * t[tx + o + d]
-        else:
-            for d in range(D):
-                t[tans + o + d] = sy * t[ty + o + d]
+        for d in range(D):
+            t[tans + o + d] = sx * t[tx + o + d] + sy * t[ty + o + d]
 
 
 # comparisons (gt ge lt le) and onehot: 0/1 values, tangent 0
