@@ -126,6 +126,16 @@ def test_ties_and_kinks_follow_the_reverse_rules():
     _close(t[:, 1], (ux[:, 1, 0] + ux[:, 1, 2] + ux[:, 1, 3]) / 3, 1e-15, "three-way tie")
 
 
+def test_a_constant_operand_adds_no_nan():
+    """x ** c with a negative base and a constant exponent array: the exponent's slope
+    (log of a negative base) is NaN, but the exponent carries no tangent, so it must not
+    appear (0 * NaN would): the tangent is c x^(c-1) dx, as in torch."""
+    c = np.array([2.0, 3.0])
+    x = np.array([-1.5, -2.0])
+    _, t = tg.jvp(lambda x: x ** c, (x,), (np.ones(2),))
+    _close(t, c * x ** (c - 1), 1e-15, "tangent of x ** const")
+
+
 # ---------------------------------------------------------------------------- tg.jvp / tg.jacfwd
 def _fd_jacobian(fn, args, i, h=1e-6):
     """d fn(*args) / d args[i] by central differences, shape out.shape + args[i].shape."""
