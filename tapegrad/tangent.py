@@ -26,6 +26,8 @@ import numpy as np
 from ._jit import drop_stale_cache, jit
 from .errors import ShapeError, TapegradError, user_site
 from .opcodes import A0, DIFFERENTIABLE, N_IN, OP, OUT, X, Y, Z, Op
+from .ops.elementwise import add_fwd, neg_fwd, sub_fwd
+from .ops.immediate import divc_fwd, mulc_fwd
 from .ops.reduce import sum_fwd
 from .ops.shape import expand_fwd, place_fwd, slice_fwd, transpose_fwd, unslice_fwd
 from .ops.tangents import (binary_tan, cross_entropy_tan, log_softmax_tan, logsumexp_tan,
@@ -53,8 +55,21 @@ def tangent(instr, imm, boff, bsize, val, tan, ndir, mask):
         tx, ty, tz, tans = x * D, y * D, z * D, ans * D
         a0, a1, a2 = np.int64(instr[k, A0]), np.int64(instr[k, A0 + 1]), np.int64(instr[k, A0 + 2])
         a3, a4, a5 = np.int64(instr[k, A0 + 3]), np.int64(instr[k, A0 + 4]), np.int64(instr[k, A0 + 5])
-        if op < Op.ADD:
+        # linear elementwise ops: their forward kernels on the tangents, n*D numbers
+        if op == Op.NEG or op == Op.RSUBC:
+            neg_fwd(tan, tx, tans, n * D, 0.0)
+        elif op == Op.ADDC:
+            mulc_fwd(tan, tx, tans, n * D, 1.0)
+        elif op == Op.MULC:
+            mulc_fwd(tan, tx, tans, n * D, imm[k])
+        elif op == Op.DIVC:
+            divc_fwd(tan, tx, tans, n * D, imm[k])
+        elif op < Op.ADD:
             unary_tan(op, val, tan, x, ans, tx, tans, n, D, imm[k])
+        elif op == Op.ADD:
+            add_fwd(tan, tx, ty, tans, n * D)
+        elif op == Op.SUB:
+            sub_fwd(tan, tx, ty, tans, n * D)
         elif op < Op.GT:
             binary_tan(op, val, tan, x, y, ans, tx, ty, tans, n, D, dx, dy)
         elif op < Op.WHERE:  # comparisons

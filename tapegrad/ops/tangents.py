@@ -37,11 +37,10 @@ def _u(i):
 # ---------------------------------------------------------------------------- unary (elementwise.py, immediate.py)
 @kernel
 def unary_slope(op, v, x, ans, k):
-    """d ans / d x of the element at value offsets ``x``, ``ans``."""
+    """d ans / d x of the element at value offsets ``x``, ``ans``. (The linear ones, -x,
+    x + c, x * c, c - x, x / c, run their forward kernels on the tangents instead.)"""
     a = v[x]
-    if op == Op.NEG:            # -x
-        return -1.0
-    elif op == Op.EXP:          # exp(x)' = exp(x) = ans
+    if op == Op.EXP:            # exp(x)' = exp(x) = ans
         return 1.0 * v[ans]
     elif op == Op.LOG:          # log(x)' = 1 / x
         return 1.0 / a
@@ -65,14 +64,6 @@ def unary_slope(op, v, x, ans, k):
         return 2.0 * a
     elif op == Op.POWC:         # k x^(k-1); x^0 is a constant
         return k * a ** (k - 1) if k != 0 else 0.0
-    elif op == Op.ADDC:         # x + c
-        return 1.0
-    elif op == Op.MULC:         # x * c
-        return k
-    elif op == Op.RSUBC:        # c - x
-        return -1.0
-    elif op == Op.DIVC:         # x / c
-        return 1.0 / k
     elif op == Op.RDIVC:        # c / x: -c / x^2 = -ans / x
         return -v[ans] / a
     # RPOWC, c^x: c^x log(c) = ans log(c); c < 0: NaN; c = 0: 0 where x >= 0 (torch) and
@@ -97,13 +88,10 @@ def unary_tan(op, v, t, x, ans, tx, tans, n, D, k):
 # ---------------------------------------------------------------------------- binary (elementwise.py)
 @kernel
 def binary_slopes(op, v, x, y, ans):
-    """(d ans / d x, d ans / d y) of the element at value offsets ``x``, ``y``, ``ans``."""
+    """(d ans / d x, d ans / d y) of the element at value offsets ``x``, ``y``, ``ans``.
+    (x + y and x - y are linear: their forward kernels run on the tangents instead.)"""
     a, b = v[x], v[y]
-    if op == Op.ADD:            # x + y
-        return 1.0, 1.0
-    elif op == Op.SUB:          # x - y
-        return 1.0, -1.0
-    elif op == Op.MUL:          # x y: (y, x)
+    if op == Op.MUL:            # x y: (y, x)
         return 1.0 * b, 1.0 * a
     elif op == Op.DIV:          # x / y: (1 / y, -x / y^2 = -ans / y)
         return 1.0 / b, -v[ans] / b
@@ -246,12 +234,13 @@ def matmul_tan(v, t, x, y, ans, D, batch, M, K, N, sx, sy, dx, dy):
     for b in range(batch):
         xo, yo, zo = x + b * sx * M * K, y + b * sy * K * N, ans + b * M * N
         if M * K * N * Di >= BLAS_MIN:
-            beta = 0.0
-            if dx:  # per m:  dZ[m].T (D x N) = dX[m].T (D x K) @ Y (K x N)
+            if dx and Di == 1:  # dZ.T = Y.T @ dX.T, as matmul_fwd
+                gemm(_N, _N, N, M, K, v, yo, N, t, xo, K, 0.0, t, zo)
+            elif dx:  # per m:  dZ[m].T (D x N) = dX[m].T (D x K) @ Y (K x N)
                 for m in range(M):
                     gemm(_N, _T, Di, N, K, t, (xo + m * K) * Di, Di, v, yo, N, 0.0, t,
                          (zo + m * N) * Di)
-                beta = 1.0
+            beta = 1.0 if dx else 0.0
             if dy:  # dZ.T (N*D x M) += dY.T (N*D x K) @ X.T (K x M)
                 gemm(_N, _N, ND, M, K, t, yo * Di, ND, v, xo, K, beta, t, zo * Di)
             continue
@@ -260,7 +249,12 @@ def matmul_tan(v, t, x, y, ans, D, batch, M, K, N, sx, sy, dx, dy):
             for q in range(_u(ND)):
                 t[z + q] = 0
             for kk in range(K):
-                if dx:
+                if dx and Di == 1:  # as matmul_fwd: a vectorised row
+                    a = t[_u(xo + m * K + kk)]
+                    row = _u(yo + kk * N)
+                    for q in range(_u(N)):
+                        t[z + q] += a * v[row + q]
+                elif dx:
                     tx = _u((xo + m * K + kk) * Di)
                     row = _u(yo + kk * N)
                     for q in range(_u(N)):
