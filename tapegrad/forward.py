@@ -39,6 +39,7 @@ class _Entry:
         self.outs = outs
         self.masks = {}
         self.tan = np.zeros(0, dtype)
+        self.tan_state = None     # (layout, D, seeded inputs) of the last sweep
 
     def replay(self, arrays):
         self.tape.forward(outputs=self.outs, **{f"arg{i}": a for i, a in enumerate(arrays)})
@@ -57,8 +58,15 @@ class _Entry:
         L = tape._val.shape[0]
         if self.tan.shape[0] < L * D:
             self.tan = np.zeros(L * D, tape.dtype)
+            self.tan_state = None
         tan = self.tan[:L * D]
-        tan[:] = 0
+        # Zeros are needed only where no seed and no instruction of the mask writes. With the
+        # same layout, D and mask as the last sweep, that is where nothing was ever written:
+        # still zero. (Every instruction of the mask writes all of its output's tangents.)
+        state = (tape._layout, D, key)
+        if self.tan_state != state:
+            tan[:] = 0
+            self.tan_state = state
         t2 = tan.reshape(L, D)
         for i, a in seeds:
             o = int(tape._boff[self.ins[i]._b])
@@ -201,13 +209,12 @@ def jacfwd(f, argnums=0):
         D = directions_per_sweep(entry.tape, total)
         for s in range(0, total, D):
             d = min(D, total - s)
-            seeds = []
+            seeds = []  # every argument seeded (zeros where it has no direction): one mask
             for j, i in enumerate(wanted):
                 lo, hi = max(s, starts[j]), min(s + d, starts[j + 1])
-                if lo >= hi and sizes[j]:
-                    continue  # this argument has no direction in this sweep
                 a = np.zeros((sizes[j], d))
-                a[np.arange(lo, hi) - starts[j], np.arange(lo, hi) - s] = 1.0
+                if lo < hi:
+                    a[np.arange(lo, hi) - starts[j], np.arange(lo, hi) - s] = 1.0
                 seeds.append((i, a))
             for c, r in zip(cols, entry.sweep(seeds, d)):
                 c[:, s:s + d] = r
