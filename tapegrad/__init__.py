@@ -24,6 +24,7 @@ from . import nn, optim
 from .ops import random
 from .ops.random import dropout
 from .fit import fit
+from .forward import jacfwd, jvp
 from .functional import grad, value_and_grad
 from .gradcheck import gradcheck
 from .higher import gradients, hessian, hvp, jacobian, jacrev, vjp
