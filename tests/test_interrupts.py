@@ -103,6 +103,26 @@ def test_exception_while_recording_under_grad_leaves_it_usable():
         tg.param(np.zeros(1))
 
 
+def test_exception_in_a_nested_grad_leaves_the_outer_tape_usable():
+    tape = tg.Tape()
+    w0 = np.array([0.3, -0.7])
+    w = tape.param(w0, name="w")
+    loss = (tg.sin(w) * w).sum()
+
+    def f(v):
+        (v ** 3).sum()            # recorded onto the outer tape before the failure
+        raise ValueError("half-way")
+
+    with pytest.raises(ValueError, match="half-way"):
+        tg.grad(f)(w)
+    tape.forward()
+    loss.backward()
+    np.testing.assert_allclose(w.grad, np.cos(w0) * w0 + np.sin(w0), rtol=1e-14)
+    g = tg.grad(lambda v: (v ** 3).sum())(w)   # the next nested call works
+    tape.forward()
+    np.testing.assert_allclose(g.value, 3 * w0 ** 2, rtol=1e-14)
+
+
 def test_exception_inside_with_tape_leaves_the_tape_usable():
     tape = tg.Tape()
     with pytest.raises(RuntimeError):
