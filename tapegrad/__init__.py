@@ -28,6 +28,14 @@ from .gradcheck import gradcheck
 __version__ = "0.1.0"
 
 
+def __getattr__(name):
+    # tg.dist on first use: importing tapegrad never imports mpi4py (an optional extra)
+    if name == "dist":
+        import importlib
+        return importlib.import_module(".dist", __name__)
+    raise AttributeError(f"module 'tapegrad' has no attribute {name!r}")
+
+
 def param(value, name=None):
     """``tape.param`` on the tape of the enclosing ``with tape:`` block."""
     return current_tape("param").param(value, name=name)

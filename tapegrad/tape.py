@@ -81,6 +81,7 @@ class Tape:
         self._fwd_masks = {}      # tuple(output buffers) -> uint8 mask of needed instructions
         self._rev_masks = {}      # seed buffer -> uint8 mask of instructions with a gradient path
         self._requires_grad = set()
+        self._unfed = set()       # inputs never fed nor given a value (tg.fit refuses them)
 
     # ------------------------------------------------------------------ leaves
     def param(self, value, name=None):
@@ -108,6 +109,8 @@ class Tape:
         b = self._new_buffer(shape, INPUT, name)
         if value is not None:
             self._store(b, value)
+        else:
+            self._unfed.add(b)
         self._inputs[name] = b
         if requires_grad:
             self._requires_grad.add(b)
@@ -365,6 +368,7 @@ class Tape:
             checked.append((b, self.check_feed(name, value)))
         for b, a in checked:
             self._store(b, a)
+            self._unfed.discard(b)
 
     def check_feed(self, name, value, batch_axis=False):
         """The feed ``value`` for input ``name`` as an array, or ``FeedError`` saying why."""
