@@ -155,14 +155,15 @@ def mpiexec():
     return exe
 
 
-def launch(n, what, out, timeout):
-    """``mpiexec -n n python -m mpi4py this_file what out``; killed (the whole process group)
-    if it runs past ``timeout`` seconds."""
-    env = dict(os.environ)
+def launch(n, what, out, timeout, script=False):
+    """``mpiexec -n n python -m mpi4py this_file what out`` (or the script ``what``, run in
+    ``out``); killed (the whole process group) if it runs past ``timeout`` seconds."""
+    env = dict(os.environ, MPLBACKEND="Agg")
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-    proc = subprocess.Popen([mpiexec(), "-n", str(n), sys.executable, "-m", "mpi4py", str(HERE),
-                             what, str(out)], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    args = [what] if script else [str(HERE), what, str(out)]
+    proc = subprocess.Popen([mpiexec(), "-n", str(n), sys.executable, "-m", "mpi4py"] + args,
+                            cwd=out, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True)
     try:
         text, _ = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -260,6 +261,16 @@ def test_ranks_that_disagree_all_raise(ranks):
 def test_an_exception_on_one_rank_ends_the_job(tmp_path):
     code, text = launch(2, "crash", tmp_path, timeout=120)
     assert code != 0 and "rank 1 fails on purpose" in text, text
+
+
+def test_data_parallel_example(ranks, tmp_path):
+    pytest.importorskip("sklearn")
+    code, text = launch(2, str(ROOT / "examples" / "data_parallel.py"), tmp_path, timeout=300,
+                        script=True)
+    assert code == 0, text
+    assert "ranks agree bitwise: True" in text, text
+    acc = float(text.split("test accuracy:")[1].split()[0])
+    assert acc > 0.9, text
 
 
 def test_importing_tapegrad_does_not_import_mpi4py():
