@@ -102,6 +102,16 @@ def worker(out):
         tg.dist.allreduce_grads(tape, comm)
         opt.step()
     res["loop-params"] = flat(tape)
+    # allreduce_grads over an optimizer's parameters only (the last layer), summed
+    rows = np.arange(rank * B, (rank + 1) * B)
+    tape.forward(x=X[rows], y=Y[rows])
+    loss.backward()
+    before = [p.grad.copy() for p in tape.params]
+    some = tape.params[2:]
+    tg.dist.allreduce_grads(tg.optim.SGD(some), comm, reduce="sum")
+    res["subset-grads"] = np.concatenate([p.grad.ravel() for p in some])
+    res["other-grads-kept"] = np.array(all(np.array_equal(p.grad, b) for p, b in
+                                           zip(tape.params[:2], before[:2])))
     # a NaN in rank 1's shard at step 3: every rank raises, at the same step
     tape, loss = model(2)
     opt = OPTS["sgd-momentum"](tape.params)
@@ -233,6 +243,19 @@ def test_python_loop_with_broadcast_and_allreduce(ranks):
         opt.step()
     assert ranks[0]["loop-params"].tobytes() == ranks[1]["loop-params"].tobytes()
     np.testing.assert_allclose(ranks[0]["loop-params"], flat(tape), rtol=1e-12, atol=1e-14)
+    # the optimizer's ranges only, summed: each rank's gradient of its own 4 rows, added
+    total = 0
+    for rank in range(2):
+        rows = np.arange(rank * B, (rank + 1) * B)
+        t, lo = model(B)
+        for p, v in zip(t.params, tape.params):
+            p.value[...] = v.value
+        t.forward(x=X[rows], y=Y[rows])
+        lo.backward()
+        total = total + np.concatenate([p.grad.ravel() for p in t.params[2:]])
+    for r in ranks:
+        np.testing.assert_allclose(r["subset-grads"], total, rtol=1e-12, atol=1e-14)
+        assert r["other-grads-kept"]
 
 
 def test_nan_on_one_rank_stops_every_rank_at_that_step(ranks):
