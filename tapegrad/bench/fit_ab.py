@@ -3,12 +3,16 @@ digits-mlp workloads, tapegrad imported from two source trees (e.g. a ``git work
 main and of a branch), measured side by side: the trees take turns, one subprocess each per
 round, and every subprocess times blocks of steps after a warm-up. Prints the medians over
 all blocks with their interquartile ranges, and the ratio B / A.
+
+``--cold N``: instead, N rounds of a cold compile in each tree (an empty ``NUMBA_CACHE_DIR``):
+the CPU seconds of the first float64 ``tg.fit`` call, after the sweeps are compiled.
 """
 import argparse
 import json
 import os
 import subprocess
 import sys
+import tempfile
 
 import numpy as np
 
@@ -34,6 +38,35 @@ for name, build, data, batch, k in (("seed-mlp", build_seed_tg, {"x": X, "y": Y}
 print(json.dumps(out))
 """
 
+_COLD = r"""
+import time
+import numpy as np
+import tapegrad as tg
+tape = tg.Tape()
+mlp = tg.nn.MLP(tape, [1, 64, 64, 1], activation=tg.tanh, rng=0)
+x, y = tape.input("x", shape=(4, 1)), tape.input("y", shape=(4, 1))
+loss = tg.mse_loss(mlp(x), y)
+tape.forward(x=np.ones((4, 1)), y=np.ones((4, 1)))
+loss.backward()
+t = time.process_time()
+tg.fit(loss, tg.optim.AdamW(tape.params), {"x": np.ones((8, 1)), "y": np.ones((8, 1))},
+       steps=3, progress=False)
+print(time.process_time() - t)
+"""
+
+
+def cold(a, b, rounds):
+    secs = {a: [], b: []}
+    for _ in range(rounds):
+        for tree in (a, b):
+            with tempfile.TemporaryDirectory() as d:
+                env = dict(os.environ, PYTHONPATH=os.path.abspath(tree), NUMBA_CACHE_DIR=d)
+                res = subprocess.run([sys.executable, "-c", _COLD], env=env, check=True,
+                                     capture_output=True, text=True, timeout=900)
+                secs[tree].append(float(res.stdout.split()[-1]))
+    for tree in (a, b):
+        print(f"cold first fit {tree:30} CPU s: " + ", ".join(f"{t:.1f}" for t in secs[tree]))
+
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -41,7 +74,10 @@ def main(argv=None):
     ap.add_argument("b")
     ap.add_argument("--rounds", type=int, default=6)
     ap.add_argument("--blocks", type=int, default=15)
+    ap.add_argument("--cold", type=int, metavar="N", default=0)
     args = ap.parse_args(argv)
+    if args.cold:
+        return cold(args.a, args.b, args.cold)
     times = {args.a: {}, args.b: {}}
     for _ in range(args.rounds):
         for tree in (args.a, args.b):
