@@ -423,9 +423,11 @@ def _failure(link, tape, loss, fmask, rmask, zero, weight, status, k, step, name
         else:
             cls = _KINDS.get(every[rank][1], TapegradError)
             text = every[rank][2] + f" [on rank {rank} of {link.nranks}]"
-    done = (f"the {step} step{'s' if step > 1 else ''} before it applied; parameters and "
-            f"optimizer state are as after {'them' if step > 1 else 'it'}" if step else "no step was applied; parameters and optimizer state "
-            f"are unchanged")
+    if step:
+        done = (f"the {step} step{'s' if step > 1 else ''} before it applied; parameters and "
+                f"optimizer state are as after {'them' if step > 1 else 'it'}")
+    else:
+        done = "no step was applied; parameters and optimizer state are unchanged"
     err = cls(f"fit(): stopped at step {step} (0-based; {done}): {text}")
     err.history = losses[:step]
     return err

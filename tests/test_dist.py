@@ -194,12 +194,11 @@ def one_process(oname, n):
 
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory):
-    exe = mpiexec()
+    mpiexec()                 # skips without mpi4py / mpiexec
     one_process("adamw", 32)  # compiles here first, so the two ranks load it from the cache
     out = tmp_path_factory.mktemp("mpi")
     code, text = launch(2, "worker", out, timeout=600)
     assert code == 0, text
-    assert exe
     return [dict(np.load(out / f"rank{r}.npz")) for r in range(2)]
 
 
