@@ -15,15 +15,19 @@ from .errors import (BranchChanged, FeedError, GradcheckError, NonFiniteError, S
                      TapeFormatError, TapegradError)
 from .tape import Tape, current_tape
 from .var import Var
-from .ops import (abs, add, concatenate, cos, cross_entropy, div, exp, leaky_relu, log,
+from .ops import (abs, add, argmax, clip, concatenate, cos, cross_entropy, div, exp, leaky_relu, log,
                   log_softmax, logsumexp, matmul, max, maximum, mean, minimum, mse_loss, mul,
                   neg, pow, relu, reshape, sigmoid, sin, softmax, sqrt, square, stack, sub, sum,
                   tanh, transpose, where)
 
 from . import nn, optim
+from .ops import random
+from .ops.random import dropout
 from .fit import fit
+from .forward import jacfwd, jvp
 from .functional import grad, value_and_grad
 from .gradcheck import gradcheck
+from .higher import gradients, hessian, hvp, jacobian, jacrev, vjp
 
 __version__ = "0.1.0"
 

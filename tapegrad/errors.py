@@ -44,7 +44,53 @@ class UnknownNameError(TapegradError, KeyError):
         return str(self.args[0]) if self.args else ""
 
 
-_inside = {}  # code filename -> is it a file of the tapegrad package?
+_inside = {}      # code filename -> is it a file of the tapegrad package?
+_site_index = {}  # (id(code), line) -> site id
+_sites = ["<unknown>"]  # site id -> (code, line), or the text itself (loaded tapes)
+
+
+def site_id():
+    """A small integer naming the innermost caller outside the tapegrad package.
+
+    Recording keeps this per instruction and per buffer; the ``file:line`` text is made only
+    when an error message or a listing needs it (``site_text``). The code object is kept
+    alive in ``_sites``, so its ``id`` stays unique. The walk starts at the caller's caller:
+    the caller (``Tape._emit`` or ``_new_buffer``) is always inside the package.
+    """
+    f = sys._getframe(2)
+    inside = _inside
+    while f is not None:
+        code = f.f_code
+        fn = code.co_filename
+        i = inside.get(fn)
+        if i is None:
+            i = inside[fn] = os.path.abspath(fn).startswith(_PKG_DIR + os.sep)
+        if not i:
+            key = (id(code), f.f_lineno)
+            s = _site_index.get(key)
+            if s is None:
+                s = _site_index[key] = len(_sites)
+                _sites.append((code, f.f_lineno))
+            return s
+        f = f.f_back
+    return 0
+
+
+def site_text(s):
+    """``file:line`` of site ``s``."""
+    e = _sites[s]
+    if isinstance(e, str):
+        return e
+    return f"{os.path.basename(e[0].co_filename)}:{e[1]}"
+
+
+def intern_site(text):
+    """The site id of a ``file:line`` text (used when loading a saved tape)."""
+    s = _site_index.get(text)
+    if s is None:
+        s = _site_index[text] = len(_sites)
+        _sites.append(text)
+    return s
 
 
 def user_site():

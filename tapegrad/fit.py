@@ -29,6 +29,7 @@ import numpy as np
 
 from ._jit import drop_stale_cache, jit, kernel
 from .errors import BranchChanged, FeedError, NonFiniteError, ShapeError, TapegradError
+from .opcodes import N_IN, OP, OPS, OUT, X, Op
 from .optim import Optimizer, step_kernel
 from .sweep import NON_FINITE, OK, SOURCES, forward, reverse
 
@@ -137,10 +138,10 @@ def _count(name, value, least):
 
 
 def _needed_inputs(tape, fmask):
-    """Names of the inputs that the masked forward sweep reads."""
-    read = set()
-    for k in np.flatnonzero(fmask):
-        read.update(tape._deps(int(k)))
+    """Names of the inputs that the masked forward sweep reads (the tape is sealed)."""
+    rows = tape._instr[np.flatnonzero(fmask)]
+    n_in = N_IN[rows[:, OP]]
+    read = set(tape._base[np.concatenate([rows[n_in > j, X + j] for j in range(3)])].tolist())
     return [name for name, b in tape._inputs.items() if b in read]
 
 
@@ -158,7 +159,7 @@ def _pack(tape, data, batch_size, needed):
     if missing:
         raise FeedError(f"fit(): the loss needs input {missing[0]!r}, which is not in data "
                         f"and was never fed nor given a value (recorded at "
-                        f"{tape._bsrc[tape._inputs[missing[0]]]}; data has: "
+                        f"{tape._bsrc(tape._inputs[missing[0]])}; data has: "
                         f"{', '.join(data)})")
     n = None
     blocks, cols, c0 = [], [], 0
@@ -335,7 +336,7 @@ def _prepare(loss, opt, data, batch_size, steps, reduce):
     if unfed:
         raise FeedError(f"fit(data=None): the loss needs input {unfed[0]!r}, which was "
                         f"never fed nor given a value (recorded at "
-                        f"{tape._bsrc[tape._inputs[unfed[0]]]}): feed it with "
+                        f"{tape._bsrc(tape._inputs[unfed[0]])}): feed it with "
                         f"tape.forward({unfed[0]}=...) or pass data")
     return (steps, 0, np.zeros((0, 0), tape.dtype), np.zeros((0, 3), np.int64), 0, [],
             fmask)
@@ -460,11 +461,10 @@ def _explain_non_finite(tape, loss, fmask, rmask, zero, weight, names, rows):
     elif not parts:
         k = _first_bad_gradient(tape, loss, rmask, zero, weight)
         if k is not None:
-            from .opcodes import OP, OPS, OUT, Op
             op = OPS[Op(int(tape._instr[k, OP]))].name
             params = [p.name or f"%{p._b}" for p in tape.params if not np.isfinite(p.grad).all()]
             parts.append(f"the gradient is NaN/Inf (loss {val[lo]}): the reverse sweep of "
-                         f"{op} -> %{int(tape._instr[k, OUT])} (recorded at {tape._src[k]}) "
+                         f"{op} -> %{int(tape._instr[k, OUT])} (recorded at {tape._site(k)}) "
                          f"is the first to produce it" +
                          (f"; parameters with NaN/Inf gradients: {', '.join(params)}"
                           if params else ""))

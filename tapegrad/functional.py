@@ -14,6 +14,10 @@ from .var import Var
 def value_and_grad(f, argnums=0):
     """``f(*arrays) -> scalar Var`` to ``(value, gradient(s))`` with NumPy results.
 
+    Called with Vars (inside another transform, or on a tape of your own) it records instead:
+    ``f`` and its gradient go onto the Vars' tape and come back as Vars, so ``tg.grad``
+    nests (``tg.grad(tg.grad(f))(x)``).
+
     >>> vg = tg.value_and_grad(lambda a, b: (a * b).sum(), argnums=(0, 1))
     >>> vg(np.array([1.0, 2.0]), np.array([3.0, 4.0]))
     (11.0, (array([3., 4.]), array([1., 2.])))
@@ -23,6 +27,8 @@ def value_and_grad(f, argnums=0):
     cache = {}
 
     def wrapped(*args):
+        if any(isinstance(a, Var) for a in args):  # nested: record onto the Vars' tape
+            return _on_tape(f, args, nums, single)
         for i in nums:
             if not -len(args) <= i < len(args):
                 raise TapegradError(f"{getattr(f, '__name__', 'f')}: argnums {argnums!r} out "
@@ -63,6 +69,21 @@ def grad(f, argnums=0):
         return vg(*args)[1]
 
     return wrapped
+
+
+def _on_tape(f, args, nums, single):
+    """``value_and_grad`` called with Vars: ``f`` records onto their tape and the gradients
+    are recorded too (``tg.gradients``), so they can be differentiated again."""
+    from .higher import gradients
+    from .ops._record import tape_of, as_var
+    tape = tape_of(args, getattr(f, "__name__", "f"))
+    args = [as_var(a, tape, "grad") for a in args]
+    out = f(*args)
+    if not isinstance(out, Var) or out.tape is not tape or out.size != 1:
+        raise TapegradError(f"{getattr(f, '__name__', 'f')} must return a size-1 Var computed "
+                            f"from its arguments, got {out!r}")
+    grads = gradients(out, [args[i % len(args)] for i in nums])
+    return out, grads[0] if single else tuple(grads)
 
 
 def _record(f, arrays, wanted):

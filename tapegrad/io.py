@@ -9,14 +9,17 @@ key                 dtype, shape                meaning
 ``dtype``           unicode ``()``              ``"float64"`` or ``"float32"`` (the arenas)
 ``instr``           int32 ``(n, WIDTH)``        instructions (``tapegrad.opcodes``)
 ``imm``             float64 ``(n,)``            float immediates
-``src``             unicode ``(n,)``            ``file:line`` that recorded each instruction
+``src``             int64 ``(n,)``              index into ``sites`` of the line that recorded
+                                                each instruction
+``sites``           unicode ``(S,)``            distinct ``file:line`` texts
 ``boff, bsize``     int64 ``(nb,)``             buffer offsets and sizes in the arenas
 ``shapes``          int64 ``(nb, D)``           buffer shapes, padded with 0 to ``D`` columns
 ``ndim``            int64 ``(nb,)``             number of dimensions of each shape
 ``kind``            int64 ``(nb,)``             PARAM INPUT CONST TEMP (0..3)
 ``base``            int64 ``(nb,)``             buffer whose memory it aliases (itself if none)
 ``names``           unicode ``(nb,)``           buffer names, ``""`` for none
-``bsrc``            unicode ``(nb,)``           ``file:line`` that created each buffer
+``bsrc``            int64 ``(nb,)``             index into ``sites`` of the line that created
+                                                each buffer
 ``params``          int64 ``(P,)``              parameter buffers in creation order
 ``inputs``          int64 ``(I,)``              input buffers, with ``input_names`` unicode
 ``label_bufs``      int64 ``(L,)``              inputs read as class labels, with
@@ -36,20 +39,21 @@ it builds a Tape, so no compiled code ever runs on a bad file: anything wrong ra
 """
 import numpy as np
 
-from .errors import TapeFormatError, TapegradError
-from .opcodes import OP, OUT, WIDTH, X, Op
+from .errors import TapeFormatError, TapegradError, intern_site, site_text
+from .opcodes import A0, OP, OUT, WIDTH, X, Op
 from .validate import validate_tape_arrays
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: sites table; immediates renumbered the opcodes
 MAX_NDIM = 64
 _I64 = np.dtype(np.int64)
 
 # key -> (dtype kind or exact dtype, ndim); sizes are checked against each other below
 _SCHEMA = {
     "format_version": (_I64, 0), "dtype": ("U", 0),
-    "instr": (np.dtype(np.int32), 2), "imm": (np.dtype(np.float64), 1), "src": ("U", 1),
+    "instr": (np.dtype(np.int32), 2), "imm": (np.dtype(np.float64), 1), "src": (_I64, 1),
+    "sites": ("U", 1),
     "boff": (_I64, 1), "bsize": (_I64, 1), "shapes": (_I64, 2), "ndim": (_I64, 1),
-    "kind": (_I64, 1), "base": (_I64, 1), "names": ("U", 1), "bsrc": ("U", 1),
+    "kind": (_I64, 1), "base": (_I64, 1), "names": ("U", 1), "bsrc": (_I64, 1),
     "params": (_I64, 1), "inputs": (_I64, 1), "input_names": ("U", 1),
     "label_bufs": (_I64, 1), "label_classes": (_I64, 1), "requires_grad": (_I64, 1),
     "val": ("f", 1),
@@ -73,25 +77,29 @@ def save(tape, path):
     for b, s in enumerate(tape._shape):
         shapes[b, :len(s)] = s
     labels = sorted(tape._labels.items())
+    n = tape._n
+    site_ids, where = np.unique(np.concatenate([tape._src[:n], tape._bsite[:nb]]),
+                                return_inverse=True)
     arrays = dict(
         format_version=np.array(FORMAT_VERSION, np.int64),
         dtype=np.array(tape.dtype.name),
         instr=np.ascontiguousarray(tape._instr[:tape._n], np.int32),
         imm=np.ascontiguousarray(tape._imm[:tape._n], np.float64),
-        src=_ustr(tape._src[:tape._n]),
+        src=where[:n].astype(np.int64),
+        sites=_ustr([site_text(int(i)) for i in site_ids]),
         boff=np.asarray(tape._boff[:nb], np.int64), bsize=np.asarray(tape._bsize[:nb], np.int64),
         shapes=shapes, ndim=np.array([len(s) for s in tape._shape], np.int64),
-        kind=np.array(tape._kind, np.int64).reshape(nb),
-        base=np.array(tape._base, np.int64).reshape(nb),
-        names=_ustr(["" if n is None else n for n in tape._bname]),
-        bsrc=_ustr(tape._bsrc),
+        kind=np.frombuffer(bytes(tape._kind), np.int8).astype(np.int64).reshape(nb),
+        base=np.asarray(tape._base, np.int64).reshape(nb),
+        names=_ustr([tape._bname.get(b, "") for b in range(nb)]),
+        bsrc=where[n:].astype(np.int64),
         params=np.array(tape._params, np.int64).reshape(-1),
         inputs=np.array(list(tape._inputs.values()), np.int64).reshape(-1),
         input_names=_ustr(list(tape._inputs)),
         label_bufs=np.array([b for b, _ in labels], np.int64).reshape(-1),
         label_classes=np.array([c for _, c in labels], np.int64).reshape(-1),
         requires_grad=np.array(sorted(tape._requires_grad), np.int64).reshape(-1),
-        val=np.asarray(tape._val),
+        val=np.asarray(tape._val[:max(tape._used, 1)]),
     )
     with open(path, "wb") as f:
         np.savez(f, **arrays)
@@ -139,7 +147,8 @@ def load(path):
 
     version = int(a["format_version"])
     if version != FORMAT_VERSION:
-        bad(f"format version {version} is not supported (this tapegrad reads {FORMAT_VERSION})")
+        bad(f"format version {version} is not supported (this tapegrad reads {FORMAT_VERSION}; "
+            f"re-record the tape and save it again)")
     dtype_name = str(a["dtype"])
     if dtype_name not in ("float64", "float32"):
         bad(f"arena dtype {dtype_name!r} is not float64 or float32")
@@ -161,6 +170,10 @@ def load(path):
     shp = a["shapes"]
     if shp.shape[0] != nb or shp.shape[1] > MAX_NDIM:
         bad(f"'shapes' has shape {shp.shape}, expected ({nb}, <= {MAX_NDIM})")
+    n_sites = a["sites"].shape[0]
+    for k in ("src", "bsrc"):
+        if a[k].size and not (0 <= a[k].min() and a[k].max() < n_sites):
+            bad(f"{k!r} holds an index outside the {n_sites} sites")
     if a["input_names"].shape != a["inputs"].shape:
         bad("'inputs' and 'input_names' differ in length")
     if a["label_classes"].shape != a["label_bufs"].shape:
@@ -248,27 +261,42 @@ def load(path):
         bad(str(e))
     for k in range(n):
         op, out = int(instr[k, OP]), int(instr[k, OUT])
-        if op == Op.GUARD:
+        if op in (Op.GUARD, Op.TICK):
             if out != int(instr[k, X]):
-                bad(f"instruction {k} (guard): output {out} must equal its input")
-        elif kind[out] != TEMP:
+                bad(f"instruction {k} ({Op(op).name.lower()}): output {out} must equal its "
+                    f"input")
+        if op != Op.GUARD and kind[out] != TEMP:
             bad(f"instruction {k}: writes buffer {out} of kind {kind[out]}, not a temporary")
 
     # ---- build the sealed tape
     tape = Tape(dtype)
+    site_ids = np.array([intern_site(str(t)) for t in a["sites"]] + [0], np.int32)
     tape._instr = np.ascontiguousarray(instr, np.int32)
     tape._imm = np.ascontiguousarray(imm, np.float64)
-    tape._n = n
-    tape._src = [str(s) for s in a["src"]]
+    tape._src = site_ids[a["src"]]
+    tape._n = tape._nf = tape._done = n
     tape._boff, tape._bsize, tape._nbuf = a_boff, a_bsize, nb
-    tape._shape, tape._kind, tape._base, tape._bname = shapes, kind, base, bname
-    tape._bsrc = [str(s) for s in a["bsrc"]]
+    tape._bsite = site_ids[a["bsrc"]]
+    tape._nbf = nb
+    tape._shape, tape._kind = shapes, bytearray(kind)
+    tape._alias = {b: r for b, r in enumerate(base) if r != b}
+    tape._base = np.array(base, np.int64).reshape(nb)
+    tape._bname = {b: nm for b, nm in enumerate(bname) if nm is not None}
     tape._val = np.ascontiguousarray(val, dtype).copy()
+    tape._cap = tape._val.shape[0]
     tape._grad = np.zeros_like(tape._val)
     tape._used = sum(bsize[b] for _, b in roots)
     tape._names, tape._params, tape._inputs = names, params, inputs
     tape._labels, tape._requires_grad = labels, set(rg)
-    tape._n_params = pos
+    tape._n_params = tape._param_elems = pos
     tape._fwd_masks, tape._rev_masks = {}, {}
+    tape._layout = 1
+    draws = instr[np.isin(instr[:, OP], (Op.RAND, Op.RANDN))]
+    ticks = instr[instr[:, OP] == Op.TICK]
+    if len(draws):  # the seed and the counter of the random draws
+        tape.seed = int(draws[0, A0 + 1]) | (int(draws[0, A0 + 2]) << 31)
+        tape._rng_draws = int(draws[:, A0].max()) + 1
+    if len(ticks):
+        tape._rng = int(ticks[0, OUT])
     tape._sealed = True
     return tape

@@ -18,6 +18,8 @@ so an opcode without a spec or without a gradient test fails CI.
 from enum import IntEnum
 from typing import NamedTuple
 
+import numpy as np
+
 OP, OUT, X, Y, Z, A0 = 0, 1, 2, 3, 4, 5
 N_ATTRS = 6
 WIDTH = A0 + N_ATTRS
@@ -38,38 +40,52 @@ class Op(IntEnum):
     ABS = 10
     SQUARE = 11
     POWC = 12        # imm = constant exponent
+    # a Python number as one operand, held as the immediate c = imm (no buffer, no
+    # broadcast; tapegrad/ops/immediate.py); still unary: ans[i] = f(x[i], c)
+    ADDC = 13        # x + c   (x - c records ADDC with -c: IEEE subtraction is exactly that)
+    MULC = 14        # x * c
+    RSUBC = 15       # c - x
+    DIVC = 16        # x / c
+    RDIVC = 17       # c / x
+    RPOWC = 18       # c ** x
     # binary elementwise: ans[i] = f(x[i], y[i]) (operands expanded to the output's shape)
-    ADD = 13
-    SUB = 14
-    MUL = 15
-    DIV = 16
-    POW = 17
-    MAXIMUM = 18
-    MINIMUM = 19
-    GT = 20
-    GE = 21
-    LT = 22
-    LE = 23
+    ADD = 19
+    SUB = 20
+    MUL = 21
+    DIV = 22
+    POW = 23
+    MAXIMUM = 24
+    MINIMUM = 25
+    GT = 26
+    GE = 27
+    LT = 28
+    LE = 29
     # ternary: ans[i] = x[i] != 0 ? y[i] : z[i]
-    WHERE = 24
+    WHERE = 30
     # data movement on an (A, n, B) view of the output or input
-    EXPAND = 25      # (A, B) -> (A, n, B)
-    SLICE = 26       # (A, n, B) -> (A, count, B): rows start, start+step, ...
-    PLACE = 27       # writes x (A, count, B) into out (A, n, B) at rows start.. (concatenate)
-    TRANSPOSE = 28   # (A, M, N, B) -> (A, N, M, B)
+    EXPAND = 31      # (A, B) -> (A, n, B)
+    SLICE = 32       # (A, n, B) -> (A, count, B): rows start, start+step, ...
+    PLACE = 33       # writes x (A, count, B) into out (A, n, B) at rows start.. (concatenate)
+    UNSLICE = 34     # (A, count, B) -> (A, n, B): SLICE's transpose, zero elsewhere
+    TRANSPOSE = 35   # (A, M, N, B) -> (A, N, M, B)
     # reductions over the middle axis of an (A, n, B) view
-    SUM = 29         # -> (A, B)
-    MAX = 30         # -> (A, B); gradient split equally between ties
-    LOGSUMEXP = 31   # -> (A, B)
-    SOFTMAX = 32     # -> (A, n, B)
-    LOG_SOFTMAX = 33 # -> (A, n, B)
+    SUM = 36         # -> (A, B)
+    MAX = 37         # -> (A, B); gradient split equally between ties
+    LOGSUMEXP = 38   # -> (A, B)
+    SOFTMAX = 39     # -> (A, n, B)
+    LOG_SOFTMAX = 40 # -> (A, n, B)
     # linear algebra
-    MATMUL = 34      # batch of (M, K) @ (K, N); A0..A5 = batch, M, K, N, sx, sy
+    MATMUL = 41      # batch of (M, K) @ (K, N); A0..A5 = batch, M, K, N, sx, sy
     # losses
-    CROSS_ENTROPY = 35  # x (N, C) logits, y (N,) labels stored as floats -> (N,) losses
+    CROSS_ENTROPY = 42  # x (N, C) logits, y (N,) labels stored as floats -> (N,) losses
+    ONEHOT = 43      # y (N,) labels (floats) -> (N, C) one-hot rows; no gradient
+    # random draws (tapegrad/ops/random.py): counter-based, fresh on every replay
+    TICK = 44        # x = out = the tape's 2-number draw counter: advances it by one
+    RAND = 45        # x: the counter -> out: U[0, 1); A0 stream, A1 A2 the seed's halves
+    RANDN = 46       # x: the counter -> out: N(0, 1); attributes as RAND
     # control
-    GUARD = 36       # checks (x[0] != 0) == A0 on replay; no value, no gradient
-    N_OPS = 37       # sentinel: the number of opcodes
+    GUARD = 47       # checks (x[0] != 0) == A0 on replay; no value, no gradient
+    N_OPS = 48       # sentinel: the number of opcodes
 
 
 class OpSpec(NamedTuple):
@@ -93,6 +109,12 @@ OPS = {
     Op.ABS: OpSpec("abs", 1, ""),
     Op.SQUARE: OpSpec("square", 1, ""),
     Op.POWC: OpSpec("powc", 1, "imm=exponent"),
+    Op.ADDC: OpSpec("addc", 1, "imm=c"),
+    Op.MULC: OpSpec("mulc", 1, "imm=c"),
+    Op.RSUBC: OpSpec("rsubc", 1, "imm=c"),
+    Op.DIVC: OpSpec("divc", 1, "imm=c"),
+    Op.RDIVC: OpSpec("rdivc", 1, "imm=c"),
+    Op.RPOWC: OpSpec("rpowc", 1, "imm=c"),
     Op.ADD: OpSpec("add", 2, ""),
     Op.SUB: OpSpec("sub", 2, ""),
     Op.MUL: OpSpec("mul", 2, ""),
@@ -108,6 +130,7 @@ OPS = {
     Op.EXPAND: OpSpec("expand", 1, "A n B"),
     Op.SLICE: OpSpec("slice", 1, "A n B start step count"),
     Op.PLACE: OpSpec("place", 1, "A n B start count"),
+    Op.UNSLICE: OpSpec("unslice", 1, "A n B start step count"),
     Op.TRANSPOSE: OpSpec("transpose", 1, "A M N B"),
     Op.SUM: OpSpec("sum", 1, "A n B"),
     Op.MAX: OpSpec("max", 1, "A n B"),
@@ -116,5 +139,13 @@ OPS = {
     Op.LOG_SOFTMAX: OpSpec("log_softmax", 1, "A n B"),
     Op.MATMUL: OpSpec("matmul", 2, "batch M K N sx sy"),
     Op.CROSS_ENTROPY: OpSpec("cross_entropy", 2, "N C"),
+    Op.ONEHOT: OpSpec("onehot", 1, "N C", False),
+    Op.TICK: OpSpec("tick", 1, "", False),
+    Op.RAND: OpSpec("rand", 1, "stream seed_lo seed_hi", False),
+    Op.RANDN: OpSpec("randn", 1, "stream seed_lo seed_hi", False),
     Op.GUARD: OpSpec("guard", 1, "expected", False),
 }
+
+# the table as arrays, for the compiled passes over a tape (activity analysis, validation)
+N_IN = np.array([OPS[Op(i)].n_in for i in range(Op.N_OPS)], np.int64)
+DIFFERENTIABLE = np.array([OPS[Op(i)].differentiable for i in range(Op.N_OPS)], np.uint8)

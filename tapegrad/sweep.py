@@ -28,12 +28,15 @@ from .ops.elementwise import (abs_bwd, abs_fwd, add_bwd, add_fwd, compare_fwd, c
                               sigmoid_bwd, sigmoid_fwd, sin_bwd, sin_fwd, sqrt_bwd, sqrt_fwd,
                               square_bwd, square_fwd, sub_bwd, sub_fwd, tanh_bwd, tanh_fwd,
                               where_bwd, where_fwd)
+from .ops.immediate import (addc_bwd, addc_fwd, divc_bwd, divc_fwd, mulc_bwd, mulc_fwd,
+                            rdivc_bwd, rdivc_fwd, rpowc_bwd, rpowc_fwd, rsubc_bwd, rsubc_fwd)
 from .ops.linalg import matmul_bwd, matmul_fwd
-from .ops.loss import cross_entropy_bwd, cross_entropy_fwd
+from .ops.loss import cross_entropy_bwd, cross_entropy_fwd, onehot_fwd
+from .ops.random import rand_fwd, tick_fwd
 from .ops.reduce import (log_softmax_bwd, log_softmax_fwd, logsumexp_bwd, logsumexp_fwd,
                          max_bwd, max_fwd, softmax_bwd, softmax_fwd, sum_bwd, sum_fwd)
 from .ops.shape import (expand_bwd, expand_fwd, place_bwd, place_fwd, slice_bwd, slice_fwd,
-                        transpose_bwd, transpose_fwd)
+                        transpose_bwd, transpose_fwd, unslice_bwd, unslice_fwd)
 
 OK, GUARD_FLIPPED, NON_FINITE, BAD_LABEL = 0, 1, 2, 3
 
@@ -70,8 +73,20 @@ def unary_fwd(op, v, x, ans, n, k):
         abs_fwd(v, x, ans, n, k)
     elif op == Op.SQUARE:
         square_fwd(v, x, ans, n, k)
-    else:
+    elif op == Op.POWC:
         powc_fwd(v, x, ans, n, k)
+    elif op == Op.ADDC:
+        addc_fwd(v, x, ans, n, k)
+    elif op == Op.MULC:
+        mulc_fwd(v, x, ans, n, k)
+    elif op == Op.RSUBC:
+        rsubc_fwd(v, x, ans, n, k)
+    elif op == Op.DIVC:
+        divc_fwd(v, x, ans, n, k)
+    elif op == Op.RDIVC:
+        rdivc_fwd(v, x, ans, n, k)
+    else:
+        rpowc_fwd(v, x, ans, n, k)
 
 
 @kernel
@@ -100,8 +115,20 @@ def unary_bwd(op, v, g, x, ans, n, k):
         abs_bwd(v, g, x, ans, n, k)
     elif op == Op.SQUARE:
         square_bwd(v, g, x, ans, n, k)
-    else:
+    elif op == Op.POWC:
         powc_bwd(v, g, x, ans, n, k)
+    elif op == Op.ADDC:
+        addc_bwd(v, g, x, ans, n, k)
+    elif op == Op.MULC:
+        mulc_bwd(v, g, x, ans, n, k)
+    elif op == Op.RSUBC:
+        rsubc_bwd(v, g, x, ans, n, k)
+    elif op == Op.DIVC:
+        divc_bwd(v, g, x, ans, n, k)
+    elif op == Op.RDIVC:
+        rdivc_bwd(v, g, x, ans, n, k)
+    else:
+        rpowc_bwd(v, g, x, ans, n, k)
 
 
 @kernel
@@ -165,6 +192,8 @@ def forward(instr, imm, boff, bsize, val, mask, check_finite):
             slice_fwd(val, x, ans, a0, a1, a2, a3, a4, a5)
         elif op == Op.PLACE:
             place_fwd(val, x, ans, a0, a1, a2, a3, a4)
+        elif op == Op.UNSLICE:
+            unslice_fwd(val, x, ans, a0, a1, a2, a3, a4, a5)
         elif op == Op.TRANSPOSE:
             transpose_fwd(val, x, ans, a0, a1, a2, a3)
         elif op == Op.SUM:
@@ -182,6 +211,15 @@ def forward(instr, imm, boff, bsize, val, mask, check_finite):
         elif op == Op.CROSS_ENTROPY:
             if not cross_entropy_fwd(val, x, y, ans, a0, a1):
                 return BAD_LABEL, k
+        elif op == Op.ONEHOT:
+            if not onehot_fwd(val, x, ans, a0, a1):
+                return BAD_LABEL, k
+        elif op == Op.TICK:
+            tick_fwd(val, x)
+        elif op == Op.RAND:
+            rand_fwd(val, x, ans, n, a0, a1, a2, False)
+        elif op == Op.RANDN:
+            rand_fwd(val, x, ans, n, a0, a1, a2, True)
         elif op == Op.GUARD:
             if (val[x] != 0) != (a0 != 0):
                 return GUARD_FLIPPED, k
@@ -215,6 +253,8 @@ def reverse(instr, imm, boff, bsize, val, grad, mask):
             slice_bwd(grad, x, ans, a0, a1, a2, a3, a4, a5)
         elif op == Op.PLACE:
             place_bwd(grad, x, ans, a0, a1, a2, a3, a4)
+        elif op == Op.UNSLICE:
+            unslice_bwd(grad, x, ans, a0, a1, a2, a3, a4, a5)
         elif op == Op.TRANSPOSE:
             transpose_bwd(grad, x, ans, a0, a1, a2, a3)
         elif op == Op.SUM:

@@ -2,26 +2,55 @@
 
 Flat arrays (see also ``tapegrad.opcodes``):
 
-* ``instr`` int32 ``(n, WIDTH)`` -- one row per instruction; ``imm`` float64 ``(n,)``.
+* ``instr`` int32 ``(n, WIDTH)`` -- one row per instruction; ``imm`` float64 ``(n,)``;
+  ``src`` int32 ``(n,)`` the site (``errors.site_text``) that recorded it.
 * buffer table -- ``boff`` / ``bsize`` int64 ``(n_buffers,)``: where buffer ``b`` lives in the
-  arenas; ``shape[b]`` (a tuple, Python side); ``kind[b]`` one of PARAM INPUT CONST TEMP;
-  ``base[b]`` the buffer whose memory it aliases (itself unless it is a reshape).
+  arenas; ``bsite`` int32 the site that made it; ``shape[b]`` (a tuple, Python side);
+  ``kind[b]`` one of PARAM INPUT CONST TEMP (a bytearray); the buffer whose memory it aliases
+  (``_base_of(b)``: itself unless it is a reshape; only aliases are stored, in a dict).
 * ``val`` / ``grad`` -- the value and gradient arenas, 1-D, float64 or float32, same layout.
 
-While recording, buffers are appended to the end of the arena in creation order and every
-instruction is evaluated as soon as it is recorded. At the first replay (or backward) the tape
-is *sealed*: the arena is laid out anew with all parameters in one contiguous prefix
-``[0, P)``, then inputs and constants, then intermediates; the buffer table is validated so no
-compiled code ever sees an out-of-range index. Recording more after that re-seals.
+Recording is a few appends per instruction: a row tuple to a pending list and a buffer tuple
+to another. The pending rows are moved into the NumPy arrays in blocks and *evaluated* there
+by the compiled forward sweep, one call per block: whenever a value is looked at (``.value``,
+``bool(v)``, printing, a replay) and every 4096 instructions. So ``v.value`` is always the
+value the op computes, as if each op ran when recorded, at a fraction of the per-op cost.
+
+At the first replay (or backward) the tape is *sealed*: the arena is laid out anew with all
+parameters in one contiguous prefix ``[0, P)``, then inputs and constants, then
+intermediates; the instructions are validated so no compiled code ever sees an out-of-range
+index. Layout, validation and activity analysis are array operations or compiled loops, never
+a Python loop over instructions. Recording more after that re-seals.
 """
+import operator
+import os
+from array import array
+
 import numpy as np
 
 from .errors import (BranchChanged, FeedError, NonFiniteError, ShapeError, TapegradError,
-                     UnknownNameError, user_site)
-from .opcodes import A0, N_ATTRS, OP, OPS, OUT, WIDTH, X, Y, Z, Op
+                     UnknownNameError, site_id, site_text, user_site)
+from .opcodes import A0, DIFFERENTIABLE, N_IN, OP, OPS, OUT, WIDTH, X, Op
 
 PARAM, INPUT, CONST, TEMP = 0, 1, 2, 3
 KIND_NAMES = ("param", "input", "const", "temp")
+RESERVED_INPUT_NAMES = ("outputs", "check_finite")  # tape.forward's own keywords
+FLUSH_EVERY = 4096           # pending instructions evaluated together
+MAX_BUFFER_ELEMENTS = 2 ** 31 - 1  # attributes that describe sizes are int32
+_INT32 = 2 ** 31
+_EAGER = frozenset((int(Op.CROSS_ENTROPY),))  # ops whose forward can fail: evaluated at once
+_NO_FOLD = frozenset((int(Op.GUARD),))
+_PAD_IN = ((-1, -1, -1), (-1, -1), (-1,), ())
+_SIZES = {(): 1}             # shape -> number of elements, for shapes already seen
+
+# the arrays of an empty tape (never written: the first append reallocates)
+_EMPTY_INSTR = np.zeros((0, WIDTH), np.int32)
+_EMPTY_F64, _EMPTY_I64, _EMPTY_I32 = np.zeros(0), np.zeros(0, np.int64), np.zeros(0, np.int32)
+
+try:  # physical memory: arenas larger than this are refused before anything is allocated
+    _PHYS_BYTES = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+except (ValueError, OSError, AttributeError):  # not POSIX: numpy's MemoryError still applies
+    _PHYS_BYTES = 2 ** 62
 
 _stack = []  # tapes entered with `with tape:`
 
@@ -38,9 +67,24 @@ def _grow(a, n):
     """``a`` with room for at least ``n`` rows (capacity doubles)."""
     if n <= a.shape[0]:
         return a
-    new = np.zeros((max(n, 2 * a.shape[0]),) + a.shape[1:], a.dtype)
+    new = np.zeros((max(n, 2 * a.shape[0], 16),) + a.shape[1:], a.dtype)
     new[: a.shape[0]] = a
     return new
+
+
+def _size(shape, what):
+    """Number of elements of a validated shape tuple (ShapeError if it is too large)."""
+    n = _SIZES.get(shape)
+    if n is None:
+        n = 1
+        for d in shape:
+            n *= d
+        if n > MAX_BUFFER_ELEMENTS:
+            raise ShapeError(f"{what}: shape {shape} has {n:,} elements; a buffer holds at "
+                             f"most {MAX_BUFFER_ELEMENTS:,} ({user_site()})")
+        if len(_SIZES) < 65536:
+            _SIZES[shape] = n
+    return n
 
 
 class Tape:
@@ -55,41 +99,63 @@ class Tape:
     30.0
     """
 
-    def __init__(self, dtype=np.float64):
+    def __init__(self, dtype=np.float64, seed=None):
         dtype = np.dtype(dtype)
         if dtype not in (np.float64, np.float32):
             raise TapegradError(f"Tape(dtype={dtype}): only float64 and float32 are supported")
+        if seed is None:
+            seed = int(np.random.SeedSequence().entropy) & (2 ** 62 - 1)
+        elif not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2 ** 62:
+            raise TapegradError(f"Tape(seed={seed!r}): the seed must be an int in [0, 2**62)")
         self.dtype = dtype
-        self._instr = np.full((64, WIDTH), -1, np.int32)
-        self._imm = np.zeros(64)
-        self._n = 0
-        self._src = []            # "file:line" per instruction
-        self._boff = np.zeros(64, np.int64)
-        self._bsize = np.zeros(64, np.int64)
-        self._nbuf = 0
-        self._shape, self._kind, self._base, self._bname, self._bsrc = [], [], [], [], []
+        self.seed = int(seed)     # of the random draws (tg.random, tg.dropout)
+        self._rng = None          # the draws' counter buffer, made with the first draw
+        self._rng_draws = 0       # draws recorded (each is its own stream)
+        self._f32 = dtype == np.float32
+        # instructions: rows [0, _nf) in the arrays, [_nf, _n) pending: _prow holds five ints
+        # per row (op, out, x, y, z), _psite and _pimm one each, _pattr (row, attrs) for the
+        # rows that have attributes (flat lists convert to arrays fastest)
+        self._instr, self._imm, self._src = _EMPTY_INSTR, _EMPTY_F64, _EMPTY_I32
+        self._prow, self._psite, self._pimm, self._pattr = [], [], [], []
+        self._n = self._nf = 0
+        self._done = 0            # instructions [0, _done) have been evaluated
+        # buffers: [0, _nbf) in the arrays, [_nbf, _nbuf) pending in _pbuf, flat: off, size, site
+        self._boff, self._bsize, self._bsite = _EMPTY_I64, _EMPTY_I64, _EMPTY_I32
+        self._pbuf = []
+        self._nbuf = self._nbf = 0
+        self._shape = []          # shape tuple per buffer
+        self._kind = bytearray()  # kind per buffer
+        self._alias = {}          # alias buffer -> the buffer whose memory it shares
+        self._bname = {}          # buffer -> name (named buffers only)
         self._val = np.zeros(256, dtype)
+        self._cap = 256           # the value arena's length while recording
         self._used = 0            # arena elements in use
-        self._grad = np.zeros(256, dtype)
+        self._grad = _EMPTY_F64.astype(dtype, copy=False)  # made when sealed
+        self._in_order = True     # root buffers created params, inputs, consts, temps: the
+        self._last_kind = PARAM   # layout needs no reordering when sealed
         self._names = {}          # name -> buffer index
         self._params = []         # buffer indices, creation order
         self._inputs = {}         # name -> buffer index
         self._labels = {}         # input buffer -> number of classes it indexes
         self._sealed = False
+        self._base = None         # sealed: int64 array, buffer -> root buffer
         self._layout = 0          # counts seals: arena offsets change only then
-        self._n_params = 0        # P: elements in the parameter prefix
+        self._n_params = 0        # P: elements in the parameter prefix (when sealed)
+        self._param_elems = 0     # elements of the parameters recorded so far
         self._fwd_masks = {}      # tuple(output buffers) -> uint8 mask of needed instructions
         self._rev_masks = {}      # seed buffer -> uint8 mask of instructions with a gradient path
         self._requires_grad = set()
+        self._varied = None       # after a reverse sweep: uint8 per root buffer, 1 if it has a
+                                  # gradient (depends on a param or a requires_grad input)
         self._unfed = set()       # inputs never fed nor given a value (tg.fit refuses them)
 
     # ------------------------------------------------------------------ leaves
     def param(self, value, name=None):
         """A learnable leaf initialised with a copy of ``value``."""
         value = self._leaf_array(value, "param", name)
-        b = self._new_buffer(value.shape, PARAM, name)
-        self._store(b, value)
+        b = self._new_buffer(value.shape, PARAM, name, value=value)
         self._params.append(b)
+        self._param_elems += value.size
         return self._var(b)
 
     def input(self, name, shape=None, value=None, requires_grad=False):
@@ -97,19 +163,21 @@ class Tape:
         if not isinstance(name, str) or not name.isidentifier():
             raise TapegradError(f"input name must be an identifier string, got {name!r} "
                                 f"({user_site()})")
+        if name in RESERVED_INPUT_NAMES:
+            raise TapegradError(f"input name {name!r} is reserved: tape.forward() takes it as "
+                                f"an option (reserved: {', '.join(RESERVED_INPUT_NAMES)}) "
+                                f"({user_site()})")
         if value is not None:
             value = self._leaf_array(value, "input", name)
-            if shape is not None and tuple(shape) != value.shape:
+            if shape is not None and _check_shape(shape, f"input {name!r}") != value.shape:
                 raise ShapeError(f"input {name!r}: shape={tuple(shape)} but value has shape "
                                  f"{value.shape} ({user_site()})")
             shape = value.shape
         if shape is None:
             raise TapegradError(f"input {name!r} needs shape= or value= ({user_site()})")
         shape = _check_shape(shape, f"input {name!r}")
-        b = self._new_buffer(shape, INPUT, name)
-        if value is not None:
-            self._store(b, value)
-        else:
+        b = self._new_buffer(shape, INPUT, name, value=value)
+        if value is None:
             self._unfed.add(b)
         self._inputs[name] = b
         if requires_grad:
@@ -119,9 +187,7 @@ class Tape:
     def const(self, value, name=None):
         """A non-trainable leaf holding a copy of ``value``."""
         value = self._leaf_array(value, "const", name)
-        b = self._new_buffer(value.shape, CONST, name)
-        self._store(b, value)
-        return self._var(b)
+        return self._var(self._new_buffer(value.shape, CONST, name, value=value))
 
     def _leaf_array(self, value, what, name):
         try:
@@ -135,200 +201,322 @@ class Tape:
         return a.astype(self.dtype)
 
     # ------------------------------------------------------------------ buffers
-    def _new_buffer(self, shape, kind, name=None, base=None):
-        shape = tuple(int(s) for s in shape)
+    def _new_buffer(self, shape, kind, name=None, base=None, site=None, value=None):
+        """Append a buffer (an alias of ``base`` if given); ``value`` is copied into it.
+
+        Nothing changes if this raises (a bad name, a shape too large, no memory)."""
+        if type(shape) is not tuple:
+            shape = tuple(shape)
+        size = _size(shape, KIND_NAMES[kind])
         if name is not None:
             self._check_name(name)
+        if site is None:
+            site = site_id()
         b = self._nbuf
-        self._boff = _grow(self._boff, b + 1)
-        self._bsize = _grow(self._bsize, b + 1)
-        size = int(np.prod(shape, dtype=np.int64))
         if base is None:
-            self._boff[b] = self._used
-            self._used += size
-            if self._used > self._val.shape[0]:
-                self._val = _grow(self._val, self._used)
-                self._grad = _grow(self._grad, self._used)
-            base = b
+            off = self._used
+            if off + size > self._cap:
+                self._grow_arena(off + size, shape, KIND_NAMES[kind])
+            if kind < self._last_kind:
+                self._in_order = False
+            self._last_kind = kind
+            if value is not None:
+                self._val[off:off + size] = value.reshape(-1)
+            self._used = off + size
         else:
-            self._boff[b] = self._boff[base]
-        self._bsize[b] = size
-        self._nbuf += 1
+            off = self._off_of(base)
+            self._alias[b] = base
+        self._pbuf += (off, size, site)
+        self._nbuf = b + 1
         self._shape.append(shape)
         self._kind.append(kind)
-        self._base.append(base)
-        self._bname.append(name)
-        self._bsrc.append(user_site())
         if name is not None:
+            self._bname[b] = name
             self._names[name] = b
-        self._dirty()
+        if self._sealed:
+            self._dirty()
         return b
+
+    def _grow_arena(self, n, shape, what="temporary"):
+        need = 2 * n * self.dtype.itemsize  # values and gradients
+        if need > _PHYS_BYTES:
+            raise TapegradError(f"a {what} of shape {shape} makes the arenas need {need:,} bytes "
+                                f"(values and gradients); this machine has {_PHYS_BYTES:,} "
+                                f"({user_site()})")
+        try:
+            self._val = _grow(self._val, n)
+            self._cap = self._val.shape[0]
+        except MemoryError:
+            raise TapegradError(f"cannot allocate the value arena for a {what} of shape {shape} "
+                                f"({n * self.dtype.itemsize:,} bytes) ({user_site()})") from None
+
+    def _off_of(self, b):
+        return int(self._boff[b]) if b < self._nbf else self._pbuf[3 * (b - self._nbf)]
+
+    def _base_of(self, b):
+        """The buffer whose memory ``b`` uses (``b`` itself unless it is a reshape)."""
+        return self._alias.get(b, b)
+
+    def _name_of(self, b):
+        return self._bname.get(b)
+
+    def _bsrc(self, b):
+        """``file:line`` that created buffer ``b``."""
+        self._flush_buffers()
+        return site_text(int(self._bsite[b]))
+
+    def _site(self, k):
+        """``file:line`` that recorded instruction ``k``."""
+        self._flush()
+        return site_text(int(self._src[k]))
 
     def _check_name(self, name):
         if not isinstance(name, str) or not name:
             raise TapegradError(f"names must be non-empty strings, got {name!r} ({user_site()})")
         if name in self._names:
             raise TapegradError(f"the name {name!r} is already used on this tape "
-                                f"(by {self._bsrc[self._names[name]]}) ({user_site()})")
+                                f"(by {self._bsrc(self._names[name])}) ({user_site()})")
 
     def _rename(self, b, name):
-        if self._bname[b] == name:
+        if self._bname.get(b) == name:
             return
         self._check_name(name)
-        if self._bname[b] is not None:
+        if b in self._bname:
             del self._names[self._bname[b]]
         self._bname[b] = name
         self._names[name] = b
 
     def _store(self, b, value):
+        self._flush_buffers()
         o = self._boff[b]
         self._val[o: o + self._bsize[b]] = np.ravel(value)
 
     def _view(self, arena, b):
+        self._flush()
         o = self._boff[b]
         return arena[o: o + self._bsize[b]].reshape(self._shape[b])
 
     def _var(self, b):
-        from .var import Var
         return Var(self, b)
 
-    def _alias(self, b, shape):
+    def _alias_buffer(self, b, shape):
         """A new buffer with another shape over the same memory (a reshape, no copy)."""
-        return self._new_buffer(shape, self._kind[b] if self._kind[b] != PARAM else TEMP,
-                                base=self._base[b])
+        kind = self._kind[b]
+        return self._new_buffer(shape, kind if kind != PARAM else TEMP, base=self._base_of(b))
 
     # ------------------------------------------------------------------ instructions
     def _emit(self, op, inputs, shape, attrs=(), imm=0.0, out=None):
-        """Append one instruction, evaluate it now (eager recording), return its output buffer.
-
-        Callers validate shapes first: nothing is appended for an op that raises.
-        """
-        if out is None:
-            out = self._new_buffer(shape, TEMP)
-        k = self._n
-        self._instr = _grow(self._instr, k + 1)
-        self._imm = _grow(self._imm, k + 1)
-        row = self._instr[k]
-        row[:] = -1
-        row[OP], row[OUT] = op, out
-        for j, b in enumerate(inputs):
-            row[X + j] = b
-        row[A0:A0 + N_ATTRS] = 0
-        for j, a in enumerate(attrs):
-            row[A0 + j] = a
-        self._imm[k] = imm
+        """Append one instruction and return its output buffer. Its value is computed with
+        the next block (``_flush``); callers validate shapes first: nothing is appended for
+        an op that raises. An op of constants only is folded: evaluated now and its output
+        becomes a constant, with no instruction left on the tape."""
+        op = int(op)  # a plain int: Op members hash (and convert) in Python code
+        site = site_id()
+        if attrs:
+            for a in attrs:
+                if not -_INT32 <= a < _INT32:
+                    raise ShapeError(f"{OPS[op].name}: attribute {a} does not fit in int32 "
+                                     f"(shapes too large) ({user_site()})")
+        kinds = self._kind
+        if out is None:  # a new temporary: _new_buffer inlined, this is the hot path
+            if type(shape) is not tuple:
+                shape = tuple(shape)
+            size = _SIZES.get(shape)
+            if size is None:
+                size = _size(shape, OPS[op].name)
+            off = self._used
+            used = off + size
+            if used > self._cap:
+                self._grow_arena(used, shape)
+            self._used = used
+            out = self._nbuf
+            self._pbuf += (off, size, site)
+            self._nbuf = out + 1
+            self._shape.append(shape)
+            kinds.append(TEMP)
+            self._last_kind = TEMP
+            fold = (kinds[inputs[0]] == CONST and op not in _NO_FOLD
+                    and all(kinds[b] == CONST for b in inputs))
+        else:
+            fold = False
+        self._prow += (op, out) + tuple(inputs) + _PAD_IN[len(inputs)]
+        self._psite.append(site)
+        self._pimm.append(imm)
+        if attrs:
+            self._pattr.append((self._n, attrs))
         self._n += 1
-        self._src.append(user_site())
-        self._dirty()
-        from . import sweep
-        status, _ = sweep.forward(self._instr[k:k + 1], self._imm[k:k + 1],
-                                   self._boff[:self._nbuf], self._bsize[:self._nbuf],
-                                   self._val, _ONE, False)
-        if status:
-            # only a label out of range can fail while recording; undo the instruction
-            self._n -= 1
-            self._src.pop()
-            raise self._status_error(status, k)
+        if self._sealed:
+            self._dirty()
+        if fold or op in _EAGER or len(self._psite) >= FLUSH_EVERY:
+            k = self._n - 1
+            status, at = self._flush(check=True)
+            if status:
+                self._n = self._nf = self._done = k  # the failing op is the last one
+                raise self._status_error(status, k)
+            if fold:
+                self._n = self._nf = self._done = k
+                self._kind[out] = CONST
+                self._in_order = False
         return out
+
+    def _flush_buffers(self):
+        p = self._pbuf
+        if p:
+            b0, a = self._nbf, _as_array(p, "q").reshape(-1, 3)
+            m = a.shape[0]
+            if b0 + m > self._boff.shape[0]:
+                self._boff = _grow(self._boff, b0 + m)
+                self._bsize = _grow(self._bsize, b0 + m)
+                self._bsite = _grow(self._bsite, b0 + m)
+            self._boff[b0:b0 + m] = a[:, 0]
+            self._bsize[b0:b0 + m] = a[:, 1]
+            self._bsite[b0:b0 + m] = a[:, 2]
+            self._nbf = b0 + m
+            p.clear()
+
+    def _flush(self, check=False, evaluate=True):
+        """Move pending rows into the arrays and (``evaluate``) run every instruction not
+        yet evaluated, in one compiled call. Returns the sweep's ``(status, k)``."""
+        self._flush_buffers()
+        if self._psite:
+            k0, m = self._nf, len(self._psite)
+            if k0 + m > self._instr.shape[0]:
+                self._instr = _grow(self._instr, k0 + m)
+                self._imm = _grow(self._imm, k0 + m)
+                self._src = _grow(self._src, k0 + m)
+            block = self._instr[k0:k0 + m]
+            block[:, :A0] = _as_array(self._prow, "i").reshape(m, A0)
+            block[:, A0:] = 0
+            for k, attrs in self._pattr:
+                block[k - k0, A0:A0 + len(attrs)] = attrs
+            self._src[k0:k0 + m] = _as_array(self._psite, "i")
+            self._imm[k0:k0 + m] = self._pimm
+            self._nf = k0 + m
+            for p in (self._prow, self._psite, self._pimm, self._pattr):
+                p.clear()
+        k0, k1 = self._done, self._nf
+        if k0 < k1 and evaluate:
+            nb = self._nbf
+            status, k = _sweep.forward(self._instr[k0:k1], self._imm[k0:k1], self._boff[:nb],
+                                      self._bsize[:nb], self._val, _ones(k1 - k0), False)
+            if status:
+                if not check:
+                    raise self._status_error(status, k0 + k)
+                self._done = k0 + k
+                return status, k0 + k
+            self._done = k1
+        return 0, 0
 
     def _dirty(self):
         self._sealed = False
+        self._base = None
+        self._varied = None
         self._fwd_masks.clear()
         self._rev_masks.clear()
 
     # ------------------------------------------------------------------ sealing
-    def _seal(self):
-        """Lay out the arenas (parameters first), validate, freeze the arrays for replay."""
+    def _seal(self, evaluate=True):
+        """Lay out the arenas (parameters first), validate, freeze the arrays for replay.
+        ``evaluate=False``: the caller replays every instruction next, so instructions
+        recorded but not yet evaluated are left to that replay."""
         if self._sealed:
+            if evaluate and self._done < self._n:
+                self._flush()
             return
-        nb = self._nbuf
-        roots = [b for b in range(nb) if self._base[b] == b]
-        order = sorted(roots, key=lambda b: (self._kind[b] != PARAM, self._kind[b], b))
-        new_off = np.zeros(nb, np.int64)
-        pos = 0
-        for b in order:
-            new_off[b] = pos
-            pos += self._bsize[b]
-        for b in range(nb):
-            new_off[b] = new_off[self._base[b]]
-        val = np.zeros(max(pos, 1), self.dtype)
-        for b in roots:
-            s = self._bsize[b]
-            val[new_off[b]: new_off[b] + s] = self._val[self._boff[b]: self._boff[b] + s]
-        self._boff = new_off
-        self._bsize = self._bsize[:nb].copy()
-        self._val = val
-        self._grad = np.zeros_like(val)
-        self._used = pos
-        self._instr = np.ascontiguousarray(self._instr[: self._n])
-        self._imm = np.ascontiguousarray(self._imm[: self._n])
-        self._n_params = sum(self._bsize[b] for b in self._params)
-        from .validate import validate_tape_arrays
-        validate_tape_arrays(self._instr, self._imm, self._boff, self._bsize, self._shape,
-                             self._val.shape[0])
+        self._flush(evaluate=evaluate)
+        n, nb = self._n, self._nbuf
+        instr = self._instr = self._instr[:n]
+        self._imm = self._imm[:n]
+        self._src = self._src[:n]
+        bsize = self._bsize = self._bsize[:nb]
+        self._bsite = self._bsite[:nb]
+        self._boff = self._boff[:nb]
+        base = np.arange(nb, dtype=np.int64)
+        if self._alias:
+            base[np.fromiter(self._alias.keys(), np.int64, len(self._alias))] = \
+                np.fromiter(self._alias.values(), np.int64, len(self._alias))
+        if not self._in_order:
+            self._relayout(base)
+        self._base = base
+        total = self._used
+        if self._grad.shape[0] != max(total, 1):
+            self._grad = np.zeros(max(total, 1), self.dtype)
+        self._n_params = self._param_elems
+        _validate.validate_tape_arrays(instr, self._imm, self._boff, bsize, None, max(total, 1))
         self._layout += 1
         self._sealed = True
 
-    # ------------------------------------------------------------------ activity
-    def _deps(self, k):
-        row = self._instr[k]
-        n_in = OPS[Op(int(row[OP]))].n_in
-        return [self._base[int(row[X + j])] for j in range(n_in)]
+    def _relayout(self, base):
+        """New offsets with the root buffers ordered params, inputs, consts, temps (creation
+        order within a kind); values move with their buffers."""
+        nb = self._nbuf
+        kind = np.frombuffer(bytes(self._kind), np.int8)
+        roots = np.flatnonzero(base == np.arange(nb))
+        rk = kind[roots]
+        order = roots[np.lexsort((roots, rk, rk != PARAM))]
+        sizes = self._bsize[order]
+        ends = np.cumsum(sizes)
+        total = int(ends[-1]) if nb else 0
+        root_off = ends - sizes
+        new_off = np.empty(nb, np.int64)
+        new_off[order] = root_off
+        val = np.zeros(max(total, 1), self.dtype)
+        if total:
+            val[:total] = self._val[np.repeat(self._boff[order] - root_off, sizes)
+                                    + np.arange(total)]
+        self._boff = new_off[base]
+        self._val, self._cap = val, val.shape[0]
+        self._in_order = True
+        self._last_kind = TEMP
 
+    # ------------------------------------------------------------------ activity
     def _forward_mask(self, outputs):
+        """uint8 per instruction: 1 where some of ``outputs`` (buffers) needs it (or a guard)."""
         key = tuple(sorted(outputs))
         mask = self._fwd_masks.get(key)
         if mask is None:
-            needed = {self._base[b] for b in key}
-            mask = np.zeros(self._n, np.uint8)
-            for k in range(self._n - 1, -1, -1):
-                row = self._instr[k]
-                if row[OP] == Op.GUARD or self._base[int(row[OUT])] in needed:
-                    mask[k] = 1
-                    needed.update(self._deps(k))
-            self._fwd_masks[key] = mask
+            needed = np.zeros(max(self._nbuf, 1), np.uint8)
+            needed[self._base[list(key)]] = 1
+            mask = self._fwd_masks[key] = _activity.forward_mask(self._instr, N_IN, self._base,
+                                                                 needed)
         return mask
 
     def _reverse_mask(self, seed):
+        """uint8 per instruction: bit 1 where a gradient path from a parameter (or an input
+        with ``requires_grad``) reaches ``seed`` through it; bit ``2 << j`` where input j
+        needs its gradient."""
         mask = self._rev_masks.get(seed)
         if mask is None:
-            varied = {self._base[b] for b in self._params}
-            varied |= {self._base[b] for b in self._requires_grad}
-            # instructions fed (transitively) by a parameter or a requires_grad input ...
-            carries = np.zeros(self._n, bool)
-            for k in range(self._n):
-                row = self._instr[k]
-                if OPS[Op(int(row[OP]))].differentiable and varied.intersection(self._deps(k)):
-                    carries[k] = True
-                    varied.add(self._base[int(row[OUT])])
-            # then keep those with a path to the seed; bit 2 << j: input j needs a gradient
-            useful = {self._base[seed]}
-            mask = np.zeros(self._n, np.uint8)
-            for k in range(self._n - 1, -1, -1):
-                if carries[k] and self._base[int(self._instr[k, OUT])] in useful:
-                    deps = self._deps(k)
-                    mask[k] = 1 | sum(2 << j for j, b in enumerate(deps) if b in varied)
-                    useful.update(deps)
-            self._rev_masks[seed] = mask
+            varied = np.zeros(max(self._nbuf, 1), np.uint8)
+            leaves = self._params + sorted(self._requires_grad)
+            if leaves:
+                varied[self._base[leaves]] = 1
+            mask = self._rev_masks[seed] = _activity.reverse_mask(
+                self._instr, N_IN, DIFFERENTIABLE, self._base, varied, seed)
+            self._varied = varied  # completed by the pass: every buffer with a gradient
         return mask
 
     def _grad_ranges(self, rmask):
         """Disjoint ``(start, stop)`` rows of the gradient arena that a reverse sweep with
         ``rmask`` reads or accumulates into, plus the parameter prefix (an optimizer reads
         every parameter's gradient): the only part ``tg.fit`` must zero between steps."""
-        spans = [(0, self._n_params)]
-        for k in np.flatnonzero(rmask):
-            for b in [int(self._instr[k, OUT])] + self._deps(k):
-                o = int(self._boff[b])
-                spans.append((o, o + int(self._bsize[self._base[b]])))
-        spans.sort()
-        out = []
-        for a, b in spans:
-            if out and a <= out[-1][1]:
-                out[-1][1] = max(out[-1][1], b)
-            elif b > a:
-                out.append([a, b])
-        return np.array(out, np.int64).reshape(-1, 2)
+        rows = self._instr[np.flatnonzero(rmask)]
+        n_in = N_IN[rows[:, OP]]
+        bufs = [rows[:, OUT]] + [rows[n_in > j, X + j] for j in range(3)]
+        b = np.concatenate(bufs).astype(np.int64)
+        start = np.concatenate(([0], self._boff[b]))
+        stop = np.concatenate(([self._n_params], self._boff[b] + self._bsize[self._base[b]]))
+        keep = stop > start
+        start, stop = start[keep], stop[keep]
+        if not start.size:
+            return np.zeros((0, 2), np.int64)
+        o = np.argsort(start, kind="stable")
+        start, stop = start[o], np.maximum.accumulate(stop[o])
+        new = np.ones(start.size, bool)
+        new[1:] = start[1:] > stop[:-1]
+        first = np.flatnonzero(new)
+        last = np.concatenate((first[1:] - 1, [start.size - 1]))
+        return np.stack([start[first], stop[last]], axis=1).astype(np.int64)
 
     # ------------------------------------------------------------------ replay
     def forward(self, outputs=None, check_finite=False, **feeds):
@@ -338,24 +526,22 @@ class Tape:
         skipped (default: replay everything, so every Var's ``.value`` is current).
         ``check_finite``: raise ``NonFiniteError`` at the first op producing NaN/Inf.
         """
-        self._seal()
+        self._seal(evaluate=outputs is not None)
         self._feed(feeds)
         if outputs is None:
             mask = self._all_mask()
         else:
             mask = self._forward_mask([self._own(v, "forward(outputs=...)")._b
                                        for v in outputs])
-        from . import sweep
-        status, k = sweep.forward(self._instr, self._imm, self._boff, self._bsize, self._val,
+        status, k = _sweep.forward(self._instr, self._imm, self._boff, self._bsize, self._val,
                                   mask, bool(check_finite))
         if status:
             raise self._status_error(status, k)
+        if outputs is None:
+            self._done = self._n
 
     def _all_mask(self):
-        mask = self._fwd_masks.get(None)
-        if mask is None:
-            mask = self._fwd_masks[None] = np.ones(self._n, np.uint8)
-        return mask
+        return _ones(self._n)
 
     def _feed(self, feeds):
         """Validate every feed first, then copy them all: a rejected feed changes nothing."""
@@ -385,7 +571,7 @@ class Tape:
         want_cmp = want[1:] if batch_axis else want
         if got != want_cmp:
             raise FeedError(f"input {name!r}: expected shape {want}, got {a.shape} "
-                            f"(input recorded at {self._bsrc[b]})")
+                            f"(input recorded at {self._bsrc(b)})")
         n_classes = self._labels.get(b)
         if n_classes is not None:
             bad = ~((a >= 0) & (a < n_classes) & (a == np.floor(a)))
@@ -410,34 +596,34 @@ class Tape:
                 raise ShapeError(f"backward(): grad_output has shape {seed.shape}, "
                                  f"{var._describe()} ({user_site()})")
         self._grad[:] = 0
-        self._view(self._grad, b)[...] = seed
-        from . import sweep
-        status, k = sweep.reverse(self._instr, self._imm, self._boff, self._bsize, self._val,
+        if grad_output is None:
+            self._grad[self._boff[b]] = 1.0
+        else:
+            self._view(self._grad, b)[...] = seed
+        status, k = _sweep.reverse(self._instr, self._imm, self._boff, self._bsize, self._val,
                                   self._grad, self._reverse_mask(b))
         if status:
             raise self._status_error(status, k)
 
     def _status_error(self, status, k):
-        from . import sweep
         op = OPS[Op(int(self._instr[k, OP]))].name
-        where = self._src[k]
-        if status == sweep.GUARD_FLIPPED:
+        where = self._site(k)
+        if status == _sweep.GUARD_FLIPPED:
             return BranchChanged(
                 f"replay took the other branch at the guard recorded at {where}: bool() of a "
                 f"Var was {bool(self._instr[k, A0])} when recorded. Re-record the tape, or "
                 f"write the choice with tg.where / tg.maximum so it replays")
-        if status == sweep.NON_FINITE:
+        if status == _sweep.NON_FINITE:
             out = int(self._instr[k, OUT])
             return NonFiniteError(f"{op} produced NaN/Inf in %{out} "
                                   f"{_fmt_shape(self._shape[out])} (recorded at {where})")
-        if status == sweep.BAD_LABEL:
+        if status == _sweep.BAD_LABEL:
             return FeedError(f"{op}: a label is not an integer in [0, {self._instr[k, A0 + 1]}) "
                              f"(recorded at {where})")
         return TapegradError(f"{op}: replay failed with status {status} (recorded at {where})")
 
     # ------------------------------------------------------------------ access
     def _own(self, v, what):
-        from .var import Var
         if not isinstance(v, Var) or v.tape is not self:
             raise TapegradError(f"{what}: expected a Var of this tape, got {v!r}")
         return v
@@ -461,6 +647,21 @@ class Tape:
 
     def __len__(self):
         return self._n
+
+    def _memory_bytes(self):
+        """Bytes the tape itself holds: its arrays (instructions, buffer table, both arenas,
+        cached masks) and the per-buffer Python lists (shape tuples are shared, not counted)."""
+        import sys
+        arrays = [self._instr, self._imm, self._src, self._boff, self._bsize, self._bsite,
+                  self._val, self._grad] + list(self._fwd_masks.values()) + list(
+                      self._rev_masks.values())
+        if self._base is not None:
+            arrays.append(self._base)
+        return (sum(a.nbytes for a in arrays) + sys.getsizeof(self._shape)
+                + sys.getsizeof(self._kind) + sys.getsizeof(self._alias)
+                + sys.getsizeof(self._bname) + sys.getsizeof(self._prow)
+                + sys.getsizeof(self._pbuf) + sys.getsizeof(self._psite)
+                + sys.getsizeof(self._pimm))
 
     # ------------------------------------------------------------------ tools (tapegrad.tools)
     def __str__(self):
@@ -504,12 +705,16 @@ class Tape:
 
 
 def _check_shape(shape, what):
+    """``shape`` as a tuple of non-negative Python ints (a float dimension is an error, not
+    truncated), with a size a buffer can hold."""
     try:
-        shape = tuple(int(s) for s in (shape if np.iterable(shape) else (shape,)))
-    except (TypeError, ValueError):
-        raise ShapeError(f"{what}: shape must be a tuple of ints, got {shape!r}") from None
+        shape = tuple(operator.index(s) for s in (shape if np.iterable(shape) else (shape,)))
+    except TypeError:
+        raise ShapeError(f"{what}: shape must be a tuple of ints, got {shape!r} "
+                         f"({user_site()})") from None
     if any(s < 0 for s in shape):
-        raise ShapeError(f"{what}: negative dimension in shape {shape}")
+        raise ShapeError(f"{what}: negative dimension in shape {shape} ({user_site()})")
+    _size(shape, what)
     return shape
 
 
@@ -517,4 +722,26 @@ def _fmt_shape(shape):
     return "[" + ",".join(str(s) for s in shape) + "]"
 
 
-_ONE = np.ones(1, np.uint8)
+_ONES = np.ones(FLUSH_EVERY, np.uint8)
+
+
+def _as_array(items, code):
+    """A flat list of Python ints as an int32 (``"i"``) or int64 (``"q"``) ndarray."""
+    a = array(code)
+    a.fromlist(items)
+    return np.frombuffer(a, np.int32 if code == "i" else np.int64)
+
+
+def _ones(m):
+    """A uint8 mask of ``m`` ones (shared, grown as needed)."""
+    global _ONES
+    if _ONES.shape[0] < m:
+        _ONES = np.ones(max(m, 2 * _ONES.shape[0]), np.uint8)
+    return _ONES[:m]
+
+
+# imported last: these import the ops, which import this module
+from . import activity as _activity  # noqa: E402
+from . import sweep as _sweep  # noqa: E402
+from . import validate as _validate  # noqa: E402
+from .var import Var  # noqa: E402

@@ -37,6 +37,8 @@ def _ty(tape, b):
 
 def _value(tape, arena, b):
     o, s = int(tape._boff[b]), int(tape._bsize[b])
+    if o + s > arena.shape[0]:  # the gradient arena is made when the tape is first sealed
+        return np.zeros(s, arena.dtype)
     return np.asarray(arena[o:o + s])
 
 
@@ -62,32 +64,33 @@ def listing(tape):
     """The tape as text: a header of params, inputs and consts, then one line per instruction
     ``%7 = matmul %3, %5   (f64[32,64])  model.py:12``. A reshape (a view of its base's
     memory, no instruction) prints as ``%5 = view %3`` where it was made."""
+    tape._flush()
     lines = []
     groups = {PARAM: [], INPUT: [], CONST: []}
     for b in range(tape._nbuf):
-        if tape._base[b] == b and tape._kind[b] in groups:
+        if tape._base_of(b) == b and tape._kind[b] in groups:
             groups[tape._kind[b]].append(b)
     for kind, title in ((PARAM, "params"), (INPUT, "inputs"), (CONST, "consts")):
         if not groups[kind]:
             continue
         lines.append(f"{title}:")
         for b in groups[kind]:
-            name = tape._bname[b] or ""
+            name = tape._name_of(b) or ""
             extra = ""
             if kind == CONST and tape._bsize[b] <= _SMALL:
                 extra = " = " + _nums(_value(tape, tape._val, b))
             if b in tape._requires_grad:
                 extra += "  requires_grad"
-            lines.append(f"  %{b} {name}  {_ty(tape, b)}{extra}  {tape._bsrc[b]}")
+            lines.append(f"  %{b} {name}  {_ty(tape, b)}{extra}  {tape._bsrc(b)}")
     body = []
     shown = set()
-    aliases = [b for b in range(tape._nbuf) if tape._base[b] != b]
+    aliases = [b for b in range(tape._nbuf) if tape._base_of(b) != b]
     ai = 0
 
     def show_alias(b):
-        if tape._base[b] != b and b not in shown:
+        if tape._base_of(b) != b and b not in shown:
             shown.add(b)
-            body.append((f"%{b} = view %{tape._base[b]}", b, tape._bsrc[b]))
+            body.append((f"%{b} = view %{tape._base_of(b)}", b, tape._bsrc(b)))
 
     for k in range(tape._n):
         row = tape._instr[k]
@@ -100,14 +103,14 @@ def listing(tape):
             show_alias(b)
         out = int(row[OUT])
         text = f"{OPS[op].name} " + ", ".join(f"%{b}" for b in ins) + _attrs(row, tape._imm[k])
-        body.append((text if op == Op.GUARD else f"%{out} = {text}", out, tape._src[k]))
+        body.append((text if op == Op.GUARD else f"%{out} = {text}", out, tape._site(k)))
         shown.add(out)
     for b in aliases:
         show_alias(b)
     width = max([len(t) for t, _, _ in body] + [0])
     for text, b, src in body:
-        name = f"  # {tape._bname[b]}" if tape._bname[b] and (
-            tape._kind[b] == TEMP or tape._base[b] != b) else ""
+        name = f"  # {tape._name_of(b)}" if tape._name_of(b) and (
+            tape._kind[b] == TEMP or tape._base_of(b) != b) else ""
         lines.append(f"{text:<{width}}   ({_ty(tape, b)})  {src}{name}")
     if not tape._n:
         lines.append("(no instructions)")
@@ -125,27 +128,28 @@ def to_dot(tape, values=True, grads=True):
     >>> src = tape.to_dot()               # doctest: +SKIP
     >>> open("tape.dot", "w").write(src)  # doctest: +SKIP
     """
+    tape._flush()
     colors = {PARAM: "lightblue", INPUT: "palegreen", CONST: "lightgrey", TEMP: "white"}
     out = ["digraph tape {", "  rankdir=LR;", '  node [fontname="monospace", fontsize=10];']
     for b in range(tape._nbuf):
-        label = [f"%{b}" + (f" {tape._bname[b]}" if tape._bname[b] else ""), _ty(tape, b)]
+        label = [f"%{b}" + (f" {tape._name_of(b)}" if tape._name_of(b) else ""), _ty(tape, b)]
         if tape._bsize[b] <= _SMALL:
             if values:
                 label.append("data " + _nums(_value(tape, tape._val, b)))
             if grads:
                 label.append("grad " + _nums(_value(tape, tape._grad, b)))
-        style = "dashed" if tape._base[b] != b else "filled"
+        style = "dashed" if tape._base_of(b) != b else "filled"
         out.append(f'  b{b} [shape=box, style="{style}", fillcolor={colors[tape._kind[b]]}, '
                    f'label="{_esc(chr(10).join(label))}"];')
-        if tape._base[b] != b:
-            out.append(f'  b{tape._base[b]} -> b{b} [style=dashed, label="view"];')
+        if tape._base_of(b) != b:
+            out.append(f'  b{tape._base_of(b)} -> b{b} [style=dashed, label="view"];')
     for k in range(tape._n):
         row = tape._instr[k]
         op = Op(int(row[OP]))
         label = OPS[op].name + _attrs(row, tape._imm[k])
         shape = "diamond" if op == Op.GUARD else "ellipse"
         out.append(f'  op{k} [shape={shape}, label="{_esc(label)}", '
-                   f'tooltip="{_esc(tape._src[k])}"];')
+                   f'tooltip="{_esc(tape._site(k))}"];')
         for j in range(OPS[op].n_in):
             out.append(f"  b{int(row[X + j])} -> op{k};")
         if op != Op.GUARD:
@@ -205,14 +209,16 @@ def stats(tape):
     >>> tape.stats()["by_opcode"]        # doctest: +SKIP
     {'matmul': 3, 'add': 3, 'leaky_relu': 2, 'sub': 1, 'square': 1, 'sum': 1}
     """
-    ops = Counter(OPS[Op(int(tape._instr[k, OP]))].name for k in range(tape._n))
+    tape._flush()
+    counts = np.bincount(tape._instr[:tape._n, OP], minlength=Op.N_OPS)
+    ops = Counter({OPS[Op(i)].name: int(c) for i, c in enumerate(counts) if c})
     return TapeStats(
         instructions=int(tape._n),
         by_opcode=dict(ops.most_common()),
         buffers=int(tape._nbuf),
-        views=sum(1 for b in range(tape._nbuf) if tape._base[b] != b),
+        views=len(tape._alias),
         arena_bytes=2 * int(tape._used) * tape.dtype.itemsize,
-        params=int(sum(int(tape._bsize[b]) for b in tape._params)),
+        params=int(tape._bsize[tape._params].sum()) if tape._params else 0,
         param_tensors=len(tape._params),
         dtype=tape.dtype.name,
     )

@@ -22,8 +22,21 @@ class Var:
     """
 
     __slots__ = ("tape", "_b")  # tape: the Tape it lives on; _b: its buffer index
-    __array_ufunc__ = None  # NumPy defers to Var: np_array * v calls Var.__rmul__
     __array_priority__ = 1000
+
+    # NumPy on Vars records the tapegrad op (tapegrad/interop.py): np.tanh(v), np_array * v,
+    # np.sum(v, axis=0), np.dot(X, v); anything else raises, never an object array
+    def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
+        return _interop.array_ufunc(ufunc, method, *inputs, **kwargs)
+
+    def __array_function__(self, func, types, args, kwargs):
+        return _interop.array_function(func, types, args, kwargs)
+
+    def __array__(self, dtype=None, copy=None):
+        raise TapegradError(f"a Var is not an array: np.asarray / np.array of "
+                            f"{self._describe()} would freeze its value (or make an object "
+                            f"array); use v.value or v.numpy() for the numbers, or a tapegrad "
+                            f"op ({user_site()})")
 
     def __init__(self, tape, b):
         self.tape = tape
@@ -43,7 +56,7 @@ class Var:
     @property
     def size(self):
         """Number of elements."""
-        return int(self.tape._bsize[self._b])
+        return _size(self.tape._shape[self._b], "")
 
     @property
     def dtype(self):
@@ -54,7 +67,7 @@ class Var:
     def name(self):
         """The Var's name (None if unnamed); settable: ``loss.name = "loss"``, then
         ``tape["loss"]``."""
-        return self.tape._bname[self._b]
+        return self.tape._bname.get(self._b)
 
     @name.setter
     def name(self, name):
@@ -62,21 +75,35 @@ class Var:
 
     @property
     def value(self):
-        """The current value: a view of the tape's value arena."""
+        """The current value: a view of the tape's value arena. It stays live through every
+        replay, ``backward()``, optimizer step and ``tg.fit`` (they write into the arena in
+        place; writing into the view changes the Var). Recording more ops may move the arena
+        (it grows, and the first replay after recording lays parameters out first): take
+        ``.value`` again after recording."""
         return self.tape._view(self.tape._val, self._b)
 
     @property
     def grad(self):
-        """The gradient of the last ``backward()``: a view of the gradient arena."""
-        self.tape._seal()
-        return self.tape._view(self.tape._grad, self._b)
+        """The gradient of the last ``backward()``: a view of the gradient arena (live like
+        ``.value``). Defined for parameters, inputs made with ``requires_grad=True`` and Vars
+        computed from them; any other Var (a constant, a plain input) has no gradient and
+        raises ``TapegradError`` once a reverse sweep has run."""
+        tape = self.tape
+        tape._seal()
+        if tape._varied is not None and not tape._varied[tape._base[self._b]]:
+            raise TapegradError(f".grad of {self._describe()}: it has no gradient -- it "
+                                f"depends on no parameter and no input made with "
+                                f"requires_grad=True ({user_site()})")
+        return tape._view(tape._grad, self._b)
 
     def item(self):
         """The value as a Python float (size 1 only). The number is frozen: using it in
         further ops records a constant."""
-        if self.size != 1:
+        tape = self.tape
+        if _size(tape._shape[self._b], "") != 1:
             raise TapegradError(f"item() of {self._describe()}: only size-1 Vars convert")
-        return float(self.value.reshape(-1)[0])
+        tape._flush()
+        return float(tape._val[tape._boff[self._b]])
 
     def numpy(self):
         """A copy of the value."""
@@ -89,7 +116,7 @@ class Var:
 
     def _describe(self):
         label = f"%{self._b}" + (f" ({self.name!r})" if self.name else "")
-        return f"{label} of shape {self.shape} (recorded at {self.tape._bsrc[self._b]})"
+        return f"{label} of shape {self.shape} (recorded at {self.tape._bsrc(self._b)})"
 
     def __repr__(self):
         v = self.value
@@ -124,29 +151,31 @@ class Var:
     __hash__ = object.__hash__
 
     # ------------------------------------------------------------------ operators
+    # + - * / go straight to the binary recorder (one call less than tg.add: recording an
+    # op costs a few hundred nanoseconds, so call levels show)
     def __add__(self, o):
-        return _ops.add(self, o)
+        return _ew._binary(_ew.ADD, self, o, "add", _ew.ADDC, _ew.ADDC)
 
     def __radd__(self, o):
-        return _ops.add(o, self)
+        return _ew._binary(_ew.ADD, o, self, "add", _ew.ADDC, _ew.ADDC)
 
     def __sub__(self, o):
-        return _ops.sub(self, o)
+        return _ew._binary(_ew.SUB, self, o, "sub", _ew.ADDC, _ew.RSUBC, True)
 
     def __rsub__(self, o):
-        return _ops.sub(o, self)
+        return _ew._binary(_ew.SUB, o, self, "sub", _ew.ADDC, _ew.RSUBC, True)
 
     def __mul__(self, o):
-        return _ops.mul(self, o)
+        return _ew._binary(_ew.MUL, self, o, "mul", _ew.MULC, _ew.MULC)
 
     def __rmul__(self, o):
-        return _ops.mul(o, self)
+        return _ew._binary(_ew.MUL, o, self, "mul", _ew.MULC, _ew.MULC)
 
     def __truediv__(self, o):
-        return _ops.div(self, o)
+        return _ew._binary(_ew.DIV, self, o, "div", _ew.DIVC, _ew.RDIVC)
 
     def __rtruediv__(self, o):
-        return _ops.div(o, self)
+        return _ew._binary(_ew.DIV, o, self, "div", _ew.DIVC, _ew.RDIVC)
 
     def __pow__(self, o):
         return _ops.pow(self, o)
@@ -211,5 +240,58 @@ class Var:
         """``tg.max(v, axis, keepdims)``: ``v.max(axis=1)``."""
         return _ops.max(self, axis=axis, keepdims=keepdims)
 
+    # the elementwise functions as methods, as users of torch tensors write them
+    def relu(self):
+        """``tg.relu(v)``."""
+        return _ops.relu(self)
 
+    def exp(self):
+        """``tg.exp(v)``."""
+        return _ops.exp(self)
+
+    def log(self):
+        """``tg.log(v)``."""
+        return _ops.log(self)
+
+    def tanh(self):
+        """``tg.tanh(v)``."""
+        return _ops.tanh(self)
+
+    def sigmoid(self):
+        """``tg.sigmoid(v)``."""
+        return _ops.sigmoid(self)
+
+    def sin(self):
+        """``tg.sin(v)``."""
+        return _ops.sin(self)
+
+    def cos(self):
+        """``tg.cos(v)``."""
+        return _ops.cos(self)
+
+    def sqrt(self):
+        """``tg.sqrt(v)``."""
+        return _ops.sqrt(self)
+
+    def pow(self, k):
+        """``v ** k``."""
+        return _ops.pow(self, k)
+
+    def dot(self, w):
+        """``np.dot(v, w)`` for 1-D and 2-D operands (a matrix product)."""
+        return _interop._dot(self, w)
+
+    def clip(self, lo=None, hi=None):
+        """``tg.clip(v, lo, hi)``: values limited to [lo, hi]; the gradient passes where
+        lo <= v <= hi (as torch.clamp)."""
+        return _ops.clip(self, lo, hi)
+
+    def argmax(self, axis=None):
+        """Indices of the maxima (an integer ndarray of the current value, no gradient)."""
+        return np.argmax(self.value, axis=axis)
+
+
+from . import interop as _interop  # noqa: E402
 from . import ops as _ops  # noqa: E402  (the ops import Var)
+from .ops import elementwise as _ew  # noqa: E402
+from .tape import _size  # noqa: E402

@@ -124,6 +124,12 @@ def checker(shape):
     return (np.arange(_size(shape)).reshape(shape) % 3 != 1).astype(float)
 
 
+def _np_unslice(x):
+    g = np.zeros_like(x)
+    g[1:, ::-2] = 3 * x[1:, ::-2] ** 2
+    return g
+
+
 # ---------------------------------------------------------------------------- guard helpers
 def _guard_branch(x):
     # `if` on a comparison Var records a GUARD; inputs are positive so the branch is stable
@@ -273,15 +279,22 @@ SPECS = [
          lambda x: np.minimum(x, 0.0), [C((2, 3))], distinct),
     Spec("maximum_const", (Op.MAXIMUM,), lambda x: tg.maximum(x, 0.0),
          lambda x: np.maximum(x, 0.0), [C((2, 3))], distinct),
-    # Python numbers and ndarrays on either side of an operator become constants
+    # ndarrays on either side of an operator become constant buffers (broadcast by EXPAND)
     Spec("const_operands", (Op.ADD, Op.SUB, Op.MUL, Op.DIV, Op.POW),
-         lambda x: (2.0 * x - 1.5) / 3.0 + np.arange(3.0) - (1.0 - x) * (2.0 / x)
-         + 2.0 ** x - np.ones((2, 1)) * x,
-         lambda x: (2.0 * x - 1.5) / 3.0 + np.arange(3.0) - (1.0 - x) * (2.0 / x)
-         + 2.0 ** x - np.ones((2, 1)) * x,
+         lambda x: (x * np.full(3, 2.0) - np.full(3, 1.5)) / np.full(3, 3.0) + np.arange(3.0)
+         - np.full(3, 1.0) / x + np.full(3, 2.0) ** x - np.ones((2, 1)) * x,
+         lambda x: (x * np.full(3, 2.0) - np.full(3, 1.5)) / np.full(3, 3.0) + np.arange(3.0)
+         - np.full(3, 1.0) / x + np.full(3, 2.0) ** x - np.ones((2, 1)) * x,
+         [C((2, 3)), C((3,)), C(())], positive),
+    # Python and NumPy numbers are immediates: one instruction, no buffer (ops/immediate.py)
+    Spec("immediates", (Op.ADDC, Op.MULC, Op.RSUBC, Op.DIVC, Op.RDIVC, Op.RPOWC),
+         lambda x: ((x + 1) * 0.5 - 3) / 7.0 + (2 - x) * (1.5 / x) + 0.5 ** x
+         + np.float32(2.5) * x + x * np.int64(3) - True + 2.0 ** x,
+         lambda x: ((x + 1) * 0.5 - 3) / 7.0 + (2 - x) * (1.5 / x) + 0.5 ** x
+         + np.float32(2.5) * x + x * np.int64(3) - True + 2.0 ** x,
          [C((2, 3)), C((3,)), C(())], positive),
     # a Var used several times: gradients accumulate
-    Spec("reuse", (Op.MUL, Op.ADD, Op.EXP, Op.SUB, Op.DIV),
+    Spec("reuse", (Op.MUL, Op.ADD, Op.EXP, Op.SUB, Op.DIVC),
          lambda x: x * x + tg.exp(x) * x - x / 2.0,
          lambda x: x * x + np.exp(x) * x - x / 2.0, [C((2, 3))]),
     # ------------------------------------------------------------------ comparisons
@@ -310,10 +323,12 @@ SPECS = [
           C((2, 3), (3,), id="cond_col", cshape=(2, 1)),
           C((), (2, 1), id="scalar_x", cshape=(1, 3)),
           C((3, 1, 4), (2, 1), id="3d", cshape=(3, 2, 1))]),
-    Spec("where_number", (Op.WHERE, Op.GT, Op.MUL),
+    Spec("where_number", (Op.WHERE, Op.GT, Op.MULC),
          lambda x: tg.where(x > 0, x, 0.1 * x) + tg.where(x < 0, 0.5, x),
          lambda x: np.where(x > 0, x, 0.1 * x) + np.where(x < 0, 0.5, x),
          [C((2, 3))], distinct),
+    Spec("clip", (Op.WHERE, Op.LT, Op.GT), lambda x: tg.clip(x, -0.5, 0.5),
+         lambda x: np.clip(x, -0.5, 0.5), [C((2, 3)), C((4,))], distinct),
     # ------------------------------------------------------------------ expand
     Spec("expand", (Op.EXPAND, Op.MUL),
          lambda x, shape: x * np.ones(shape), lambda x, shape: x * np.ones(shape),
@@ -328,6 +343,10 @@ SPECS = [
     Spec("index_slices", (Op.SLICE, Op.MUL, Op.ADD),
          lambda x: x[1:, ::2] * x[:-1, 1::2] + x[:-1, ::2],
          lambda x: x[1:, ::2] * x[:-1, 1::2] + x[:-1, ::2], [C((3, 4))]),
+    # the reverse rule of a slice records its transpose (UNSLICE): a gradient as the value
+    Spec("unslice", (Op.UNSLICE, Op.SLICE),
+         lambda x: tg.gradients((x[1:, ::-2] ** 3).sum(), [x])[0],
+         lambda x: _np_unslice(x), [C((3, 4)), C((2, 5))]),
     # ------------------------------------------------------------------ concatenate / stack (PLACE)
     Spec("concatenate", (Op.PLACE,), lambda *xs, axis: tg.concatenate(list(xs), axis=axis),
          lambda *xs, axis: np.concatenate(xs, axis=axis),
@@ -369,13 +388,13 @@ SPECS = [
     # ------------------------------------------------------------------ reductions
     Spec("sum", (Op.SUM,), lambda x, axis, keepdims: tg.sum(x, axis=axis, keepdims=keepdims),
          lambda x, axis, keepdims: np.sum(x, axis=axis, keepdims=keepdims), _reduce_cases()),
-    Spec("mean", (Op.SUM, Op.MUL),
+    Spec("mean", (Op.SUM, Op.MULC),
          lambda x, axis, keepdims: tg.mean(x, axis=axis, keepdims=keepdims),
          lambda x, axis, keepdims: np.mean(x, axis=axis, keepdims=keepdims), _reduce_cases()),
     Spec("max", (Op.MAX,), lambda x, axis, keepdims: tg.max(x, axis=axis, keepdims=keepdims),
          lambda x, axis, keepdims: np.max(x, axis=axis, keepdims=keepdims), _reduce_cases(),
          distinct),
-    Spec("reduce_methods", (Op.SUM, Op.MAX, Op.MUL, Op.ADD),
+    Spec("reduce_methods", (Op.SUM, Op.MAX, Op.MULC, Op.ADD),
          lambda x: x.sum(axis=1) + x.mean(axis=0, keepdims=True).reshape(3, 1) + x.max(),
          lambda x: x.sum(axis=1) + x.mean(axis=0, keepdims=True).reshape(3, 1) + x.max(),
          [C((3, 3))], distinct),
@@ -400,7 +419,7 @@ SPECS = [
          lambda x: scipy.special.softmax(x, axis=-1) * scipy.special.log_softmax(x, axis=-1),
          [C((3, 4))], wide),
     # large logits: the max-shift must keep these finite and exact
-    Spec("softmax_large", (Op.SOFTMAX, Op.LOG_SOFTMAX, Op.ADD, Op.SUB),
+    Spec("softmax_large", (Op.SOFTMAX, Op.LOG_SOFTMAX, Op.ADDC),
          lambda x: tg.softmax(x + 800.0, axis=1) + tg.log_softmax(x - 800.0, axis=0),
          lambda x: scipy.special.softmax(x + 800.0, axis=1)
          + scipy.special.log_softmax(x - 800.0, axis=0), [C((3, 4))], wide),
@@ -422,7 +441,13 @@ SPECS = [
           C((5,), id="1d_sum", labels=4, reduction="sum"),
           C((5,), id="1d_none", labels=np.int64(0), reduction="none"),
           C((1, 3), id="one_row", labels=np.array([2], np.int32), reduction="mean")], wide),
-    Spec("cross_entropy_default", (Op.CROSS_ENTROPY, Op.SUM, Op.MUL),
+    # cross_entropy's reverse rule records softmax minus a one-hot row (ONEHOT)
+    Spec("cross_entropy_grad", (Op.ONEHOT, Op.SOFTMAX),
+         lambda x: tg.gradients(tg.cross_entropy(
+             x, x.tape.input("labels", value=np.array([0.0, 2.0, 1.0]))), [x])[0],
+         lambda x: (scipy.special.softmax(x, axis=1) - np.eye(3)[[0, 2, 1]]) / 3,
+         [C((3, 3))], wide),
+    Spec("cross_entropy_default", (Op.CROSS_ENTROPY, Op.SUM, Op.MULC),
          lambda x: tg.cross_entropy(x, np.array([0, 2, 1])),
          lambda x: np_cross_entropy(x, np.array([0, 2, 1])), [C((3, 3))], wide),
     Spec("mse_loss", (Op.SUB, Op.SQUARE, Op.SUM),
@@ -430,10 +455,9 @@ SPECS = [
          [C((4, 3), (4, 3), id="mean", reduction="mean"),
           C((4, 3), (4, 3), id="sum", reduction="sum"),
           C((4, 3), (4, 3), id="none", reduction="none"),
-          C((4, 3), (3,), id="bcast_target", reduction="mean"),
           C((5,), (5,), id="1d_default", reduction="mean")]),
     # ------------------------------------------------------------------ guard
-    Spec("guard_branch", (Op.GUARD, Op.GT, Op.SUM, Op.MUL), _guard_branch,
+    Spec("guard_branch", (Op.GUARD, Op.GT, Op.SUM, Op.MULC), _guard_branch,
          lambda x: np.where(x.sum() > 0, 2.0 * x, -3.0 * x), [C((2, 3)), C((4,))], positive),
     Spec("guard_param", (Op.GUARD, Op.MUL), _guard_param,
          lambda x, y: y * x if x.reshape(-1)[0] != 0 else y,

@@ -36,6 +36,12 @@ def test_bench_quick_runs_and_writes_outputs(tmp_path):
     assert report["info"]["seed-mlp"]["check_ok"]
     assert "numba-fused" in report["workloads"]["seed-mlp"]["engines"]
     assert report["targets"]
+    rec = report["recording"]
+    assert [r["n"] for r in rec["scaling"]] and rec["scaling"][0]["record_s"] > 0
+    fresh = rec["fresh"]["test_more_ops"]
+    # every engine computed the same gradients of micrograd's graph
+    assert all(d < 1e-12 for d in fresh["check_rel_diff"].values()), fresh
+    assert "recording: chains of scalar instructions" in out
     try:
         import matplotlib  # noqa: F401
     except ImportError:

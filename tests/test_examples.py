@@ -44,12 +44,29 @@ def has_module(name):
 
 def test_every_example_is_tested():
     tested = {"seed_mlp.py", "neuron.py", "ols.py", "mlp_vs_torch.py", "digits.py",
-              "rnn_sincos.py", "grad_of_target.py", "replay_speed.py",
+              "rnn_sincos.py", "grad_of_target.py", "replay_speed.py", "newton_rosenbrock.py",
+              "tanh_derivatives.py",
               "data_parallel.py"}  # data_parallel.py: in test_dist.py (needs MPI)
     assert {p.name for p in EXAMPLES.glob("*.py")} == tested
     readme = (EXAMPLES / "README.md").read_text()
     for name in tested:
         assert f"examples/{name}" in readme, f"{name} missing from examples/README.md"
+
+
+def test_newton_rosenbrock(tmp_path):
+    out = run_example("newton_rosenbrock.py", tmp_path)
+    assert number(r"rosen_der: rel. error ([0-9.e+-]+);", out) < 1e-12
+    for method in ("Newton-CG", "trust-ncg", "trust-krylov"):
+        assert number(rf"^{method} +f = ([0-9.e+-]+)", out) < 1e-10
+
+
+def test_tanh_derivatives(tmp_path):
+    out = run_example("tanh_derivatives.py", tmp_path)
+    for k in (1, 2, 3):
+        assert number(rf"derivative {k}: max \|tapegrad - closed form\| = ([0-9.e+-]+)",
+                      out) < 1e-12
+    if has_module("matplotlib"):
+        assert (tmp_path / "tanh_derivatives.png").is_file()
 
 
 def test_replay_speed(tmp_path):

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 import tapegrad as tg
-from tapegrad.opcodes import OP, Op
+from tapegrad.opcodes import Op
 
 try:
     from op_specs import SPECS, case_id, normal
@@ -146,8 +146,13 @@ def test_forward_float32(spec, case, request):
     _assert_values(out.value, want, F32_RTOL, f"{spec.id}: float32 replayed value")
 
 
+# random draws replay to new values by design: tests/test_random.py checks them against an
+# independent NumPy transcription of the generator instead of an op spec
+NO_SPEC = {Op.TICK, Op.RAND, Op.RANDN}
+
+
 def test_every_opcode_has_a_spec():
-    declared = set()
+    declared = set(NO_SPEC)
     for spec in SPECS:
         declared.update(Op(op) for op in spec.ops)
     missing = sorted(op.name for op in Op if op != Op.N_OPS and op not in declared)
@@ -161,7 +166,7 @@ def test_spec_records_its_opcodes(spec):
     recorded = set()
     for case in spec.cases:
         tape, _, _ = _record(spec, case, _inputs(spec, case, rng))
-        recorded.update(Op(int(op)) for op in tape._instr[:len(tape), OP])
+        recorded.update(Op[name.upper()] for name in tape.stats()["by_opcode"])
     claimed = {Op(op) for op in spec.ops}
     assert claimed <= recorded, (f"{spec.id} claims {sorted(o.name for o in claimed)} but "
                                  f"records only {sorted(o.name for o in recorded)}")

@@ -102,7 +102,7 @@ def test_stats_counts():
     assert s["by_opcode"]["cross_entropy"] == 1
     assert s["params"] == 3 * 4 + 4 + 4 and s["param_tensors"] == 3
     assert s["buffers"] == tape._nbuf
-    roots = sum(int(tape._bsize[b]) for b in range(tape._nbuf) if tape._base[b] == b)
+    roots = sum(int(tape._bsize[b]) for b in range(tape._nbuf) if tape._base_of(b) == b)
     assert s["arena_bytes"] == 2 * 8 * roots
     assert s["views"] >= 3
     text = str(s)

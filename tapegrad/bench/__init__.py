@@ -8,6 +8,10 @@ installed, side by side in one process:
 * **digits-mlp** -- MLP 64->128->10, ReLU, softmax cross-entropy, batch 128, AdamW (torch
   defaults, lr 1e-3), float32, on scikit-learn's digits (synthetic data of the same shape when
   scikit-learn is missing). Time per training step.
+* **recording** -- what a fresh tape costs (``tapegrad.bench.recording``): microseconds per
+  recorded instruction, sealing, bytes per instruction at 10^3 ... 10^6 instructions, and
+  record + forward + backward of a fresh tape against micrograd, ``pyobj`` and PyTorch on
+  micrograd's ``test_more_ops`` graph and on the scalar graph.
 * **scalar-graph** -- the graph of ``shared/anchors/scalar_graph_tape.c``: 100 leaves i/100,
   then operations cycling through softplus(node[-10]), sum(nodes[-30:-10:5]),
   node[-20]*node[-10] and softmax(nodes[-4:]) (4 new nodes); one forward and one reverse
@@ -218,7 +222,12 @@ def main(argv=None):
         cold = first_step_subprocess(cold=True)
     shutil.rmtree(exe_dir, ignore_errors=True)
 
+    # ------------------------------------------------------------------ recording
+    from .recording import run as run_recording
+    recording = run_recording(args.quick)
+
     report = _report(B, refs, info, warm, cold, versions, args, time.time() - t_start)
+    report["recording"] = recording
     with open(os.path.join(args.out, "bench.json"), "w") as f:
         json.dump(report, f, indent=1)
     png = _plot(report, os.path.join(args.out, "bench.png"))

@@ -65,7 +65,7 @@ def reshape_var(x, shape):
     shape = tuple(int(s) for s in shape)
     if shape == x.shape:
         return x
-    return Var(x.tape, x.tape._alias(x._b, shape))
+    return Var(x.tape, x.tape._alias_buffer(x._b, shape))
 
 
 def broadcast_to(x, shape):

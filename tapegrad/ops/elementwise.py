@@ -14,22 +14,48 @@ gradient of a tie equally.
 """
 import math
 
+import numpy as np
+
 from .._jit import kernel
 from ..opcodes import Op
 from ..var import Var
+from . import immediate
 from ._record import broadcast_shape, broadcast_to, vars_of
+from ._vjp import vjp
 
 
 def _unary(op, x, name, k=0.0):
-    tape, (x,) = vars_of([x], name)
-    return Var(tape, tape._emit(op, [x._b], x.shape, imm=float(k)))
+    if type(x) is not Var:
+        tape, (x,) = vars_of([x], name)
+    tape = x.tape
+    return Var(tape, tape._emit(op, (x._b,), tape._shape[x._b], imm=float(k)))
 
 
-def _binary(op, x, y, name):
+# opcodes as plain ints for the operators (an Op member costs an enum lookup each use)
+ADD, SUB, MUL, DIV = int(Op.ADD), int(Op.SUB), int(Op.MUL), int(Op.DIV)
+ADDC, RSUBC, MULC, DIVC, RDIVC = (int(Op.ADDC), int(Op.RSUBC), int(Op.MULC), int(Op.DIVC),
+                                  int(Op.RDIVC))
+
+
+def _binary(op, x, y, name, right=None, left=None, negate=False):
+    """``op`` of two operands; a Python number on the right (left) is recorded as the
+    immediate of the unary opcode ``right`` (``left``) instead (``tapegrad/ops/immediate.py``),
+    negated first if ``negate`` (``x - c`` is ``x + (-c)``)."""
+    tx, ty = type(x), type(y)
+    if tx is Var:
+        if ty is Var:
+            tape = x.tape
+            shape = tape._shape[x._b]
+            if y.tape is tape and tape._shape[y._b] == shape:  # the common case: same shape
+                return Var(tape, tape._emit(op, (x._b, y._b), shape))
+        elif right is not None and ty in immediate.SCALARS:
+            return immediate.record(right, x, -float(y) if negate else y)
+    elif left is not None and ty is Var and tx in immediate.SCALARS:
+        return immediate.record(left, y, x)
     tape, (x, y) = vars_of([x, y], name)
     shape = broadcast_shape(name, x, y)
     x, y = broadcast_to(x, shape), broadcast_to(y, shape)
-    return Var(tape, tape._emit(op, [x._b, y._b], shape))
+    return Var(tape, tape._emit(op, (x._b, y._b), shape))
 
 
 # ---------------------------------------------------------------------------- unary
@@ -50,6 +76,11 @@ def neg_bwd(v, g, x, ans, n, k):
         g[x + i] -= g[ans + i]
 
 
+@vjp(Op.NEG)
+def neg_vjp(r, g):
+    return (-g,)
+
+
 def exp(x):
     """e**x.  ``tg.exp(v)``"""
     return _unary(Op.EXP, x, "exp")
@@ -65,6 +96,11 @@ def exp_fwd(v, x, ans, n, k):
 def exp_bwd(v, g, x, ans, n, k):
     for i in range(n):
         g[x + i] += g[ans + i] * v[ans + i]
+
+
+@vjp(Op.EXP)
+def exp_vjp(r, g):
+    return (g * r.ans,)
 
 
 def log(x):
@@ -84,6 +120,11 @@ def log_bwd(v, g, x, ans, n, k):
         g[x + i] += g[ans + i] / v[x + i]
 
 
+@vjp(Op.LOG)
+def log_vjp(r, g):
+    return (g / r.x,)
+
+
 def sqrt(x):
     """Square root.  ``tg.sqrt(v)``"""
     return _unary(Op.SQRT, x, "sqrt")
@@ -99,6 +140,11 @@ def sqrt_fwd(v, x, ans, n, k):
 def sqrt_bwd(v, g, x, ans, n, k):
     for i in range(n):
         g[x + i] += g[ans + i] * 0.5 / v[ans + i]
+
+
+@vjp(Op.SQRT)
+def sqrt_vjp(r, g):
+    return (g / r.ans * 0.5,)
 
 
 def sin(x):
@@ -118,6 +164,11 @@ def sin_bwd(v, g, x, ans, n, k):
         g[x + i] += g[ans + i] * math.cos(v[x + i])
 
 
+@vjp(Op.SIN)
+def sin_vjp(r, g):
+    return (g * cos(r.x),)
+
+
 def cos(x):
     """Cosine.  ``tg.cos(v)``"""
     return _unary(Op.COS, x, "cos")
@@ -135,6 +186,11 @@ def cos_bwd(v, g, x, ans, n, k):
         g[x + i] -= g[ans + i] * math.sin(v[x + i])
 
 
+@vjp(Op.COS)
+def cos_vjp(r, g):
+    return (-(g * sin(r.x)),)
+
+
 def tanh(x):
     """Hyperbolic tangent.  ``tg.tanh(v)``"""
     return _unary(Op.TANH, x, "tanh")
@@ -150,6 +206,11 @@ def tanh_fwd(v, x, ans, n, k):
 def tanh_bwd(v, g, x, ans, n, k):
     for i in range(n):
         g[x + i] += g[ans + i] * (1 - v[ans + i] * v[ans + i])
+
+
+@vjp(Op.TANH)
+def tanh_vjp(r, g):
+    return (g * (1.0 - square(r.ans)),)
 
 
 def sigmoid(x):
@@ -173,6 +234,11 @@ def sigmoid_bwd(v, g, x, ans, n, k):
         g[x + i] += g[ans + i] * v[ans + i] * (1 - v[ans + i])
 
 
+@vjp(Op.SIGMOID)
+def sigmoid_vjp(r, g):
+    return (g * (r.ans * (1.0 - r.ans)),)
+
+
 def relu(x):
     """max(x, 0); relu'(0) = 0.  ``tg.relu(v)``"""
     return _unary(Op.RELU, x, "relu")
@@ -191,6 +257,11 @@ def relu_bwd(v, g, x, ans, n, k):
             g[x + i] += g[ans + i]
 
 
+@vjp(Op.RELU)
+def relu_vjp(r, g):
+    return (g * gt(r.x, 0.0),)
+
+
 def leaky_relu(x, negative_slope=0.01):
     """x if x > 0 else negative_slope * x.  ``tg.leaky_relu(v, 0.1)``"""
     return _unary(Op.LEAKY_RELU, x, "leaky_relu", negative_slope)
@@ -206,6 +277,11 @@ def leaky_relu_fwd(v, x, ans, n, k):
 def leaky_relu_bwd(v, g, x, ans, n, k):
     for i in range(n):
         g[x + i] += g[ans + i] if v[x + i] > 0 else k * g[ans + i]
+
+
+@vjp(Op.LEAKY_RELU)
+def leaky_relu_vjp(r, g):
+    return (g * (gt(r.x, 0.0) * (1.0 - r.k) + r.k),)
 
 
 def abs(x):  # noqa: A001 - the public name is tg.abs
@@ -228,6 +304,11 @@ def abs_bwd(v, g, x, ans, n, k):
             g[x + i] -= g[ans + i]
 
 
+@vjp(Op.ABS)
+def abs_vjp(r, g):
+    return (g * (gt(r.x, 0.0) - lt(r.x, 0.0)),)
+
+
 def square(x):
     """x * x.  ``tg.square(v)``"""
     return _unary(Op.SQUARE, x, "square")
@@ -245,6 +326,11 @@ def square_bwd(v, g, x, ans, n, k):
         g[x + i] += 2 * g[ans + i] * v[x + i]
 
 
+@vjp(Op.SQUARE)
+def square_vjp(r, g):
+    return (g * r.x * 2.0,)
+
+
 @kernel
 def powc_fwd(v, x, ans, n, k):
     for i in range(n):
@@ -258,10 +344,15 @@ def powc_bwd(v, g, x, ans, n, k):
             g[x + i] += g[ans + i] * k * v[x + i] ** (k - 1)
 
 
+@vjp(Op.POWC)
+def powc_vjp(r, g):
+    return (None if r.k == 0 else g * (r.x ** (r.k - 1.0) * r.k),)
+
+
 # ---------------------------------------------------------------------------- binary
 def add(x, y):
     """x + y with broadcasting.  ``tg.add(a, b)``"""
-    return _binary(Op.ADD, x, y, "add")
+    return _binary(ADD, x, y, "add", ADDC, ADDC)
 
 
 @kernel
@@ -277,9 +368,14 @@ def add_bwd(v, g, x, y, ans, n):
         g[y + i] += g[ans + i]
 
 
+@vjp(Op.ADD)
+def add_vjp(r, g):
+    return g, g
+
+
 def sub(x, y):
     """x - y with broadcasting.  ``tg.sub(a, b)``"""
-    return _binary(Op.SUB, x, y, "sub")
+    return _binary(SUB, x, y, "sub", ADDC, RSUBC, negate=True)
 
 
 @kernel
@@ -295,9 +391,14 @@ def sub_bwd(v, g, x, y, ans, n):
         g[y + i] -= g[ans + i]
 
 
+@vjp(Op.SUB)
+def sub_vjp(r, g):
+    return g, (-g if r.need[1] else None)
+
+
 def mul(x, y):
     """x * y with broadcasting.  ``tg.mul(a, b)``"""
-    return _binary(Op.MUL, x, y, "mul")
+    return _binary(MUL, x, y, "mul", MULC, MULC)
 
 
 @kernel
@@ -313,9 +414,14 @@ def mul_bwd(v, g, x, y, ans, n):
         g[y + i] += g[ans + i] * v[x + i]
 
 
+@vjp(Op.MUL)
+def mul_vjp(r, g):
+    return (g * r.y if r.need[0] else None), (g * r.x if r.need[1] else None)
+
+
 def div(x, y):
     """x / y with broadcasting (IEEE: 1/0 = inf).  ``tg.div(a, b)``"""
-    return _binary(Op.DIV, x, y, "div")
+    return _binary(DIV, x, y, "div", DIVC, RDIVC)
 
 
 @kernel
@@ -331,11 +437,17 @@ def div_bwd(v, g, x, y, ans, n):
         g[y + i] -= g[ans + i] * v[ans + i] / v[y + i]
 
 
+@vjp(Op.DIV)
+def div_vjp(r, g):
+    gx = g / r.y
+    return gx, (-(gx * r.ans) if r.need[1] else None)
+
+
 def pow(x, y):  # noqa: A001 - the public name is tg.pow
     """x ** y; a Python number as y records the exponent as an immediate.  ``tg.pow(v, 3)``"""
-    if isinstance(y, (int, float)) and not isinstance(y, bool):
+    if type(y) in immediate.SCALARS and type(y) is not bool:
         return _unary(Op.POWC, x, "pow", y)
-    return _binary(Op.POW, x, y, "pow")
+    return _binary(Op.POW, x, y, "pow", None, Op.RPOWC)
 
 
 @kernel
@@ -354,6 +466,19 @@ def pow_bwd(v, g, x, y, ans, n):
             g[y + i] += g[ans + i] * v[ans + i] * math.log(a)
         elif a < 0 or b < 0:  # log of a negative base, or 0 ** negative: as torch, nan/inf
             g[y + i] += g[ans + i] * v[ans + i] * math.nan
+
+
+@vjp(Op.POW)
+def pow_vjp(r, g):
+    x, y = r.x, r.y
+    gx = g * (y * x ** (y - 1.0)) if r.need[0] else None
+    gy = None
+    if r.need[1]:  # log of a positive base; nan for a negative one or 0 ** negative, as the kernel
+        pos = gt(x, 0.0)
+        t = g * r.ans * log(where(pos, x, 1.0))
+        # (the nan is a constant: a product g * nan would put 0 * nan into higher orders)
+        gy = where(pos, t, where(lt(x, 0.0) + lt(y, 0.0), math.nan, 0.0))
+    return gx, gy
 
 
 def maximum(x, y):
@@ -380,6 +505,12 @@ def maximum_bwd(v, g, x, y, ans, n):
             g[y + i] += 0.5 * g[ans + i]
 
 
+@vjp(Op.MAXIMUM)
+def maximum_vjp(r, g):
+    s = (gt(r.x, r.y) - lt(r.x, r.y)) * 0.5  # +-1/2, 0 at a tie: the halves split a tie
+    return (g * (0.5 + s) if r.need[0] else None), (g * (0.5 - s) if r.need[1] else None)
+
+
 def minimum(x, y):
     """Elementwise min; a tie splits the gradient equally.  ``tg.minimum(a, b)``"""
     return _binary(Op.MINIMUM, x, y, "minimum")
@@ -402,6 +533,12 @@ def minimum_bwd(v, g, x, y, ans, n):
         else:
             g[x + i] += 0.5 * g[ans + i]
             g[y + i] += 0.5 * g[ans + i]
+
+
+@vjp(Op.MINIMUM)
+def minimum_vjp(r, g):
+    s = (gt(r.x, r.y) - lt(r.x, r.y)) * 0.5
+    return (g * (0.5 - s) if r.need[0] else None), (g * (0.5 + s) if r.need[1] else None)
 
 
 # comparisons: 0/1 values, no gradient (their reverse rule is "nothing")
@@ -450,6 +587,24 @@ def where(cond, x, y):
     return Var(tape, tape._emit(Op.WHERE, [cond._b, x._b, y._b], shape))
 
 
+def clip(x, lo=None, hi=None):
+    """``x`` limited to ``[lo, hi]`` (None: no limit on that side), as ``np.clip``; the
+    gradient passes where ``lo <= x <= hi``, as ``torch.clamp``.  ``tg.clip(v, 0.0, 1.0)``"""
+    tape, (x,) = vars_of([x], "clip")
+    if lo is not None:
+        x = where(lt(x, lo), lo, x)
+    if hi is not None:
+        x = where(gt(x, hi), hi, x)
+    return x
+
+
+def argmax(x, axis=None):
+    """Indices of the maxima of ``x``'s current value (an integer ndarray; no gradient, not
+    recorded).  ``tg.argmax(logits, axis=1)``"""
+    tape, (x,) = vars_of([x], "argmax")
+    return np.argmax(x.value, axis=axis)
+
+
 @kernel
 def where_fwd(v, c, x, y, ans, n):
     for i in range(n):
@@ -463,3 +618,9 @@ def where_bwd(v, g, c, x, y, ans, n):
             g[x + i] += g[ans + i]
         else:
             g[y + i] += g[ans + i]
+
+
+@vjp(Op.WHERE)
+def where_vjp(r, g):
+    return (None, where(r.x, g, 0.0) if r.need[1] else None,
+            where(r.x, 0.0, g) if r.need[2] else None)

@@ -18,6 +18,7 @@ from ..errors import ShapeError, user_site
 from ..opcodes import Op
 from ..var import Var
 from ._record import broadcast_to, prod, reshape_var, vars_of
+from ._vjp import vjp
 
 BLAS_MIN = 65536
 
@@ -132,3 +133,25 @@ def matmul_bwd(v, g, x, y, ans, batch, M, K, N, sx, sy, dx, dy):
                     xv = v[xi]
                     for n in range(np.uint64(N)):
                         g[row + n] += xv * g[z + n]
+
+
+@vjp(Op.MATMUL)
+def matmul_vjp(r, g):
+    """gX = g @ Y^T, gY = X^T @ g per batch entry, summed over the batch for an operand
+    shared by it (stride 0)."""
+    from .reduce import sum as _sum
+    from .shape import transpose
+    batch, M, K, N, sx, sy = r.a
+    X = reshape_var(r.x, ((batch,) if sx else ()) + (M, K))
+    Y = reshape_var(r.y, ((batch,) if sy else ()) + (K, N))
+    G = reshape_var(g, (batch, M, N))
+    gx = gy = None
+    if r.need[0]:
+        gx = matmul(G, transpose(Y, (0, 2, 1)) if sy else Y.T)
+        if not sx:
+            gx = _sum(gx, axis=0)
+    if r.need[1]:
+        gy = matmul(transpose(X, (0, 2, 1)) if sx else X.T, G)
+        if not sy:
+            gy = _sum(gy, axis=0)
+    return gx, gy

@@ -13,6 +13,7 @@ from ..errors import FeedError, ShapeError, TapegradError, user_site
 from ..opcodes import Op
 from ..var import Var
 from ._record import reshape_var, vars_of
+from ._vjp import vjp
 from .elementwise import square, sub
 from .reduce import mean, sum
 
@@ -32,8 +33,14 @@ def _reduce(x, reduction):
 
 
 def mse_loss(pred, target, reduction="mean"):
-    """Mean (or sum, or none) of squared differences.  ``tg.mse_loss(pred, y)``"""
+    """Mean (or sum, or none) of squared differences of two operands of the same shape.
+    ``tg.mse_loss(pred, y)``. Different shapes are a ShapeError: a prediction (N, 1) against
+    targets (N,) would otherwise broadcast to (N, N) and train silently on the wrong loss."""
     _check_reduction(reduction, "mse_loss")
+    tape, (pred, target) = vars_of([pred, target], "mse_loss")
+    if pred.shape != target.shape:
+        raise ShapeError(f"mse_loss: prediction of shape {pred.shape} and target of shape "
+                         f"{target.shape} differ (reshape one of them) ({user_site()})")
     return _reduce(square(sub(pred, target)), reduction)
 
 
@@ -57,7 +64,7 @@ def cross_entropy(logits, labels, reduction="mean"):
             raise ShapeError(f"cross_entropy: labels must have shape {want} for logits "
                              f"{logits.shape}, got {labels.shape} ({user_site()})")
         _check_labels(labels.value, C, FeedError)
-        base = tape._base[labels._b]
+        base = tape._base_of(labels._b)
         if tape._kind[base] == 1:  # an input: its feeds are checked against C
             tape._labels[base] = min(C, tape._labels.get(base, C))
         lab = labels
@@ -121,4 +128,28 @@ def cross_entropy_bwd(v, g, x, y, ans, N, C):
         for j in range(np.uint64(C)):
             g[row + j] += g[out] * math.exp(v[row + j] - lse)
         g[row + c] -= g[out]
+    return True
+
+
+@vjp(Op.CROSS_ENTROPY)
+def cross_entropy_vjp(r, g):
+    from .reduce import softmax
+    N, C = r.a[:2]
+    tape = g.tape
+    hot = Var(tape, tape._emit(Op.ONEHOT, [r.y._b], (N, C), (N, C)))
+    return (softmax(reshape_var(r.x, (N, C)), axis=1) - hot) * reshape_var(g, (N, 1)), None
+
+
+# ans[r, j] = 1 if j == label_r else 0 (the labels of cross_entropy's reverse rule); labels are
+# checked before use, as in cross_entropy_fwd; no gradient
+@kernel
+def onehot_fwd(v, y, ans, N, C):
+    for r in range(N):
+        lab = v[y + np.uint64(r)]
+        if not (lab >= 0 and lab < C and lab == math.floor(lab)):
+            return False
+        row = ans + np.uint64(r * C)
+        for j in range(np.uint64(C)):
+            v[row + j] = 0
+        v[row + np.uint64(int(lab))] = 1
     return True

@@ -15,7 +15,8 @@ from ..errors import ShapeError, user_site
 from ..opcodes import Op
 from ..var import Var
 from ._record import norm_axes, prod, reshape_var, runs, vars_of
-from .elementwise import mul
+from ._vjp import expand_mid, view3, vjp
+from .elementwise import exp, lt, mul
 
 
 def sum(x, axis=None, keepdims=False):  # noqa: A001 - the public name is tg.sum
@@ -78,6 +79,12 @@ def sum_bwd(v, g, x, ans, A, n, B):
                 g[row + b] += g[out + b]
 
 
+@vjp(Op.SUM)
+def sum_vjp(r, g):
+    A, n, B = r.a[:3]
+    return (expand_mid(g, A, n, B),)
+
+
 # max:  ans[a, b] = max_j x[a, j, b] (NaN if any is NaN);  the k tied maxima get g[a, b] / k
 @kernel
 def _row_max(v, x, a, n, B, b):
@@ -113,6 +120,14 @@ def max_bwd(v, g, x, ans, A, n, B):
                     i = _at(x, a, n, B, j, b)
                     if v[i] == v[out]:
                         g[i] += share
+
+
+@vjp(Op.MAX)
+def max_vjp(r, g):
+    A, n, B = r.a[:3]
+    x = view3(r.x, A, n, B)
+    top = 1.0 - lt(x, expand_mid(r.ans, A, n, B))  # 1 at the maxima: they share the gradient
+    return (top * expand_mid(reshape_var(g, (A, B)) / sum(top, axis=1), A, n, B),)
 
 
 # ---------------------------------------------------------------------------- logsumexp family
@@ -164,6 +179,13 @@ def logsumexp_bwd(v, g, x, ans, A, n, B):
                 g[i] += g[out] * math.exp(v[i] - v[out])
 
 
+@vjp(Op.LOGSUMEXP)
+def logsumexp_vjp(r, g):
+    A, n, B = r.a[:3]
+    p = exp(view3(r.x, A, n, B) - expand_mid(r.ans, A, n, B))
+    return (p * expand_mid(g, A, n, B),)
+
+
 def softmax(x, axis=-1):
     """exp(x) / sum(exp(x)) along ``axis``.  ``tg.softmax(logits, axis=1)``"""
     tape, (x,) = vars_of([x], "softmax")
@@ -199,6 +221,13 @@ def softmax_bwd(v, g, x, ans, A, n, B):
                 g[_at(x, a, n, B, j, b)] += v[i] * (g[i] - dot)
 
 
+@vjp(Op.SOFTMAX)
+def softmax_vjp(r, g):
+    A, n, B = r.a[:3]
+    s, g3 = view3(r.ans, A, n, B), view3(g, A, n, B)
+    return (s * (g3 - expand_mid(sum(g3 * s, axis=1), A, n, B)),)
+
+
 def log_softmax(x, axis=-1):
     """x - logsumexp(x) along ``axis``.  ``tg.log_softmax(logits, axis=1)``"""
     tape, (x,) = vars_of([x], "log_softmax")
@@ -230,3 +259,10 @@ def log_softmax_bwd(v, g, x, ans, A, n, B):
             for j in range(n):
                 i = _at(ans, a, n, B, j, b)
                 g[_at(x, a, n, B, j, b)] += g[i] - math.exp(v[i]) * gs
+
+
+@vjp(Op.LOG_SOFTMAX)
+def log_softmax_vjp(r, g):
+    A, n, B = r.a[:3]
+    g3 = view3(g, A, n, B)
+    return (g3 - exp(view3(r.ans, A, n, B)) * expand_mid(sum(g3, axis=1), A, n, B),)

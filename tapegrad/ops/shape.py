@@ -8,6 +8,7 @@ Kernels index the arenas ``v`` / ``g`` at the uint64 offsets ``x`` (input) and `
 A reshape records no instruction: it is a new buffer over the same arena slice.
 """
 import numbers
+import operator
 
 import numpy as np
 
@@ -17,6 +18,7 @@ from ..opcodes import Op
 from ..tape import TEMP
 from ..var import Var
 from ._record import norm_axis, prod, reshape_var, vars_of
+from ._vjp import view3, vjp
 
 
 # ---------------------------------------------------------------------------- reshape
@@ -27,7 +29,10 @@ def reshape(x, shape):
     tape, (x,) = vars_of([x], "reshape")
     if isinstance(shape, numbers.Integral):
         shape = (shape,)
-    shape = tuple(int(s) for s in shape)
+    try:
+        shape = tuple(operator.index(s) for s in shape)
+    except TypeError:
+        raise ShapeError(f"reshape: shape must be ints, got {shape!r} ({user_site()})") from None
     if shape.count(-1) > 1 or any(s < -1 for s in shape):
         raise ShapeError(f"reshape: invalid shape {shape} ({user_site()})")
     if -1 in shape:
@@ -61,6 +66,13 @@ def expand_bwd(g, x, ans, A, n, B):
             dst = ans + np.uint64((a * n + j) * B)
             for b in range(np.uint64(B)):
                 g[src + b] += g[dst + b]
+
+
+@vjp(Op.EXPAND)
+def expand_vjp(r, g):
+    from .reduce import sum as sum_
+    A, n, B = r.a[:3]
+    return (sum_(view3(g, A, n, B), axis=1),)
 
 
 # ---------------------------------------------------------------------------- indexing
@@ -130,6 +142,49 @@ def slice_bwd(g, x, ans, A, n, B, start, step, count):
                 g[src + b] += g[dst + b]
 
 
+@vjp(Op.SLICE)
+def slice_vjp(r, g):
+    return (_emit3(Op.UNSLICE, g, (r.a[0], r.a[1], r.a[2]), r.a),)
+
+
+def _emit3(op, g, shape3, attrs):
+    """``op`` on ``g`` viewed as the (A, ., B) block its attributes describe."""
+    A, n, B, start, step, count = attrs
+    tape = g.tape
+    g3 = view3(g, A, count if op == Op.UNSLICE else n, B)
+    return Var(tape, tape._emit(op, [g3._b], shape3, attrs))
+
+
+# out[a, start + j*step, b] = x[a, j, b] and zero elsewhere: the transpose of SLICE, recorded
+# only by reverse rules (slice_vjp);  gx[a, j, b] += g[a, start + j*step, b]
+@kernel
+def unslice_fwd(v, x, ans, A, n, B, start, step, count):
+    for i in range(np.uint64(A * n * B)):
+        v[ans + i] = 0
+    for a in range(A):
+        for j in range(count):
+            dst = ans + np.uint64((a * n + start + j * step) * B)
+            src = x + np.uint64((a * count + j) * B)
+            for b in range(np.uint64(B)):
+                v[dst + b] = v[src + b]
+
+
+@kernel
+def unslice_bwd(g, x, ans, A, n, B, start, step, count):
+    for a in range(A):
+        for j in range(count):
+            dst = ans + np.uint64((a * n + start + j * step) * B)
+            src = x + np.uint64((a * count + j) * B)
+            for b in range(np.uint64(B)):
+                g[src + b] += g[dst + b]
+
+
+@vjp(Op.UNSLICE)
+def unslice_vjp(r, g):
+    A, n, B, start, step, count = r.a
+    return (_emit3(Op.SLICE, g, (A, count, B), r.a),)
+
+
 # ---------------------------------------------------------------------------- concatenate
 def concatenate(xs, axis=0):
     """Join Vars (or arrays) along an existing axis.  ``tg.concatenate([a, b], axis=1)``"""
@@ -192,6 +247,12 @@ def place_bwd(g, x, ans, A, n, B, start, count):
             g[src + i] += g[dst + i]
 
 
+@vjp(Op.PLACE)
+def place_vjp(r, g):
+    A, n, B, start, count = r.a[:5]
+    return (_emit3(Op.SLICE, g, (A, count, B), (A, n, B, start, 1, count)),)
+
+
 # ---------------------------------------------------------------------------- transpose
 def transpose(x, axes=None):
     """Permute axes (default: reverse them).  ``tg.transpose(v, (0, 2, 1))``, ``v.T``"""
@@ -245,3 +306,10 @@ def transpose_bwd(g, x, ans, A, M, N, B):
                 dst = ans + np.uint64(base + (q * M + m) * B)
                 for b in range(np.uint64(B)):
                     g[src + b] += g[dst + b]
+
+
+@vjp(Op.TRANSPOSE)
+def transpose_vjp(r, g):
+    A, M, N, B = r.a[:4]
+    tape = g.tape
+    return (Var(tape, tape._emit(Op.TRANSPOSE, [g._b], (A, M, N, B), (A, N, M, B))),)

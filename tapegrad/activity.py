@@ -1,0 +1,67 @@
+"""Activity analysis: which instructions a replay must run.
+
+Two compiled passes over the sealed instruction array (``Tape._seal`` has validated every
+index they read). Buffers are compared through ``base`` (an alias shares its root's memory).
+
+* ``forward_mask``: backwards from the wanted outputs, the instructions they depend on
+  (guards always run).
+* ``reverse_mask``: forwards from the parameters (and inputs with ``requires_grad``), the
+  instructions their variation reaches; then backwards from the seed, those of them on a path
+  to it. Bit 1 runs the instruction's reverse rule; bit ``2 << j`` says input j needs its
+  gradient.
+"""
+import os
+
+import numpy as np
+
+from ._jit import drop_stale_cache, jit
+from .opcodes import OP, OUT, X, Op
+
+
+@jit
+def forward_mask(instr, n_in, base, needed):
+    """``needed[b]``: 1 for the root buffers wanted (updated in place)."""
+    n = instr.shape[0]
+    mask = np.zeros(n, np.uint8)
+    for k in range(n - 1, -1, -1):
+        op = instr[k, OP]
+        if op == Op.GUARD or needed[base[instr[k, OUT]]] != 0:
+            mask[k] = 1
+            for j in range(n_in[op]):
+                needed[base[instr[k, X + j]]] = 1
+    return mask
+
+
+@jit
+def reverse_mask(instr, n_in, differentiable, base, varied, seed):
+    """``varied[b]``: 1 for the root buffers whose gradient is wanted (updated in place)."""
+    n = instr.shape[0]
+    carries = np.zeros(n, np.uint8)
+    for k in range(n):
+        op = instr[k, OP]
+        if differentiable[op] != 0:
+            for j in range(n_in[op]):
+                if varied[base[instr[k, X + j]]] != 0:
+                    carries[k] = 1
+                    varied[base[instr[k, OUT]]] = 1
+                    break
+    useful = np.zeros(base.shape[0], np.uint8)
+    useful[base[seed]] = 1
+    mask = np.zeros(n, np.uint8)
+    for k in range(n - 1, -1, -1):
+        if carries[k] != 0 and useful[base[instr[k, OUT]]] != 0:
+            op = instr[k, OP]
+            m = 1
+            for j in range(n_in[op]):
+                b = base[instr[k, X + j]]
+                if varied[b] != 0:
+                    m |= 2 << j
+                useful[b] = 1
+            mask[k] = m
+    return mask
+
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+for _f in (forward_mask, reverse_mask):
+    drop_stale_cache(_f, [os.path.join(_HERE, "activity.py"), os.path.join(_HERE, "opcodes.py"),
+                          os.path.join(_HERE, "_jit.py")])

@@ -1,0 +1,269 @@
+"""Recording: what a fresh tape costs (``python -m tapegrad.bench.recording [--quick]``; also
+the last section of ``tapegrad bench``).
+
+Two tables:
+
+* **scaling** -- a chain of scalar instructions (``y = sin(y) * 0.999 + 0.001``, three
+  instructions per line) recorded at 10^3 ... 10^6 instructions, each size in a new process:
+  microseconds per recorded instruction, sealing (layout, validation) per instruction, the
+  first forward + backward (activity analysis included), the tape's own bytes per
+  instruction (its arrays, lists and both arenas) and the process's peak RSS.
+* **fresh tape** -- build the graph, one forward, one backward, every time (what an engine
+  whose graph changes every step pays): micrograd's ``test_more_ops`` graph and the 10k-op
+  scalar graph of ``tapegrad bench``, in tapegrad (record + ``tape.forward()`` +
+  ``backward()``), ``pyobj`` (one Python object per node, the seeds' engine), micrograd and
+  PyTorch eager when installed. Medians of interleaved rounds.
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+# ---------------------------------------------------------------------------- scaling
+_CHILD = r"""
+import json, resource, sys, time
+import numpy as np
+import tapegrad as tg
+
+def rss_mb():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+def chain(n):
+    t = tg.Tape()
+    x = t.param(np.array([0.5]), name="x")
+    y = x
+    for _ in range(n // 3):
+        y = tg.sin(y) * 0.999 + 0.001
+    return t, y
+
+warm, wy = chain(300)            # load the compiled sweeps from numba's cache
+warm.forward(); wy.backward()
+del warm, wy
+n = int(sys.argv[1])
+base = rss_mb()
+t0 = time.perf_counter()
+tape, y = chain(n)
+t1 = time.perf_counter()
+tape._seal()
+t2 = time.perf_counter()
+tape.forward()
+y.backward()
+t3 = time.perf_counter()
+own = tape._memory_bytes()
+print(json.dumps({"n": len(tape), "record_s": t1 - t0, "seal_s": t2 - t1, "replay_s": t3 - t2,
+                  "bytes_per_instr": own / len(tape), "rss_base_mb": base,
+                  "rss_peak_mb": rss_mb()}))
+"""
+
+
+def scaling(sizes):
+    rows = []
+    for n in sizes:
+        p = subprocess.run([sys.executable, "-c", _CHILD, str(n)], capture_output=True,
+                           text=True, timeout=600)
+        if p.returncode:
+            raise RuntimeError(f"recording child for n={n} failed:\n{p.stderr[-2000:]}")
+        rows.append(json.loads(p.stdout.strip().splitlines()[-1]))
+    return rows
+
+
+# ---------------------------------------------------------------------------- fresh tapes
+def more_ops(ops, a0=-4.0, b0=2.0):
+    """micrograd's ``test_more_ops`` graph, written against an ``ops`` adapter:
+    ``leaf(v)``, ``relu(v)``, ``cube(v)``, ``div(x, y)``; returns (a, b, g)."""
+    a, b = ops.leaf(a0), ops.leaf(b0)
+    c = a + b
+    d = a * b + ops.cube(b)
+    c = c + c + 1
+    c = c + 1 + c + (-1.0 * a)
+    d = d + d * 2 + ops.relu(b + a)
+    d = d + 3 * d + ops.relu(b - a)
+    e = c - d
+    f = e * e
+    g = ops.div(f, 2.0)
+    g = g + ops.div(10.0, f)
+    return a, b, g
+
+
+class _TgOps:
+    def __init__(self, tape):
+        self.tape = tape
+
+    def leaf(self, v):
+        return self.tape.param(np.array(v))
+
+    def relu(self, v):
+        import tapegrad as tg
+        return tg.relu(v)
+
+    def cube(self, v):
+        return v ** 3
+
+    def div(self, x, y):
+        return x / y
+
+
+class _NodeOps:
+    def __init__(self, cls, relu):
+        self.cls, self._relu = cls, relu
+
+    def leaf(self, v):
+        return self.cls(v)
+
+    def relu(self, v):
+        return self._relu(v)
+
+    def cube(self, v):
+        return v * v * v
+
+    def div(self, x, y):
+        # the seeds' Node divides Nodes only; micrograd's Value takes numbers too
+        wrap = (lambda v: v if isinstance(v, self.cls) else self.cls(v))
+        return wrap(x) / wrap(y)
+
+
+class _TorchOps:
+    def leaf(self, v):
+        import torch
+        return torch.tensor(v, dtype=torch.float64, requires_grad=True)
+
+    def relu(self, v):
+        return v.relu()
+
+    def cube(self, v):
+        return v ** 3
+
+    def div(self, x, y):
+        return x / y
+
+
+def more_ops_engines():
+    """name -> callable doing one fresh build + forward + backward; returns (g, da, db)."""
+    import tapegrad as tg
+    from .engines import Node
+
+    def tg_run():
+        tape = tg.Tape()
+        a, b, g = more_ops(_TgOps(tape))
+        tape.forward()
+        g.backward()
+        return g.item(), float(a.grad), float(b.grad)
+
+    def node_run():
+        a, b, g = more_ops(_NodeOps(Node, lambda v: v.leaky_relu(0.0)))
+        g.backward()
+        return g.data, a.grad, b.grad
+
+    out = {"tapegrad": tg_run, "pyobj": node_run}
+    try:
+        from micrograd.engine import Value
+
+        def mg_run():
+            a, b, g = more_ops(_NodeOps(Value, lambda v: v.relu()))
+            g.backward()
+            return g.data, a.grad, b.grad
+        out["micrograd"] = mg_run
+    except ImportError:
+        pass
+    try:
+        import torch  # noqa: F401
+
+        def torch_run():
+            a, b, g = more_ops(_TorchOps())
+            g.backward()
+            return g.item(), a.grad.item(), b.grad.item()
+        out["torch"] = torch_run
+    except ImportError:
+        pass
+    return out
+
+
+def scalar_graph_engines(n_ops):
+    """name -> callable building the ``n_ops`` scalar graph afresh + forward + backward."""
+    import importlib.util
+    from .scalar import ScalarNodes, ScalarTg, ScalarTorch
+
+    def tg_run():
+        s = ScalarTg(n_ops)
+        return s.run(1, collect=True)
+
+    out = {"tapegrad": tg_run, "pyobj": lambda: ScalarNodes(n_ops).run(1, collect=True)}
+    if importlib.util.find_spec("torch") is not None:
+        out["torch"] = lambda: ScalarTorch(n_ops).run(1, collect=True)
+    return out
+
+
+def time_interleaved(engines, rounds, reps):
+    """Median seconds per call of each engine; rounds interleave the engines."""
+    for f in engines.values():  # warm-up (compiled sweeps, torch's first call)
+        f()
+    samples = {k: [] for k in engines}
+    for _ in range(rounds):
+        for k, f in engines.items():
+            t = time.perf_counter()
+            for _ in range(reps[k]):
+                f()
+            samples[k].append((time.perf_counter() - t) / reps[k])
+    return {k: float(np.median(v)) for k, v in samples.items()}
+
+
+def _reps(engines, budget=0.05):
+    reps = {}
+    for k, f in engines.items():
+        t = time.perf_counter()
+        f()
+        dt = max(time.perf_counter() - t, 1e-7)
+        reps[k] = max(1, int(budget / dt))
+    return reps
+
+
+def run(quick=False):
+    """Both tables; returns a dict (also printed)."""
+    sizes = [1000, 10000] if quick else [1000, 10000, 100000, 1000000]
+    print("recording: chains of scalar instructions, each size in a new process ...",
+          flush=True)
+    rows = scaling(sizes)
+    print(f"{'instructions':>12} {'record us/instr':>16} {'seal us/instr':>14} "
+          f"{'fwd+bwd ms':>11} {'total s':>8} {'tape B/instr':>13} {'peak RSS MB':>12}")
+    for r in rows:
+        total = r["record_s"] + r["seal_s"] + r["replay_s"]
+        print(f"{r['n']:>12,} {r['record_s'] / r['n'] * 1e6:>16.2f} "
+              f"{r['seal_s'] / r['n'] * 1e6:>14.3f} {r['replay_s'] * 1e3:>11.1f} "
+              f"{total:>8.2f} {r['bytes_per_instr']:>13.0f} {r['rss_peak_mb']:>12.0f}")
+    fresh = {}
+    rounds = 5 if quick else 15
+    for name, engines, check in (("test_more_ops", more_ops_engines(), True),
+                                 ("scalar-graph-10k", scalar_graph_engines(
+                                     2000 if quick else 10000), False)):
+        vals = {k: f() for k, f in engines.items()}
+        ref = vals["tapegrad"]
+        diff = {k: max(abs(a - b) / max(abs(b), 1e-12) for a, b in zip(v, ref))
+                for k, v in vals.items()}
+        med = time_interleaved(engines, rounds, _reps(engines, 0.02 if quick else 0.1))
+        fresh[name] = {"median_s": med, "check_rel_diff": diff}
+        print(f"fresh tape, {name}: record + forward + backward, median of {rounds} rounds")
+        for k, v in sorted(med.items(), key=lambda kv: kv[1]):
+            print(f"  {k:<10} {v * 1e6:>12.1f} us   {v / med['tapegrad']:>6.2f}x tapegrad   "
+                  f"(results rel. diff {diff[k]:.1e})")
+    return {"scaling": rows, "fresh": fresh}
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(prog="python -m tapegrad.bench.recording")
+    ap.add_argument("--quick", action="store_true", help="up to 10^4 instructions, fewer rounds")
+    ap.add_argument("--out", default=None, help="write recording.json into this directory")
+    args = ap.parse_args(argv)
+    res = run(args.quick)
+    if args.out:
+        os.makedirs(args.out, exist_ok=True)
+        with open(os.path.join(args.out, "recording.json"), "w") as f:
+            json.dump(res, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

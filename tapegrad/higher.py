@@ -1,0 +1,277 @@
+"""Higher order: the reverse pass recorded as instructions (``tg.gradients``).
+
+``gradients(y, xs)`` walks the tape backwards from ``y`` (the instructions with a gradient
+path from some ``x`` to ``y``, found by the same compiled activity analysis as a replay's
+reverse sweep) and calls each instruction's recorded reverse rule (``tapegrad.ops._vjp``):
+the cotangents are new Vars on the same tape. They replay with it (``tape.forward`` computes
+them), are read like any Var, and can be differentiated again -- by ``backward()``,
+``tg.fit`` or another ``gradients``.
+
+Cotangents are kept per *root* buffer (a reshape shares its root's memory): a rule's result
+for an input that is a reshape is reshaped to the root's shape before it is added in.
+"""
+import numpy as np
+
+from . import activity
+from .errors import ShapeError, TapegradError, user_site
+from .opcodes import DIFFERENTIABLE, N_IN, OP, OUT, X
+from .ops._record import as_var, reshape_var
+from .ops._vjp import VJP, Rule
+from .var import Var
+
+
+def gradients(y, xs, grad_output=None):
+    """d(y)/d(x) for each x of ``xs`` as Vars on ``y``'s tape (shapes of ``xs``): the reverse
+    pass recorded as instructions, so the result replays with the tape and can be
+    differentiated again.
+
+    ``y`` must have size 1 unless ``grad_output`` (an array or a Var of ``y``'s shape, the
+    cotangent) is given. ``xs`` may be params, inputs or any Var recorded before ``y``; a Var
+    with no path to ``y`` gets zeros.
+
+    >>> gx, = tg.gradients((x ** 3).sum(), [x])     # 3 x**2, recorded   # doctest: +SKIP
+    """
+    if not isinstance(y, Var):
+        raise TapegradError(f"gradients(): y must be a Var, got {type(y).__name__} "
+                            f"({user_site()})")
+    single = isinstance(xs, Var)
+    xs = [xs] if single else list(xs)
+    tape = y.tape
+    for i, x in enumerate(xs):
+        if not isinstance(x, Var) or x.tape is not tape:
+            raise TapegradError(f"gradients(): xs[{i}] is not a Var of y's tape ({user_site()})")
+    if grad_output is None:
+        if y.size != 1:
+            raise TapegradError(f"gradients() of {y._describe()} needs grad_output: only a Var "
+                                f"of size 1 has an implicit gradient of 1 ({user_site()})")
+        seed = tape.const(np.ones(y.shape))
+    else:
+        seed = as_var(grad_output, tape, "gradients")
+        if seed.shape != y.shape:
+            raise ShapeError(f"gradients(): grad_output has shape {seed.shape}, "
+                             f"{y._describe()} ({user_site()})")
+    tape._flush()
+    n, nb = len(tape), tape._nbuf
+    instr = tape._instr[:n].copy()
+    imm = tape._imm[:n].copy()
+    base = np.arange(nb, dtype=np.int64)
+    for b, r in tape._alias.items():
+        base[b] = r
+    varied = np.zeros(max(nb, 1), np.uint8)
+    varied[base[[x._b for x in xs]]] = 1
+    mask = activity.reverse_mask(instr, N_IN, DIFFERENTIABLE, base, varied, y._b)
+    root_shape = {}
+
+    def add_to(b, ct):
+        r = int(base[b])
+        shape = root_shape.setdefault(r, tape._shape[r])
+        ct = reshape_var(ct, shape) if ct.shape != shape else ct
+        old = adj.get(r)
+        adj[r] = ct if old is None else old + ct
+
+    adj = {}
+    add_to(y._b, seed)
+    for k in np.flatnonzero(mask & 1)[::-1]:
+        row = instr[k]
+        out = int(row[OUT])
+        g = adj.get(int(base[out]))
+        if g is None:
+            continue
+        if g.shape != tape._shape[out]:
+            g = reshape_var(g, tape._shape[out])
+        op = int(row[OP])
+        n_in = int(N_IN[op])
+        need = tuple(bool(mask[k] & (2 << j)) for j in range(n_in))
+        cts = VJP[op](Rule(tape, row, imm[k], n_in, need), g)
+        for j in range(n_in):
+            if need[j] and cts[j] is not None:
+                add_to(int(row[X + j]), cts[j])
+    out = []
+    for x in xs:
+        ct = adj.get(int(base[x._b]))
+        if ct is None:
+            out.append(tape.const(np.zeros(x.shape)))
+        else:
+            out.append(reshape_var(ct, x.shape) if ct.shape != x.shape else ct)
+    return out[0] if single else out
+
+
+# ---------------------------------------------------------------------------- transforms
+class _Traced:
+    """``f`` recorded once per argument shapes and dtypes (arguments are inputs named
+    ``arg0``, ``arg1``, ...), replayed after; ``build(tape, ins, out)`` adds what a transform
+    needs (recorded gradients, cotangent inputs) and returns an entry. A replay whose guard
+    flips re-records. At most ``cache_size`` recordings are kept (least recently used)."""
+
+    def __init__(self, f, wanted, build, cache_size=64):
+        self.f, self.wanted, self.build, self.cache_size = f, wanted, build, cache_size
+        self.cache = {}
+
+    def __call__(self, args, feeds=None):
+        from .errors import BranchChanged
+        from .tape import Tape
+        name = getattr(self.f, "__name__", "f")
+        arrays = []
+        for i, a in enumerate(args):
+            a = np.asarray(a)
+            if a.dtype.kind not in "biuf":
+                raise TapegradError(f"{name}: argument {i}: expected numbers, got dtype "
+                                    f"{a.dtype}")
+            arrays.append(a)
+        key = tuple((a.shape, a.dtype.str) for a in arrays)
+        entry = self.cache.pop(key, None)
+        if entry is not None:
+            try:
+                entry["tape"].forward(**{f"arg{i}": a for i, a in enumerate(arrays)},
+                                      **(feeds or {}))
+            except BranchChanged:
+                entry = None
+        if entry is None:
+            f64 = not arrays or any(a.dtype != np.float32 for a in arrays)
+            tape = Tape(np.float64 if f64 else np.float32)
+            ins = [tape.input(f"arg{i}", value=a, requires_grad=i in self.wanted)
+                   for i, a in enumerate(arrays)]
+            out = self.f(*ins)
+            if not isinstance(out, Var) or out.tape is not tape:
+                raise TapegradError(f"{name} must return a Var computed from its arguments, "
+                                    f"got {out!r}")
+            entry = self.build(tape, ins, out)
+            entry["tape"], entry["ins"], entry["out"] = tape, ins, out
+            if feeds:
+                tape.forward(**feeds)
+        self.cache[key] = entry
+        while len(self.cache) > self.cache_size:
+            del self.cache[next(iter(self.cache))]
+        return entry
+
+
+def _argnums(argnums, n, name):
+    single = isinstance(argnums, int)
+    nums = (argnums,) if single else tuple(argnums)
+    for i in nums:
+        if not -n <= i < n:
+            raise TapegradError(f"{name}: argnums {argnums!r} out of range for {n} arguments")
+    return single, tuple(i % n for i in nums)
+
+
+def vjp(f, *primals):
+    """``(value, vjp_fn)`` as ``jax.vjp``: ``vjp_fn(cotangent)`` returns a tuple with the
+    gradient of ``sum(cotangent * f(*primals))`` for every primal (NumPy arrays).
+
+    >>> y, back = tg.vjp(lambda x: tg.sin(x), np.array([0.0, 1.0]))  # doctest: +SKIP
+    >>> back(np.ones(2))                                              # (cos(x),)
+    """
+    tr = _Traced(f, set(range(len(primals))), lambda tape, ins, out: {})
+    entry = tr(primals)
+    tape, ins, out = entry["tape"], entry["ins"], entry["out"]
+    value = out.numpy()
+
+    def vjp_fn(cotangent):
+        ct = np.asarray(cotangent, dtype=tape.dtype)
+        if ct.shape != out.shape:
+            raise ShapeError(f"vjp: cotangent has shape {ct.shape}, the output has shape "
+                             f"{out.shape} ({user_site()})")
+        out.backward(grad_output=ct)
+        return tuple(x.grad.copy() for x in ins)
+    return value, vjp_fn
+
+
+def jacobian(f, argnums=0):
+    """Reverse-mode Jacobian (``jax.jacrev``): ``jacobian(f)(*args)`` has shape
+    ``out.shape + args[argnums].shape`` (a tuple of them for a tuple ``argnums``): one
+    compiled reverse sweep per output element, on a tape recorded once per shapes."""
+    cache = {}
+
+    def jac(*args):
+        single, nums = _argnums(argnums, len(args), "jacobian")
+        tr = cache.get(nums)
+        if tr is None:
+            tr = cache[nums] = _Traced(f, set(nums), lambda tape, ins, out: {})
+        entry = tr(args)
+        ins, out = entry["ins"], entry["out"]
+        rows = [np.zeros((out.size,) + ins[i].shape, ins[i].dtype) for i in nums]
+        seed = np.zeros(out.size, entry["tape"].dtype)
+        for m in range(out.size):
+            seed[:] = 0
+            seed[m] = 1
+            out.backward(grad_output=seed.reshape(out.shape))
+            for r, i in zip(rows, nums):
+                r[m] = ins[i].grad
+        res = tuple(r.reshape(out.shape + ins[i].shape) for r, i in zip(rows, nums))
+        return res[0] if single else res
+    return jac
+
+
+jacrev = jacobian
+
+
+def hessian(f, argnums=0):
+    """``hessian(f)(*args)`` of a scalar ``f``: shape ``arg.shape + arg.shape`` (for a tuple
+    ``argnums``, a tuple of tuples of blocks, as ``jax.hessian``). The gradient is recorded
+    once (``gradients``); each row is one compiled reverse sweep through it."""
+    cache = {}
+
+    def build(nums):
+        def b(tape, ins, out):
+            if out.size != 1:
+                raise TapegradError(f"hessian: {getattr(f, '__name__', 'f')} must return a "
+                                    f"size-1 Var, got shape {out.shape}")
+            return {"grads": gradients(out, [ins[i] for i in nums])}
+        return b
+
+    def hess(*args):
+        single, nums = _argnums(argnums, len(args), "hessian")
+        tr = cache.get(nums)
+        if tr is None:
+            tr = cache[nums] = _Traced(f, set(nums), build(nums))
+        entry = tr(args)
+        ins, grads = entry["ins"], entry["grads"]
+        blocks = [[None] * len(nums) for _ in nums]
+        for a, g in enumerate(grads):
+            rows = [np.zeros((g.size,) + ins[j].shape, ins[j].dtype) for j in nums]
+            seed = np.zeros(g.size, entry["tape"].dtype)
+            for m in range(g.size):
+                seed[:] = 0
+                seed[m] = 1
+                g.backward(grad_output=seed.reshape(g.shape))
+                for r, j in zip(rows, nums):
+                    r[m] = ins[j].grad
+            for c, (r, j) in enumerate(zip(rows, nums)):
+                blocks[a][c] = r.reshape(ins[nums[a]].shape + ins[j].shape)
+        return blocks[0][0] if single else tuple(tuple(row) for row in blocks)
+    return hess
+
+
+def hvp(f, primals, tangents):
+    """``H(x) v`` of a scalar ``f`` at ``x = primals[0]`` along ``v = tangents[0]`` without
+    forming ``H``: the gradient is recorded once, then one compiled reverse sweep of
+    ``sum(grad * v)``. Returns an array shaped like ``primals[0]``."""
+    primals, tangents = tuple(primals), tuple(tangents)
+    if len(primals) != len(tangents):
+        raise TapegradError(f"hvp: {len(primals)} primals but {len(tangents)} tangents")
+    for i, (p, t) in enumerate(zip(primals, tangents)):
+        if np.shape(p) != np.shape(t):
+            raise ShapeError(f"hvp: tangent {i} has shape {np.shape(t)}, primal {np.shape(p)} "
+                             f"({user_site()})")
+    key = id(f)
+    tr = _HVP.get(key)
+    if tr is None or tr.f is not f:
+        def build(tape, ins, out):
+            if out.size != 1:
+                raise TapegradError(f"hvp: {getattr(f, '__name__', 'f')} must return a size-1 "
+                                    f"Var, got shape {out.shape}")
+            vs = [tape.input(f"tangent{i}", shape=x.shape) for i, x in enumerate(ins)]
+            gs = gradients(out, ins)
+            dot = tape.const(np.zeros(()))
+            for g, v in zip(gs, vs):
+                dot = dot + (g * v).sum()
+            return {"dot": dot}
+        tr = _HVP[key] = _Traced(f, set(range(len(primals))), build)
+        while len(_HVP) > 64:  # the recordings of the functions seen last
+            del _HVP[next(iter(_HVP))]
+    entry = tr(primals, feeds={f"tangent{i}": t for i, t in enumerate(tangents)})
+    entry["dot"].backward()
+    return entry["ins"][0].grad.copy()
+
+
+_HVP = {}  # id(f) -> its recordings (checked against f itself: ids are reused)
