@@ -32,6 +32,14 @@ from .gradcheck import gradcheck
 from .higher import gradients, hessian, hvp, jacobian, jacrev, vjp
 
 
+def __getattr__(name):
+    # tg.dist on first use: importing tapegrad never imports mpi4py (an optional extra)
+    if name == "dist":
+        import importlib
+        return importlib.import_module(".dist", __name__)
+    raise AttributeError(f"module 'tapegrad' has no attribute {name!r}")
+
+
 def param(value, name=None):
     """``tape.param`` on the tape of the enclosing ``with tape:`` block."""
     return current_tape("param").param(value, name=name)

@@ -5,10 +5,24 @@ Python validates the data once, packs every fed input's samples into one 2-D arr
 (row = sample, a block of columns per input) and draws the sample order; the compiled
 ``train_steps`` then runs a chunk of steps with no Python in between. Chunks are sized to
 take about a tenth of a second, so a progress bar can move and Ctrl-C stops after a whole
-chunk of whole steps (``_DeferSigint``). ``tg.fit`` holds the tape's lock for its whole run.
+chunk of whole steps (``_DeferSigint``); ``tg.fit`` holds the tape's lock for its whole run.
+With ``data=None`` nothing is gathered: every step replays the tape with
+the inputs it holds (full-batch training).
+
+A step is applied only when its loss and the gradients the optimizer reads are all finite;
+otherwise ``fit`` raises ``NonFiniteError`` naming the step, leaving the parameters and the
+optimizer state as after the last good step, and replays that step (inputs, then the forward
+sweep with ``check_finite``, then the reverse sweep cut short) to name the first bad op.
+
+With ``comm`` (``tapegrad.dist``) the same compiled loop sums the gradients of all ranks with
+one ``MPI_Allreduce`` over the parameter prefix ``[0, P)`` before the check and the
+optimizer. A rank that fails puts a NaN into its gradient before that Allreduce, so every rank
+sees the failure at the same step and no rank is left waiting in a collective.
 """
 import functools
+import hashlib
 import math
+import operator
 import os
 import signal
 import sys
@@ -17,20 +31,51 @@ import time
 
 import numpy as np
 
-from ._jit import drop_stale_cache, jit
-from .errors import FeedError, NonFiniteError, TapegradError
+from ._jit import drop_stale_cache, jit, kernel
+from .errors import BranchChanged, FeedError, NonFiniteError, ShapeError, TapegradError
+from .opcodes import N_IN, OP, OPS, OUT, X, Op
 from .optim import Optimizer, step_kernel
-from .sweep import OK, SOURCES, forward, reverse
+from .sweep import NON_FINITE, OK, SOURCES, forward, reverse
 
-LOSS_NOT_FINITE = 100
+LOSS_NOT_FINITE, GRAD_NOT_FINITE, MPI_FAILED = 100, 101, 102
+_MAX_COUNT = 1 << 30  # elements per MPI call (its count is a C int)
+
+
+@kernel
+def all_finite(a, starts, stops):
+    """No NaN/Inf in ``a[starts[r]:stops[r]]`` for any r (an or-reduction LLVM vectorises)."""
+    bad = False
+    for r in range(starts.shape[0]):
+        g = a[starts[r]:stops[r]]
+        for i in range(g.size):
+            bad |= g[i] - g[i] != 0  # x - x is NaN for NaN and +-Inf, 0 otherwise
+    return not bad
+
+
+@kernel
+def allreduce_prefix(allreduce, handles, grad, n):
+    """Sum ``grad[0:n]`` over the ranks in place; returns MPI's error code (0: success)."""
+    base = np.int64(grad.ctypes.data)
+    done = 0
+    while done < n:
+        m = min(n - done, _MAX_COUNT)
+        err = allreduce(handles[0], base + done * grad.itemsize, m, handles[1], handles[2],
+                        handles[3])
+        if err != 0:
+            return err
+        done += m
+    return 0
 
 
 @jit
 def train_steps(instr, imm, boff, bsize, val, grad, fmask, rmask, zero, loss_b, data, cols,
-                idx, batch, kind, starts, stops, state, hyper, t0, losses):
+                idx, batch, kind, starts, stops, state, hyper, t0, losses,
+                seed, n_params, nranks, allreduce, handles):
     """Run ``losses.size`` steps; step s uses samples ``idx[s*batch:(s+1)*batch]``; ``zero``
-    lists the gradient ranges the reverse sweep uses. Returns ``(status, instruction, steps
-    done)``."""
+    lists the gradient ranges the reverse sweep uses; the reverse sweep starts from ``seed``
+    (1/R for a mean over R ranks). With ``nranks > 1`` the gradient prefix ``[0, n_params)``
+    is summed over the ranks by ``allreduce`` (``tapegrad.dist.Link``). Returns
+    ``(status, instruction or MPI error code, steps done)``."""
     lo = boff[loss_b]
     for s in range(losses.shape[0]):
         for r in range(batch):
@@ -40,24 +85,32 @@ def train_steps(instr, imm, boff, bsize, val, grad, fmask, rmask, zero, loss_b, 
                 for q in range(f):
                     val[off + r * f + q] = data[row, c0 + q]
         status, k = forward(instr, imm, boff, bsize, val, fmask, False)
+        if status == OK:
+            losses[s] = val[lo]
+            if not math.isfinite(val[lo]):
+                status = LOSS_NOT_FINITE
+        if status == OK:
+            for r in range(zero.shape[0]):
+                grad[zero[r, 0]:zero[r, 1]] = 0
+            grad[lo] = seed
+            status, k = reverse(instr, imm, boff, bsize, val, grad, rmask)
+        if nranks > 1:
+            if status != OK:
+                grad[starts[0]] = np.nan  # so every rank stops at this step
+            err = allreduce_prefix(allreduce, handles, grad, n_params)
+            if err != 0:
+                return MPI_FAILED, err, s
         if status != OK:
             return status, k, s
-        losses[s] = val[lo]
-        if not math.isfinite(val[lo]):
-            return LOSS_NOT_FINITE, 0, s
-        for r in range(zero.shape[0]):
-            grad[zero[r, 0]:zero[r, 1]] = 0
-        grad[lo] = 1
-        status, k = reverse(instr, imm, boff, bsize, val, grad, rmask)
-        if status != OK:
-            return status, k, s
+        if not all_finite(grad, starts, stops):
+            return GRAD_NOT_FINITE, 0, s
         step_kernel(kind, val, grad, starts, stops, state, hyper, t0 + s + 1)
     return OK, 0, losses.shape[0]
 
 
-
 drop_stale_cache(train_steps, SOURCES + [__file__, os.path.join(os.path.dirname(__file__),
                                                                  "optim.py")])
+
 
 class _Order:
     """Sample indices: passes over the data, each shuffled (seeded) or in order."""
@@ -75,18 +128,50 @@ class _Order:
         return out
 
 
-def _pack(tape, data, batch_size):
-    """Validate ``data`` against the tape's inputs; return (packed array, column table)."""
+def _count(name, value, least):
+    """``value`` as an int >= ``least``; a float, a bool or anything else is an error."""
+    if isinstance(value, bool):
+        value = None
+    try:
+        v = operator.index(value)
+    except TypeError:
+        raise TapegradError(f"fit(): {name} must be an integer, got {value!r}") from None
+    if v < least:
+        raise TapegradError(f"fit(): need {name} >= {least}, got {v}")
+    return v
+
+
+def _needed_inputs(tape, fmask):
+    """Names of the inputs that the masked forward sweep reads (the tape is sealed)."""
+    rows = tape._instr[np.flatnonzero(fmask)]
+    n_in = N_IN[rows[:, OP]]
+    read = set(tape._base[np.concatenate([rows[n_in > j, X + j] for j in range(3)])].tolist())
+    return [name for name, b in tape._inputs.items() if b in read]
+
+
+def _pack(tape, data, batch_size, needed):
+    """Validate ``data`` against the tape's inputs; return (packed array, column table,
+    samples, batch size, names in column order)."""
     if not isinstance(data, dict) or not data:
-        raise FeedError("fit(): data must be a non-empty dict of input name -> array")
-    n = None
-    blocks, cols, c0 = [], [], 0
-    for name, arr in data.items():
+        raise FeedError("fit(): data must be a non-empty dict of input name -> array, or None "
+                        "to replay the inputs the tape holds")
+    for name in data:
         if name not in tape._inputs:
             known = ", ".join(sorted(tape._inputs)) or "none"
             raise FeedError(f"fit(): unknown input {name!r} (inputs: {known})")
+    missing = [name for name in needed if name not in data and tape._inputs[name] in tape._unfed]
+    if missing:
+        raise FeedError(f"fit(): the loss needs input {missing[0]!r}, which is not in data "
+                        f"and was never fed nor given a value (recorded at "
+                        f"{tape._bsrc(tape._inputs[missing[0]])}; data has: "
+                        f"{', '.join(data)})")
+    n = None
+    blocks, cols, c0 = [], [], 0
+    for name, arr in data.items():
         b = tape._inputs[name]
         shape = tape._shape[b]
+        if batch_size is None:
+            batch_size = shape[0] if shape else 0
         if not shape or shape[0] != batch_size:
             raise FeedError(f"fit(): input {name!r} was recorded with shape {shape}; its first "
                             f"axis must be batch_size={batch_size}")
@@ -102,7 +187,8 @@ def _pack(tape, data, batch_size):
         blocks.append(a.reshape(n, f).astype(tape.dtype))
         cols.append((int(tape._boff[b]), c0, f))
         c0 += f
-    return np.ascontiguousarray(np.concatenate(blocks, axis=1)), np.array(cols, np.int64), n
+    return (np.ascontiguousarray(np.concatenate(blocks, axis=1)), np.array(cols, np.int64), n,
+            batch_size, list(data))
 
 
 class _Bar:
@@ -137,6 +223,15 @@ class _Bar:
             self.bar.close()
         elif self.enabled:
             sys.stderr.write("\n")
+
+
+class _Alone:
+    """The communicator of a process training alone: the compiled loop never calls MPI."""
+    nranks, rank = 1, 0
+
+    def __init__(self):
+        from .dist import NO_HANDLES, NOOP
+        self.allreduce, self.handles = NOOP, NO_HANDLES
 
 
 class _DeferSigint:
@@ -175,62 +270,287 @@ def _locked(fn):
 
 
 @_locked
-def fit(loss, opt, data, batch_size, steps, shuffle=True, seed=0, progress=None):
+def fit(loss, opt, data=None, batch_size=None, steps=None, shuffle=True, seed=0,
+        progress=None, comm=None, reduce="mean"):
     """Train for ``steps`` steps inside compiled code; returns the per-step losses.
 
     ``data``: dict input name -> array whose first axis is the samples; each step feeds
-    ``batch_size`` of them (the inputs' recorded first axis). Each call starts a fresh pass
-    over the data, shuffled with ``seed`` when ``shuffle`` is true, wrapping around as needed.
+    ``batch_size`` of them (default and requirement: the inputs' recorded first axis). Each
+    call starts a fresh pass over the data, shuffled with ``seed`` when ``shuffle`` is true,
+    wrapping around as needed. ``data=None``: full batch, every step replays the tape with
+    the inputs it holds. A NaN/Inf loss or gradient raises ``NonFiniteError`` naming the step
+    and the first bad op; the parameters and optimizer state stay as after the last good step
+    (the losses so far are the exception's ``history``).
+
+    ``comm`` (an mpi4py communicator, see ``tapegrad.dist``): data-parallel training. Every
+    rank passes the same arguments; each step draws a global batch of ``R * batch_size``
+    samples and rank r takes the r-th slice; the gradients are summed over the ranks, divided
+    by R (``reduce="mean"``, a mean loss over equal shards) or not (``"sum"``); the history is
+    the same reduction of the ranks' losses.
+
     Ctrl-C stops it after the current chunk (about 0.1 s) of whole steps: it returns the
-    losses of the steps applied, and ``opt.t`` counts exactly those.
+    losses of the steps applied, and ``opt.t`` counts exactly those (alone; on several ranks
+    Ctrl-C raises, and mpi4py ends the job).
 
     >>> hist = tg.fit(loss, opt, {"x": X, "y": Y}, batch_size=32, steps=1000)  # doctest: +SKIP
     """
     from .var import Var
     if not isinstance(loss, Var) or loss.size != 1:
         raise TapegradError("fit(): loss must be a Var of size 1")
-    if not isinstance(opt, Optimizer) or opt.tape is not loss.tape:
-        raise TapegradError("fit(): opt must be a tg.optim optimizer of the loss's tape")
-    steps, batch_size = int(steps), int(batch_size)
-    if steps < 0 or batch_size < 1:
-        raise TapegradError(f"fit(): need steps >= 0 and batch_size >= 1, got {steps}, "
-                            f"{batch_size}")
     tape = loss.tape
-    tape._seal()
-    packed, cols, n = _pack(tape, data, batch_size)
-    fmask = tape._forward_mask([loss._b])
+    if comm is None:
+        link = _Alone()
+    else:
+        from .dist import Link
+        link = Link(comm, tape.dtype)
+    R, rank = link.nranks, link.rank
+    try:
+        steps, batch, packed, cols, n, names, fmask = _prepare(loss, opt, data, batch_size,
+                                                               steps, reduce)
+        problem = None
+    except TapegradError as e:
+        if R == 1:
+            raise
+        problem, steps, batch, n = e, None, None, None
+    if R > 1:  # every rank raises the same error, or none does
+        seed = _agree(link, problem, tape, opt, steps, batch, n, shuffle, seed, reduce)
     rmask = tape._reverse_mask(loss._b)
     zero = tape._grad_ranges(rmask)
-    tape._grad[:] = 0  # afterwards every .grad is that of the last step
     starts, stops = opt.ranges()
+    weight = 1.0 / R if reduce == "mean" else 1.0
+    tape._grad[:] = 0  # afterwards every .grad is that of the last step
     order = _Order(n, shuffle, seed)
     losses = np.full(steps, np.nan)
-    bar = _Bar(steps, sys.stderr.isatty() if progress is None else bool(progress))
+    bar = _Bar(steps, rank == 0 and (sys.stderr.isatty() if progress is None else bool(progress)))
     done, chunk = 0, 1
-    sigint = _DeferSigint()
+    sigint = _DeferSigint() if R == 1 else None
     try:
-        while done < steps and not sigint.hit:
+        while done < steps and not (sigint and sigint.hit):
             m = min(chunk, steps - done)
+            ids = order.take(m * R * batch).reshape(m, R, batch)[:, rank].ravel()
             t = time.perf_counter()
             status, k, ran = train_steps(
                 tape._instr, tape._imm, tape._boff, tape._bsize, tape._val, tape._grad, fmask,
-                rmask, zero, loss._b, packed, cols, order.take(m * batch_size), batch_size, opt.kind,
-                starts, stops, opt.state, opt.hyper, opt.t, losses[done:done + m])
+                rmask, zero, loss._b, packed, cols, ids, batch, opt.kind, starts, stops,
+                opt.state, opt.hyper, opt.t, losses[done:done + m], weight, tape._n_params,
+                R, link.allreduce, link.handles)
+            dt = time.perf_counter() - t
+            nxt = max(1, min(chunk * 4, int(chunk * 0.1 / dt) if dt > 0 else chunk * 4))
+            if R > 1:
+                nxt = _reduce_losses(link, losses[done:done + ran], weight, nxt)
             opt.t += ran
             done += ran
-            if status == LOSS_NOT_FINITE:
-                raise NonFiniteError(f"fit(): the loss became {losses[done]} at step {done} "
-                                     f"(0-based; steps before it are applied)")
             if status != OK:
-                raise tape._failed(status, k, "values", "grads")
+                step_ids = ids[ran * batch:(ran + 1) * batch]
+                err = _failure(link, tape, loss, fmask, rmask, zero, weight, status, k, done,
+                               names, step_ids, losses)
+                for what in ("values", "grads"):  # half-done: forward / backward first
+                    tape._broken[what] = f"{type(err).__name__}: {err}"
+                raise err
             bar.update(ran, losses[done - 1])
-            dt = time.perf_counter() - t
-            chunk = max(1, min(chunk * 4, int(chunk * 0.1 / dt) if dt > 0 else chunk * 4))
-    except KeyboardInterrupt:  # a handler other than Python's raised it
+            chunk = nxt
+    except KeyboardInterrupt:  # several ranks, or a handler other than Python's raised it
+        if R > 1:  # the other ranks cannot be told: let mpi4py abort the job
+            raise
         losses = losses[:done]
     finally:
-        sigint.restore()
         bar.close()
+        if sigint is not None:
+            sigint.restore()
     if done:
         tape._broken.clear()  # every step replayed both sweeps whole
-    return losses[:done] if sigint.hit else losses
+        for name in data or ():  # they now hold the last batch
+            tape._unfed.discard(tape._inputs[name])
+    return losses[:done] if sigint is not None and sigint.hit else losses
+
+
+def _prepare(loss, opt, data, batch_size, steps, reduce):
+    """Validate the arguments; return (steps, batch, packed data, column table, samples,
+    input names in column order, forward mask)."""
+    if not isinstance(opt, Optimizer) or opt.tape is not loss.tape:
+        raise TapegradError("fit(): opt must be a tg.optim optimizer of the loss's tape")
+    if steps is None:
+        raise TapegradError("fit(): steps= is required")
+    steps = _count("steps", steps, 0)
+    if batch_size is not None:
+        batch_size = _count("batch_size", batch_size, 1)
+    if reduce not in ("mean", "sum"):
+        raise TapegradError(f"fit(): reduce must be 'mean' or 'sum', got {reduce!r}")
+    tape = loss.tape
+    tape._seal()
+    fmask = tape._forward_mask([loss._b])
+    needed = _needed_inputs(tape, fmask)
+    if data is not None:
+        packed, cols, n, batch, names = _pack(tape, data, batch_size, needed)
+        return steps, batch, packed, cols, n, names, fmask
+    if batch_size is not None:
+        raise TapegradError("fit(): batch_size needs data; with data=None every step "
+                            "replays the inputs the tape holds")
+    unfed = [name for name in needed if tape._inputs[name] in tape._unfed]
+    if unfed:
+        raise FeedError(f"fit(data=None): the loss needs input {unfed[0]!r}, which was "
+                        f"never fed nor given a value (recorded at "
+                        f"{tape._bsrc(tape._inputs[unfed[0]])}): feed it with "
+                        f"tape.forward({unfed[0]}=...) or pass data")
+    return (steps, 0, np.zeros((0, 0), tape.dtype), np.zeros((0, 3), np.int64), 0, [],
+            fmask)
+
+
+# ------------------------------------------------------------------ many ranks
+_KINDS = {c.__name__: c for c in (NonFiniteError, FeedError, ShapeError, BranchChanged,
+                                  TapegradError)}
+
+
+def _same_error(every, key):
+    """The error reported by the lowest rank that has one, raised on every rank."""
+    rank = next(r for r, e in enumerate(every) if e[key] is not None)
+    name, text = every[rank][key]
+    return _KINDS.get(name, TapegradError)(f"{text} [on rank {rank} of {len(every)}]")
+
+
+def _agree(link, problem, tape, opt, steps, batch, n, shuffle, seed, reduce):
+    """Check that no rank found a problem in its arguments and that every rank runs the same
+    training (else the collectives would not match and a rank would wait forever). Returns
+    the seed: a ``seed`` of None (on every rank) becomes a fresh one drawn by rank 0."""
+    comm = link.comm
+    if problem is not None:
+        raise _same_error(comm.allgather({"error": (type(problem).__name__, str(problem))}),
+                          "error")
+    P = tape._n_params
+    digest = hashlib.blake2b(tape._val[:P].tobytes(), digest_size=16)
+    digest.update(opt.state.tobytes())
+    digest.update(opt.hyper.tobytes())
+    mine = {"error": None, "steps": steps, "batch_size": batch, "samples": n,
+            "shuffle": bool(shuffle), "seed": repr(seed), "reduce": reduce,
+            "parameter elements": P, "dtype": str(tape.dtype), "instructions": len(tape),
+            "optimizer": type(opt).__name__, "optimizer step count": opt.t,
+            "parameter values and optimizer state": digest.hexdigest()}
+    if seed is None and link.rank == 0:
+        mine["fresh seed"] = int(np.random.SeedSequence().entropy)
+    every = comm.allgather(mine)
+    if any(e["error"] is not None for e in every):
+        raise _same_error(every, "error")
+    for key in mine:
+        ranks = [r for r in range(link.nranks) if every[r].get(key) != every[0][key]]
+        if ranks and key != "fresh seed":
+            hint = ("; call tg.dist.broadcast_params(tape, comm) before training"
+                    if key.startswith("parameter values") else "")
+            raise TapegradError(f"fit(comm=...): ranks disagree on {key}: rank 0 has "
+                                f"{every[0][key]!r}, rank {ranks[0]} has "
+                                f"{every[ranks[0]][key]!r}{hint}")
+    return every[0].get("fresh seed", seed)
+
+
+def _reduce_losses(link, losses, weight, proposal):
+    """One Allreduce for the chunk: the ranks' weighted losses (in place) and their proposed
+    next chunk sizes, whose mean every rank then takes (the chunks must match)."""
+    from .dist import _mpi
+    MPI = _mpi()
+    buf = np.empty(losses.size + 1)
+    buf[:-1] = losses * weight
+    buf[-1] = proposal
+    link.comm.Allreduce(MPI.IN_PLACE, buf, op=MPI.SUM)
+    losses[:] = buf[:-1]
+    return max(1, int(buf[-1] / link.nranks))
+
+
+# ------------------------------------------------------------------ explaining a failed step
+def _failure(link, tape, loss, fmask, rmask, zero, weight, status, k, step, names, rows,
+             losses):
+    """The exception for a failed step (the same on every rank): this rank's own explanation,
+    or that of the lowest rank which found a cause in its shard."""
+    if status == MPI_FAILED:
+        err = TapegradError(f"fit(): MPI_Allreduce returned error code {k} at step {step}")
+        err.history = losses[:step]
+        return err
+    cls, text, cause = NonFiniteError, None, True
+    if status in (LOSS_NOT_FINITE, GRAD_NOT_FINITE):
+        text, cause = _explain_non_finite(tape, loss, fmask, rmask, zero, weight, names, rows)
+    else:
+        e = tape._status_error(status, k)
+        cls, text = type(e), str(e)
+    if link.nranks > 1:
+        every = link.comm.allgather((cause, cls.__name__, text))
+        rank = next((r for r, (c, _, _) in enumerate(every) if c), None)
+        if rank is None:
+            cls, text = NonFiniteError, (f"the gradient summed over the {link.nranks} ranks is "
+                                         f"NaN/Inf, though no rank's own gradient is")
+        else:
+            cls = _KINDS.get(every[rank][1], TapegradError)
+            text = every[rank][2] + f" [on rank {rank} of {link.nranks}]"
+    if step:
+        done = (f"the {step} step{'s' if step > 1 else ''} before it applied; parameters and "
+                f"optimizer state are as after {'them' if step > 1 else 'it'}")
+    else:
+        done = "no step was applied; parameters and optimizer state are unchanged"
+    err = cls(f"fit(): stopped at step {step} (0-based; {done}): {text}")
+    err.history = losses[:step]
+    return err
+
+
+def _explain_non_finite(tape, loss, fmask, rmask, zero, weight, names, rows):
+    """Replay the failed step on this rank (the arena still holds its inputs and the
+    parameters before it): which input holds NaN/Inf, the first op whose value is NaN/Inf,
+    or else the first op of the reverse sweep whose gradient is. Returns (text, whether this
+    rank's shard is the cause)."""
+    from . import sweep
+    val = tape._val
+    lo = int(tape._boff[loss._b])
+    parts = []
+    if not math.isfinite(val[lo]):
+        parts.append(f"the loss is {val[lo]}")
+    fed = set(names)
+    for name in _needed_inputs(tape, fmask):
+        v = tape._view(val, tape._inputs[name])
+        bad = np.argwhere(~np.isfinite(v))
+        if bad.size:
+            i = tuple(int(j) for j in bad[0])
+            where = f"input {name!r} holds {v[i]} at index {i}"
+            if name in fed and len(i) and rows.size:
+                where += f" (data[{name!r}] row {int(rows[i[0]])})"
+            parts.append(where)
+    s, k = sweep.forward(tape._instr, tape._imm, tape._boff, tape._bsize, val, fmask, True)
+    if s == NON_FINITE:
+        parts.append("first op to produce NaN/Inf: " + str(tape._status_error(s, k)))
+    elif not parts:
+        k = _first_bad_gradient(tape, loss, rmask, zero, weight)
+        if k is not None:
+            op = OPS[Op(int(tape._instr[k, OP]))].name
+            params = [p.name or f"%{p._b}" for p in tape.params if not np.isfinite(p.grad).all()]
+            parts.append(f"the gradient is NaN/Inf (loss {val[lo]}): the reverse sweep of "
+                         f"{op} -> %{int(tape._instr[k, OUT])} (recorded at {tape._site(k)}) "
+                         f"is the first to produce it" +
+                         (f"; parameters with NaN/Inf gradients: {', '.join(params)}"
+                          if params else ""))
+    if not parts:
+        return "the gradient is NaN/Inf", False
+    return "; ".join(parts), True
+
+
+def _first_bad_gradient(tape, loss, rmask, zero, weight):
+    """The first instruction, in reverse-sweep order, after which the gradient arena holds a
+    NaN/Inf: found by bisection over reverse sweeps cut short (gradients only accumulate, so
+    once non-finite they stay so). None if the full reverse sweep is finite."""
+    from . import sweep
+    grad, lo = tape._grad, int(tape._boff[loss._b])
+
+    def bad_after(j):  # run the reverse sweep over instructions n-1 .. j
+        mask = rmask.copy()
+        mask[:j] = 0
+        for a, b in zero:
+            grad[a:b] = 0
+        grad[lo] = weight
+        sweep.reverse(tape._instr, tape._imm, tape._boff, tape._bsize, tape._val, grad, mask)
+        return any(not np.isfinite(grad[a:b]).all() for a, b in zero)
+
+    if not bad_after(0):
+        return None
+    lo_j, hi_j = 0, len(tape)  # bad_after(lo_j) holds; bad_after(len) does not
+    while hi_j - lo_j > 1:
+        mid = (lo_j + hi_j) // 2
+        if bad_after(mid):
+            lo_j = mid
+        else:
+            hi_j = mid
+    bad_after(0)  # leave the step's full gradient in the arena
+    return lo_j

@@ -164,6 +164,7 @@ class Tape:
                                   # gradient (depends on a param or a requires_grad input)
         self.lock = threading.RLock()  # held by every replay; hold it to make several atomic
         self._broken = {}         # "values"/"grads" -> error of the replay that left them half-done
+        self._unfed = set()       # inputs never fed nor given a value (tg.fit refuses them)
 
     # ------------------------------------------------------------------ leaves
     def param(self, value, name=None):
@@ -193,6 +194,8 @@ class Tape:
             raise TapegradError(f"input {name!r} needs shape= or value= ({user_site()})")
         shape = _check_shape(shape, f"input {name!r}")
         b = self._new_buffer(shape, INPUT, name, value=value)
+        if value is None:
+            self._unfed.add(b)
         self._inputs[name] = b
         if requires_grad:
             self._requires_grad.add(b)
@@ -550,6 +553,8 @@ class Tape:
             else:
                 mask = self._forward_mask([self._own(v, "forward(outputs=...)")._b
                                            for v in outputs])
+            if self._unfed:
+                self._refuse_unfed("forward()", mask)
             status, k = _sweep.forward(self._instr, self._imm, self._boff, self._bsize,
                                       self._val, mask, bool(check_finite))
             if status:
@@ -573,6 +578,22 @@ class Tape:
             checked.append((b, self.check_feed(name, value)))
         for b, a in checked:
             self._store(b, a)
+            self._unfed.discard(b)
+
+    def _refuse_unfed(self, what, mask):
+        """FeedError if an instruction of ``mask`` reads an input never fed nor given a
+        value (a replay would run on its zeros)."""
+        rows = self._instr[mask != 0]
+        n_in = N_IN[rows[:, OP]]
+        read = self._base[np.concatenate([rows[n_in > j, X + j] for j in range(3)])]
+        unfed = [b for b in self._unfed if np.any(read == b)]
+        if not unfed:
+            return
+        names = sorted(n for n, b in self._inputs.items() if b in unfed)
+        raise FeedError(f"{what}: input{'s' if len(names) > 1 else ''} "
+                        f"{', '.join(map(repr, names))} {'were' if len(names) > 1 else 'was'} "
+                        f"never fed nor given a value: feed it (tape.forward({names[0]}=...)) "
+                        f"or give value= when recording")
 
     def check_feed(self, name, value, batch_axis=False):
         """The feed ``value`` for input ``name`` as an array, or ``FeedError`` saying why."""
@@ -608,6 +629,8 @@ class Tape:
     def _backward_locked(self, var, grad_output):
         self._seal()
         b = var._b
+        if self._unfed:
+            self._refuse_unfed("backward()", self._forward_mask([b]))
         if grad_output is None:
             if self._bsize[b] != 1:
                 raise TapegradError(f"backward() of {var._describe()} needs grad_output: only "

@@ -45,7 +45,8 @@ def has_module(name):
 def test_every_example_is_tested():
     tested = {"seed_mlp.py", "neuron.py", "ols.py", "mlp_vs_torch.py", "digits.py",
               "rnn_sincos.py", "grad_of_target.py", "replay_speed.py", "newton_rosenbrock.py",
-              "tanh_derivatives.py"}
+              "tanh_derivatives.py",
+              "data_parallel.py"}  # data_parallel.py: in test_dist.py (needs MPI)
     assert {p.name for p in EXAMPLES.glob("*.py")} == tested
     readme = (EXAMPLES / "README.md").read_text()
     for name in tested:

@@ -63,3 +63,23 @@ def test_grad_exists_only_where_a_gradient_does():
     s = h2.sum()
     s.backward()
     np.testing.assert_allclose(h2.grad, [1.0, 1.0])
+
+
+def test_replaying_an_input_never_fed_is_a_feed_error():
+    tape = tg.Tape()
+    x = tape.input("x", shape=(3,))
+    y = tape.input("y", shape=(3,))
+    w = tape.param(np.ones(3))
+    loss = ((w * x) ** 2).sum()
+    other = (y * 2.0).sum()
+    with pytest.raises(tg.FeedError, match="'x'.*never fed"):
+        loss.backward()
+    with pytest.raises(tg.FeedError, match="never fed"):
+        tape.forward()
+    tape.forward(outputs=[loss], x=np.ones(3))   # y is not needed for loss
+    loss.backward()
+    np.testing.assert_allclose(w.grad, 2.0)
+    with pytest.raises(tg.FeedError, match="'y'"):
+        tape.forward(outputs=[other])
+    tape.forward(y=np.arange(3.0))
+    assert other.item() == 6.0
