@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -42,6 +43,12 @@ def test_bench_quick_runs_and_writes_outputs(tmp_path):
     # every engine computed the same gradients of micrograd's graph
     assert all(d < 1e-12 for d in fresh["check_rel_diff"].values()), fresh
     assert "recording: chains of scalar instructions" in out
+    pinn = report["pinn-oscillator"]
+    assert pinn["median_s"]["tg-fit"] > 0 and pinn["instructions"] > 0
+    first = pinn["first_losses"]
+    for engine in ("tg-fit", "torch", "jax-jit"):  # the same start: the same first losses
+        if engine in first:
+            np.testing.assert_allclose(first[engine], first["tg-loop"], rtol=1e-8)
     try:
         import matplotlib  # noqa: F401
     except ImportError:

@@ -21,8 +21,8 @@ def _env():
     return env
 
 
-def run_example(name, tmp_path, timeout=300):
-    proc = subprocess.run([sys.executable, str(EXAMPLES / name)], cwd=tmp_path, env=_env(),
+def run_example(name, tmp_path, timeout=300, args=()):
+    proc = subprocess.run([sys.executable, str(EXAMPLES / name), *args], cwd=tmp_path, env=_env(),
                           capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, f"{name} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
     return proc.stdout
@@ -45,7 +45,7 @@ def has_module(name):
 def test_every_example_is_tested():
     tested = {"seed_mlp.py", "neuron.py", "ols.py", "mlp_vs_torch.py", "digits.py",
               "rnn_sincos.py", "grad_of_target.py", "replay_speed.py", "newton_rosenbrock.py",
-              "tanh_derivatives.py",
+              "tanh_derivatives.py", "pinn_oscillator.py",
               "data_parallel.py"}  # data_parallel.py: in test_dist.py (needs MPI)
     assert {p.name for p in EXAMPLES.glob("*.py")} == tested
     readme = (EXAMPLES / "README.md").read_text()
@@ -67,6 +67,15 @@ def test_tanh_derivatives(tmp_path):
                       out) < 1e-12
     if has_module("matplotlib"):
         assert (tmp_path / "tanh_derivatives.png").is_file()
+
+
+def test_pinn_oscillator(tmp_path):
+    out = run_example("pinn_oscillator.py", tmp_path, args=("--steps", "1500"))
+    start, end = map(float, re.search(r"loss ([0-9.e+-]+) -> ([0-9.e+-]+)", out).groups())
+    assert end < 0.1 * start
+    assert number(r"rms error against the exact solution on 200 points: ([0-9.]+)", out) < 0.5
+    if has_module("matplotlib"):
+        assert (tmp_path / "pinn_oscillator.png").is_file()
 
 
 def test_replay_speed(tmp_path):

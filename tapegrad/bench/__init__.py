@@ -12,6 +12,9 @@ installed, side by side in one process:
   recorded instruction, sealing, bytes per instruction at 10^3 ... 10^6 instructions, and
   record + forward + backward of a fresh tape against micrograd, ``pyobj`` and PyTorch on
   micrograd's ``test_more_ops`` graph and on the scalar graph.
+* **pinn-oscillator** -- the damped-oscillator PINN (``tapegrad.bench.pinn``): a training step
+  needs u', u'' and the weight gradient of their residual (third-order mixed derivatives);
+  ``tg.fit`` and the Python loop against PyTorch (``create_graph=True``) and JAX jit.
 * **scalar-graph** -- the graph of ``shared/anchors/scalar_graph_tape.c``: 100 leaves i/100,
   then operations cycling through softplus(node[-10]), sum(nodes[-30:-10:5]),
   node[-20]*node[-10] and softmax(nodes[-4:]) (4 new nodes); one forward and one reverse
@@ -222,12 +225,15 @@ def main(argv=None):
         cold = first_step_subprocess(cold=True)
     shutil.rmtree(exe_dir, ignore_errors=True)
 
-    # ------------------------------------------------------------------ recording
+    # ------------------------------------------------------------------ recording, pinn
+    from .pinn import run as run_pinn
     from .recording import run as run_recording
     recording = run_recording(args.quick)
+    pinn = run_pinn(args.quick, skip)
 
     report = _report(B, refs, info, warm, cold, versions, args, time.time() - t_start)
     report["recording"] = recording
+    report["pinn-oscillator"] = pinn
     with open(os.path.join(args.out, "bench.json"), "w") as f:
         json.dump(report, f, indent=1)
     png = _plot(report, os.path.join(args.out, "bench.png"))
