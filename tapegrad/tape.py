@@ -45,8 +45,8 @@ RESERVED_INPUT_NAMES = ("outputs", "check_finite")  # tape.forward's own keyword
 FLUSH_EVERY = 4096           # pending instructions evaluated together
 MAX_BUFFER_ELEMENTS = 2 ** 31 - 1  # attributes that describe sizes are int32
 _INT32 = 2 ** 31
-_EAGER = frozenset((int(Op.CROSS_ENTROPY),))  # ops whose forward can fail: evaluated at once
-_NO_FOLD = frozenset((int(Op.GUARD),))
+_CROSS_ENTROPY = int(Op.CROSS_ENTROPY)  # the op whose forward can fail: evaluated at once
+_GUARD = int(Op.GUARD)                  # never folded
 _PAD_IN = ((-1, -1, -1), (-1, -1), (-1,), ())
 _SIZES = {(): 1}             # shape -> number of elements, for shapes already seen
 
@@ -118,12 +118,11 @@ class Tape:
         dtype = np.dtype(dtype)
         if dtype not in (np.float64, np.float32):
             raise TapegradError(f"Tape(dtype={dtype}): only float64 and float32 are supported")
-        if seed is None:
-            seed = int(np.random.SeedSequence().entropy) & (2 ** 62 - 1)
-        elif not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2 ** 62:
+        if seed is not None and (not isinstance(seed, (int, np.integer))
+                                 or not 0 <= seed < 2 ** 62):
             raise TapegradError(f"Tape(seed={seed!r}): the seed must be an int in [0, 2**62)")
         self.dtype = dtype
-        self.seed = int(seed)     # of the random draws (tg.random, tg.dropout)
+        self._seed = None if seed is None else int(seed)  # see the seed property
         self._rng = None          # the draws' counter buffer, made with the first draw
         self._rng_draws = 0       # draws recorded (each is its own stream)
         self._f32 = dtype == np.float32
@@ -165,6 +164,18 @@ class Tape:
         self.lock = threading.RLock()  # held by every replay; hold it to make several atomic
         self._broken = {}         # "values"/"grads" -> error of the replay that left them half-done
         self._unfed = set()       # inputs never fed nor given a value (tg.fit refuses them)
+
+    @property
+    def seed(self):
+        """The seed of the tape's random draws (``tg.random``, ``tg.dropout``): the one given
+        to ``Tape(seed=...)``, else drawn from the OS's entropy when first needed."""
+        if self._seed is None:
+            self._seed = int(np.random.SeedSequence().entropy) & (2 ** 62 - 1)
+        return self._seed
+
+    @seed.setter
+    def seed(self, value):
+        self._seed = int(value)
 
     # ------------------------------------------------------------------ leaves
     def param(self, value, name=None):
@@ -327,7 +338,6 @@ class Tape:
         the next block (``_flush``); callers validate shapes first: nothing is appended for
         an op that raises. An op of constants only is folded: evaluated now and its output
         becomes a constant, with no instruction left on the tape."""
-        op = int(op)  # a plain int: Op members hash (and convert) in Python code
         site = site_id()
         if attrs:
             for a in attrs:
@@ -336,27 +346,30 @@ class Tape:
                                      f"(shapes too large) ({user_site()})")
         kinds = self._kind
         if out is None:  # a new temporary: _new_buffer inlined, this is the hot path
-            if type(shape) is not tuple:
-                shape = tuple(shape)
-            size = _SIZES.get(shape)
+            size = _SIZES.get(shape) if type(shape) is tuple else None
             if size is None:
+                shape = tuple(shape)
                 size = _size(shape, OPS[op].name)
             off = self._used
-            used = off + size
-            if used > self._cap:
-                self._grow_arena(used, shape)
-            self._used = used
+            if off + size > self._cap:
+                self._grow_arena(off + size, shape)
+            self._used = off + size
             out = self._nbuf
-            self._pbuf += (off, size, site)
             self._nbuf = out + 1
+            self._pbuf += (off, size, site)
             self._shape.append(shape)
             kinds.append(TEMP)
             self._last_kind = TEMP
-            fold = (kinds[inputs[0]] == CONST and op not in _NO_FOLD
+            # (op compares as an int: an Op member would hash in Python code in a set test)
+            fold = (kinds[inputs[0]] == CONST and op != _GUARD
                     and all(kinds[b] == CONST for b in inputs))
         else:
             fold = False
-        self._prow += (op, out) + tuple(inputs) + _PAD_IN[len(inputs)]
+        n_in = len(inputs)
+        if n_in == 1:
+            self._prow += (op, out, inputs[0], -1, -1)
+        else:
+            self._prow += (op, out) + tuple(inputs) + _PAD_IN[n_in]
         self._psite.append(site)
         self._pimm.append(imm)
         if attrs:
@@ -364,7 +377,7 @@ class Tape:
         self._n += 1
         if self._sealed:
             self._dirty()
-        if fold or op in _EAGER or len(self._psite) >= FLUSH_EVERY:
+        if fold or op == _CROSS_ENTROPY or len(self._psite) >= FLUSH_EVERY:
             k = self._n - 1
             status, at = self._flush(check=True)
             if status:

@@ -48,8 +48,12 @@ def _binary(op, x, y, name, right=None, left=None, negate=False):
             shape = tape._shape[x._b]
             if y.tape is tape and tape._shape[y._b] == shape:  # the common case: same shape
                 return Var(tape, tape._emit(op, (x._b, y._b), shape))
-        elif right is not None and ty in immediate.SCALARS:
-            return immediate.record(right, x, -float(y) if negate else y)
+        elif right is not None and ty in immediate.SCALARS:  # immediate.record, inlined
+            tape = x.tape
+            c = -float(y) if negate else float(y)
+            if tape._f32:
+                c = float(np.float32(c))
+            return Var(tape, tape._emit(right, (x._b,), tape._shape[x._b], imm=c))
     elif left is not None and ty is Var and tx in immediate.SCALARS:
         return immediate.record(left, y, x)
     tape, (x, y) = vars_of([x, y], name)
