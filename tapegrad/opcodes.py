@@ -50,26 +50,28 @@ class Op(IntEnum):
     GE = 21
     LT = 22
     LE = 23
+    EQ = 24
+    NE = 25
     # ternary: ans[i] = x[i] != 0 ? y[i] : z[i]
-    WHERE = 24
+    WHERE = 26
     # data movement on an (A, n, B) view of the output or input
-    EXPAND = 25      # (A, B) -> (A, n, B)
-    SLICE = 26       # (A, n, B) -> (A, count, B): rows start, start+step, ...
-    PLACE = 27       # writes x (A, count, B) into out (A, n, B) at rows start.. (concatenate)
-    TRANSPOSE = 28   # (A, M, N, B) -> (A, N, M, B)
+    EXPAND = 27      # (A, B) -> (A, n, B)
+    SLICE = 28       # (A, n, B) -> (A, count, B): rows start, start+step, ...
+    PLACE = 29       # writes x (A, count, B) into out (A, n, B) at rows start.. (concatenate)
+    TRANSPOSE = 30   # (A, M, N, B) -> (A, N, M, B)
     # reductions over the middle axis of an (A, n, B) view
-    SUM = 29         # -> (A, B)
-    MAX = 30         # -> (A, B); gradient split equally between ties
-    LOGSUMEXP = 31   # -> (A, B)
-    SOFTMAX = 32     # -> (A, n, B)
-    LOG_SOFTMAX = 33 # -> (A, n, B)
+    SUM = 31         # -> (A, B)
+    MAX = 32         # -> (A, B); ties share the gradient; a nan maximum: nan gradient
+    LOGSUMEXP = 33   # -> (A, B)
+    SOFTMAX = 34     # -> (A, n, B)
+    LOG_SOFTMAX = 35 # -> (A, n, B)
     # linear algebra
-    MATMUL = 34      # batch of (M, K) @ (K, N); A0..A5 = batch, M, K, N, sx, sy
+    MATMUL = 36      # batch of (M, K) @ (K, N); A0..A5 = batch, M, K, N, sx, sy
     # losses
-    CROSS_ENTROPY = 35  # x (N, C) logits, y (N,) labels stored as floats -> (N,) losses
+    CROSS_ENTROPY = 37  # x (N, C) logits, y (N,) labels stored as floats -> (N,) losses
     # control
-    GUARD = 36       # checks (x[0] != 0) == A0 on replay; no value, no gradient
-    N_OPS = 37       # sentinel: the number of opcodes
+    GUARD = 38       # checks (x[0] != 0) == A0 on replay; no value, no gradient
+    N_OPS = 39       # sentinel: the number of opcodes
 
 
 class OpSpec(NamedTuple):
@@ -104,6 +106,8 @@ OPS = {
     Op.GE: OpSpec("ge", 2, "", False),
     Op.LT: OpSpec("lt", 2, "", False),
     Op.LE: OpSpec("le", 2, "", False),
+    Op.EQ: OpSpec("eq", 2, "", False),
+    Op.NE: OpSpec("ne", 2, "", False),
     Op.WHERE: OpSpec("where", 3, ""),
     Op.EXPAND: OpSpec("expand", 1, "A n B"),
     Op.SLICE: OpSpec("slice", 1, "A n B start step count"),

@@ -11,7 +11,7 @@ from .errors import TapeFormatError
 from .opcodes import A0, N_ATTRS, OP, OPS, OUT, WIDTH, X, Op
 
 _UNARY = set(range(Op.NEG, Op.POWC + 1))
-_BINARY = set(range(Op.ADD, Op.LE + 1))
+_BINARY = set(range(Op.ADD, Op.NE + 1))
 _REDUCE = {Op.SUM, Op.MAX, Op.LOGSUMEXP}
 _NORMALISE = {Op.SOFTMAX, Op.LOG_SOFTMAX}
 

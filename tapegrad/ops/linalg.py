@@ -7,7 +7,9 @@ Attributes: ``batch, M, K, N, sx, sy`` with ``sx``/``sy`` 0 when that operand is
 whole batch. Products of at least ``BLAS_MIN`` multiply-adds call SciPy's BLAS ``?gemm``
 directly (which ``tapegrad._jit`` loads single-threaded): unlike ``np.dot`` it accumulates
 into the gradient (beta = 1) without a temporary, and costs far less to compile. Smaller
-products are plain loops, as fast there.
+products are plain loops, as fast there; in a float32 arena their sums over K (and, in the
+reverse rule, over M and over a shared operand's batch) run in float64, as ``ops.reduce``'s
+sums do. (BLAS's float32 products accumulate in float32, as PyTorch's do.)
 """
 import numpy as np
 from numba import types
@@ -90,6 +92,9 @@ def _batched(v, batch_shape, mat):
 # X at x + t*sx*M*K. Small products are plain loops over the arenas at uint64 offsets.
 @kernel
 def matmul_fwd(v, x, y, ans, batch, M, K, N, sx, sy):
+    if v.itemsize == 4 and M * K * N < BLAS_MIN and K > 1:
+        _matmul_fwd_f64(v, x, y, ans, batch, M, K, N, sx, sy)
+        return
     for t in range(batch):
         xo, yo, zo = x + t * sx * M * K, y + t * sy * K * N, ans + t * M * N
         if M * K * N >= BLAS_MIN:  # Z.T (N x M) = Y.T (N x K) @ X.T (K x M)
@@ -106,10 +111,31 @@ def matmul_fwd(v, x, y, ans, batch, M, K, N, sx, sy):
                     v[z + n] += xv * v[row + n]
 
 
+# float32 arena, small product: each row of Z summed over K in a float64 row
+@kernel
+def _matmul_fwd_f64(v, x, y, ans, batch, M, K, N, sx, sy):
+    acc = np.zeros(N)
+    for t in range(batch):
+        xo, yo, zo = x + t * sx * M * K, y + t * sy * K * N, ans + t * M * N
+        for m in range(M):
+            acc[:] = 0
+            for k in range(K):
+                xv = np.float64(v[np.uint64(xo + m * K + k)])
+                row = np.uint64(yo + k * N)
+                for n in range(np.uint64(N)):
+                    acc[n] += xv * v[row + n]
+            z = np.uint64(zo + m * N)
+            for n in range(np.uint64(N)):
+                v[z + n] = acc[n]
+
+
 # gx += g @ y.T,  gy += x.T @ g   (per batch; a shared operand sums over the batch);
 # dx / dy: whether x / y need a gradient at all
 @kernel
 def matmul_bwd(v, g, x, y, ans, batch, M, K, N, sx, sy, dx, dy):
+    if v.itemsize == 4 and M * K * N < BLAS_MIN:
+        _matmul_bwd_f64(v, g, x, y, ans, batch, M, K, N, sx, sy, dx, dy)
+        return
     for t in range(batch):
         xo, yo, zo = x + t * sx * M * K, y + t * sy * K * N, ans + t * M * N
         if M * K * N >= BLAS_MIN:
@@ -132,3 +158,39 @@ def matmul_bwd(v, g, x, y, ans, batch, M, K, N, sx, sy, dx, dy):
                     xv = v[xi]
                     for n in range(np.uint64(N)):
                         g[row + n] += xv * g[z + n]
+
+
+# float32 arena, small product: gx[m, k] = sum_n g[m, n] y[k, n] in a float64 scalar (and in
+# a float64 matrix over the batch when x is shared); gy = sum_m x[m, :] g[m, :] in a float64
+# matrix, flushed into the gradient per batch entry (or once when y is shared)
+@kernel
+def _matmul_bwd_f64(v, g, x, y, ans, batch, M, K, N, sx, sy, dx, dy):
+    shared_x = dx and sx == 0 and batch > 1
+    gx = np.zeros(M * K if shared_x else 0)
+    gy = np.zeros(K * N if dy else 0)
+    for t in range(batch):
+        xo, yo, zo = x + t * sx * M * K, y + t * sy * K * N, ans + t * M * N
+        for m in range(M):
+            z = np.uint64(zo + m * N)
+            for k in range(K):
+                row = np.uint64(yo + k * N)
+                xi = np.uint64(xo + m * K + k)
+                if dx:
+                    s = 0.0
+                    for n in range(np.uint64(N)):
+                        s += np.float64(g[z + n]) * v[row + n]
+                    if shared_x:
+                        gx[m * K + k] += s
+                    else:
+                        g[xi] = g[xi] + s
+                if dy:
+                    xv = np.float64(v[xi])
+                    r = np.uint64(k * N)
+                    for n in range(np.uint64(N)):
+                        gy[r + n] += xv * g[z + n]
+        if dy and (sy != 0 or t == batch - 1):
+            for i in range(np.uint64(K * N)):
+                g[np.uint64(yo) + i] = g[np.uint64(yo) + i] + gy[i]
+                gy[i] = 0
+    for i in range(np.uint64(gx.size)):
+        g[np.uint64(x) + i] = g[np.uint64(x) + i] + gx[i]

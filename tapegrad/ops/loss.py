@@ -91,23 +91,33 @@ def _check_labels(a, C, err):
 # ans[r] = logsumexp(x[r, :]) - x[r, label_r];  gx[r, j] += g[r] * (softmax(x[r])_j - [j == label_r])
 # (x: logits at a uint64 offset, y: labels, ans: losses; every label is checked before use)
 @kernel
+def _row_logsumexp(v, row, C):
+    """log(sum_j exp(x[j])) of the C logits at ``row``, in float64, shifted by their max."""
+    m = -math.inf
+    for j in range(np.uint64(C)):
+        if v[row + j] > m or v[row + j] != v[row + j]:
+            m = v[row + j]
+    s = 0.0
+    for j in range(np.uint64(C)):
+        s += math.exp(v[row + j] - m)
+    return m + math.log(s)
+
+
+@kernel
 def cross_entropy_fwd(v, x, y, ans, N, C):
     for r in range(N):
         lab = v[y + np.uint64(r)]
         if not (lab >= 0 and lab < C and lab == math.floor(lab)):
             return False
         row = x + np.uint64(r * C)
-        m = -math.inf
-        for j in range(np.uint64(C)):
-            if v[row + j] > m or v[row + j] != v[row + j]:
-                m = v[row + j]
-        s = 0.0
-        for j in range(np.uint64(C)):
-            s += math.exp(v[row + j] - m)
-        v[ans + np.uint64(r)] = m + math.log(s) - v[row + np.uint64(int(lab))]
+        v[ans + np.uint64(r)] = _row_logsumexp(v, row, C) - v[row + np.uint64(int(lab))]
     return True
 
 
+# The reverse rule reads logsumexp back as loss + x[label] (no exps). Recomputed instead when
+# that is not finite (a target logit of -inf: torch's finite gradient, softmax - onehot) and,
+# in a float32 arena, when the loss exceeds 4: the float32 loss carries an absolute error of
+# |loss| * 2^-24 into every exponent (3e-4 relative at logits of +-1e4).
 @kernel
 def cross_entropy_bwd(v, g, x, y, ans, N, C):
     for r in range(N):
@@ -117,7 +127,9 @@ def cross_entropy_bwd(v, g, x, y, ans, N, C):
         row = x + np.uint64(r * C)
         c = np.uint64(int(lab))
         out = ans + np.uint64(r)
-        lse = v[out] + v[row + c]
+        lse = np.float64(v[out]) + v[row + c]
+        if not math.isfinite(lse) or (v.itemsize == 4 and abs(v[out]) > 4.0):
+            lse = _row_logsumexp(v, row, C)
         for j in range(np.uint64(C)):
             g[row + j] += g[out] * math.exp(v[row + j] - lse)
         g[row + c] -= g[out]

@@ -17,6 +17,7 @@ from ..opcodes import Op
 from ..tape import TEMP
 from ..var import Var
 from ._record import norm_axis, prod, reshape_var, vars_of
+from .reduce import sum_middle
 
 
 # ---------------------------------------------------------------------------- reshape
@@ -55,12 +56,7 @@ def expand_fwd(v, x, ans, A, n, B):
 
 @kernel
 def expand_bwd(g, x, ans, A, n, B):
-    for a in range(A):
-        src = x + np.uint64(a * B)
-        for j in range(n):
-            dst = ans + np.uint64((a * n + j) * B)
-            for b in range(np.uint64(B)):
-                g[src + b] += g[dst + b]
+    sum_middle(g, ans, g, x, A, n, B, True)  # a reduction: summed in float64 (ops.reduce)
 
 
 # ---------------------------------------------------------------------------- indexing
