@@ -104,6 +104,19 @@ def _row_logsumexp(v, row, C):
 
 
 @kernel
+def _row_logsumexp_f32(v, row, C):
+    """As ``_row_logsumexp``, with each exp in float32 (summed in float64): for gradients."""
+    m = -math.inf
+    for j in range(np.uint64(C)):
+        if v[row + j] > m or v[row + j] != v[row + j]:
+            m = v[row + j]
+    s = 0.0
+    for j in range(np.uint64(C)):
+        s += math.exp(np.float32(v[row + j] - m))
+    return m + math.log(s)
+
+
+@kernel
 def cross_entropy_fwd(v, x, y, ans, N, C):
     for r in range(N):
         lab = v[y + np.uint64(r)]
@@ -114,12 +127,15 @@ def cross_entropy_fwd(v, x, y, ans, N, C):
     return True
 
 
-# The reverse rule reads logsumexp back as loss + x[label] (no exps). Recomputed instead when
-# that is not finite (a target logit of -inf: torch's finite gradient, softmax - onehot) and,
-# in a float32 arena, when the loss exceeds 4: the float32 loss carries an absolute error of
-# |loss| * 2^-24 into every exponent (3e-4 relative at logits of +-1e4).
+# The reverse rule reads logsumexp back as loss + x[label], in float64, and takes the exps at
+# the arena's precision (float32's expf is ~1.5x faster than exp: as fast as before this
+# rule was made exact). It recomputes logsumexp instead (C more exps) when that sum is
+# not finite (a target logit of -inf: torch's finite gradient, softmax - onehot) and, in a
+# float32 arena, when the loss exceeds 4: the float32 loss carries an absolute error of
+# |loss| * 2^-24 into every exponent (3e-4 relative at logits of +-1e4); below 4, < 3e-7.
 @kernel
 def cross_entropy_bwd(v, g, x, y, ans, N, C):
+    f32 = v.itemsize == 4
     for r in range(N):
         lab = v[y + np.uint64(r)]  # checked again: the arena may have been written since
         if not (lab >= 0 and lab < C):
@@ -128,9 +144,20 @@ def cross_entropy_bwd(v, g, x, y, ans, N, C):
         c = np.uint64(int(lab))
         out = ans + np.uint64(r)
         lse = np.float64(v[out]) + v[row + c]
-        if not math.isfinite(lse) or (v.itemsize == 4 and abs(v[out]) > 4.0):
+        if math.isfinite(lse) and not (f32 and abs(v[out]) > 4.0):
+            if f32:
+                for j in range(np.uint64(C)):
+                    g[row + j] += g[out] * math.exp(np.float32(v[row + j] - lse))
+            else:
+                for j in range(np.uint64(C)):
+                    g[row + j] += g[out] * math.exp(v[row + j] - lse)
+        elif f32:
+            lse = _row_logsumexp_f32(v, row, C)
+            for j in range(np.uint64(C)):
+                g[row + j] += g[out] * math.exp(np.float32(v[row + j] - lse))
+        else:
             lse = _row_logsumexp(v, row, C)
-        for j in range(np.uint64(C)):
-            g[row + j] += g[out] * math.exp(v[row + j] - lse)
+            for j in range(np.uint64(C)):
+                g[row + j] += g[out] * math.exp(v[row + j] - lse)
         g[row + c] -= g[out]
     return True
