@@ -15,7 +15,7 @@ import numpy as np
 from numba import types
 from numba.np.linalg import ensure_blas
 
-from .._jit import kernel
+from .._jit import jit, kernel
 from ..errors import ShapeError, user_site
 from ..opcodes import Op
 from ..var import Var
@@ -89,19 +89,55 @@ def _batched(v, batch_shape, mat):
 
 
 # x, y, ans: offsets of X (M, K), Y (K, N) and Z (M, N) in the arenas (int64); batch t reads
-# X at x + t*sx*M*K. Small products are plain loops over the arenas at uint64 offsets.
+# X at x + t*sx*M*K. Products below BLAS_MIN are plain loops over the arenas at uint64 offsets
+# in functions of their own, called (not inlined) from the sweeps: the sweeps' compile time
+# grows faster than their size, and a call costs nanoseconds next to a product.
 @kernel
 def matmul_fwd(v, x, y, ans, batch, M, K, N, sx, sy):
-    if v.itemsize == 4 and M * K * N < BLAS_MIN and K > 1:
-        _matmul_fwd_f64(v, x, y, ans, batch, M, K, N, sx, sy)
+    if M * K * N < BLAS_MIN:
+        small_matmul_fwd(v, x, y, ans, batch, M, K, N, sx, sy)
+        return
+    for t in range(batch):  # Z.T (N x M) = Y.T (N x K) @ X.T (K x M)
+        xo, yo, zo = x + t * sx * M * K, y + t * sy * K * N, ans + t * M * N
+        gemm(_N, _N, N, M, K, v, yo, N, v, xo, K, 0.0, v, zo)
+
+
+# gx += g @ y.T,  gy += x.T @ g   (per batch; a shared operand sums over the batch);
+# dx / dy: whether x / y need a gradient at all
+@kernel
+def matmul_bwd(v, g, x, y, ans, batch, M, K, N, sx, sy, dx, dy):
+    if M * K * N < BLAS_MIN:
+        small_matmul_bwd(v, g, x, y, ans, batch, M, K, N, sx, sy, dx, dy)
         return
     for t in range(batch):
         xo, yo, zo = x + t * sx * M * K, y + t * sy * K * N, ans + t * M * N
-        if M * K * N >= BLAS_MIN:  # Z.T (N x M) = Y.T (N x K) @ X.T (K x M)
-            gemm(_N, _N, N, M, K, v, yo, N, v, xo, K, 0.0, v, zo)
-            continue
+        if dx:  # GX.T (K x M) += Y (K x N) @ G.T (N x M)
+            gemm(_T, _N, K, M, N, v, yo, N, g, zo, N, 1.0, g, xo)
+        if dy:  # GY.T (N x K) += G.T (N x M) @ X (M x K)
+            gemm(_N, _T, N, K, M, g, zo, N, v, xo, K, 1.0, g, yo)
+
+
+# Each row of Z: Z[m] = sum_k X[m, k] Y[k], accumulated in place in a float64 arena and in a
+# float64 row in a float32 one (a float32 running sum over K loses digits).
+@jit
+def small_matmul_fwd(v, x, y, ans, batch, M, K, N, sx, sy):
+    f32 = v.itemsize == 4
+    acc = np.empty(N if f32 else 0)
+    for t in range(batch):
+        xo, yo, zo = x + t * sx * M * K, y + t * sy * K * N, ans + t * M * N
         for m in range(M):
             z = np.uint64(zo + m * N)
+            if f32:
+                for n in range(N):
+                    acc[n] = 0
+                for k in range(K):
+                    xv = np.float64(v[np.uint64(xo + m * K + k)])
+                    row = np.uint64(yo + k * N)
+                    for n in range(np.uint64(N)):
+                        acc[n] += xv * v[row + n]
+                for n in range(np.uint64(N)):
+                    v[z + n] = acc[n]
+                continue
             for n in range(np.uint64(N)):
                 v[z + n] = 0
             for k in range(K):
@@ -111,63 +147,15 @@ def matmul_fwd(v, x, y, ans, batch, M, K, N, sx, sy):
                     v[z + n] += xv * v[row + n]
 
 
-# float32 arena, small product: each row of Z summed over K in a float64 row
-@kernel
-def _matmul_fwd_f64(v, x, y, ans, batch, M, K, N, sx, sy):
-    acc = np.zeros(N)
-    for t in range(batch):
-        xo, yo, zo = x + t * sx * M * K, y + t * sy * K * N, ans + t * M * N
-        for m in range(M):
-            acc[:] = 0
-            for k in range(K):
-                xv = np.float64(v[np.uint64(xo + m * K + k)])
-                row = np.uint64(yo + k * N)
-                for n in range(np.uint64(N)):
-                    acc[n] += xv * v[row + n]
-            z = np.uint64(zo + m * N)
-            for n in range(np.uint64(N)):
-                v[z + n] = acc[n]
-
-
-# gx += g @ y.T,  gy += x.T @ g   (per batch; a shared operand sums over the batch);
-# dx / dy: whether x / y need a gradient at all
-@kernel
-def matmul_bwd(v, g, x, y, ans, batch, M, K, N, sx, sy, dx, dy):
-    if v.itemsize == 4 and M * K * N < BLAS_MIN:
-        _matmul_bwd_f64(v, g, x, y, ans, batch, M, K, N, sx, sy, dx, dy)
-        return
-    for t in range(batch):
-        xo, yo, zo = x + t * sx * M * K, y + t * sy * K * N, ans + t * M * N
-        if M * K * N >= BLAS_MIN:
-            if dx:  # GX.T (K x M) += Y (K x N) @ G.T (N x M)
-                gemm(_T, _N, K, M, N, v, yo, N, g, zo, N, 1.0, g, xo)
-            if dy:  # GY.T (N x K) += G.T (N x M) @ X (M x K)
-                gemm(_N, _T, N, K, M, g, zo, N, v, xo, K, 1.0, g, yo)
-            continue
-        for m in range(M):
-            z = np.uint64(zo + m * N)
-            for k in range(K):
-                row = np.uint64(yo + k * N)
-                xi = np.uint64(xo + m * K + k)
-                if dx:
-                    s = g[xi] * 0
-                    for n in range(np.uint64(N)):
-                        s += g[z + n] * v[row + n]
-                    g[xi] += s
-                if dy:
-                    xv = v[xi]
-                    for n in range(np.uint64(N)):
-                        g[row + n] += xv * g[z + n]
-
-
-# float32 arena, small product: gx[m, k] = sum_n g[m, n] y[k, n] in a float64 scalar (and in
-# a float64 matrix over the batch when x is shared); gy = sum_m x[m, :] g[m, :] in a float64
-# matrix, flushed into the gradient per batch entry (or once when y is shared)
-@kernel
-def _matmul_bwd_f64(v, g, x, y, ans, batch, M, K, N, sx, sy, dx, dy):
-    shared_x = dx and sx == 0 and batch > 1
+# gx[m, k] = sum_n g[m, n] y[k, n], a float64 dot product (summed over the batch in a float64
+# matrix when x is shared); gy[k] += x[m, k] g[m] over m: in place in a float64 arena, in a
+# float64 matrix flushed per batch entry (or once, when y is shared) in a float32 one.
+@jit
+def small_matmul_bwd(v, g, x, y, ans, batch, M, K, N, sx, sy, dx, dy):
+    f32 = v.itemsize == 4
+    shared_x = f32 and dx and sx == 0 and batch > 1
     gx = np.zeros(M * K if shared_x else 0)
-    gy = np.zeros(K * N if dy else 0)
+    gy = np.zeros(K * N if f32 and dy else 0)
     for t in range(batch):
         xo, yo, zo = x + t * sx * M * K, y + t * sy * K * N, ans + t * M * N
         for m in range(M):
@@ -185,10 +173,14 @@ def _matmul_bwd_f64(v, g, x, y, ans, batch, M, K, N, sx, sy, dx, dy):
                         g[xi] = g[xi] + s
                 if dy:
                     xv = np.float64(v[xi])
-                    r = np.uint64(k * N)
-                    for n in range(np.uint64(N)):
-                        gy[r + n] += xv * g[z + n]
-        if dy and (sy != 0 or t == batch - 1):
+                    if f32:
+                        r = np.uint64(k * N)
+                        for n in range(np.uint64(N)):
+                            gy[r + n] += xv * g[z + n]
+                    else:
+                        for n in range(np.uint64(N)):
+                            g[row + n] += xv * g[z + n]
+        if f32 and dy and (sy != 0 or t == batch - 1):
             for i in range(np.uint64(K * N)):
                 g[np.uint64(yo) + i] = g[np.uint64(yo) + i] + gy[i]
                 gy[i] = 0

@@ -8,10 +8,11 @@ import math
 
 import numpy as np
 
-from .._jit import kernel
+from .._jit import jit, kernel
 from ..errors import FeedError, ShapeError, TapegradError, user_site
 from ..opcodes import Op
 from ..var import Var
+from ._precision import is_f32
 from ._record import reshape_var, vars_of
 from .elementwise import square, sub
 from .reduce import mean, sum
@@ -104,19 +105,6 @@ def _row_logsumexp(v, row, C):
 
 
 @kernel
-def _row_logsumexp_f32(v, row, C):
-    """As ``_row_logsumexp``, with each exp in float32 (summed in float64): for gradients."""
-    m = -math.inf
-    for j in range(np.uint64(C)):
-        if v[row + j] > m or v[row + j] != v[row + j]:
-            m = v[row + j]
-    s = 0.0
-    for j in range(np.uint64(C)):
-        s += math.exp(np.float32(v[row + j] - m))
-    return m + math.log(s)
-
-
-@kernel
 def cross_entropy_fwd(v, x, y, ans, N, C):
     for r in range(N):
         lab = v[y + np.uint64(r)]
@@ -129,13 +117,14 @@ def cross_entropy_fwd(v, x, y, ans, N, C):
 
 # The reverse rule reads logsumexp back as loss + x[label], in float64, and takes the exps at
 # the arena's precision (float32's expf is ~1.5x faster than exp: as fast as before this
-# rule was made exact). It recomputes logsumexp instead (C more exps) when that sum is
-# not finite (a target logit of -inf: torch's finite gradient, softmax - onehot) and, in a
-# float32 arena, when the loss exceeds 4: the float32 loss carries an absolute error of
-# |loss| * 2^-24 into every exponent (3e-4 relative at logits of +-1e4); below 4, < 3e-7.
+# rule was made exact). Rows where that is not good enough go to ``_row_grad_exact``: a
+# logsumexp that is not finite (a target logit of -inf: torch's finite gradient, softmax -
+# onehot) and, in a float32 arena, a loss above 4: the float32 loss carries an absolute
+# error of |loss| * 2^-24 into every exponent (3e-4 relative at logits of +-1e4; < 3e-7
+# below 4).
 @kernel
 def cross_entropy_bwd(v, g, x, y, ans, N, C):
-    f32 = v.itemsize == 4
+    f32 = is_f32(v)
     for r in range(N):
         lab = v[y + np.uint64(r)]  # checked again: the arena may have been written since
         if not (lab >= 0 and lab < C):
@@ -144,20 +133,22 @@ def cross_entropy_bwd(v, g, x, y, ans, N, C):
         c = np.uint64(int(lab))
         out = ans + np.uint64(r)
         lse = np.float64(v[out]) + v[row + c]
-        if math.isfinite(lse) and not (f32 and abs(v[out]) > 4.0):
-            if f32:
-                for j in range(np.uint64(C)):
-                    g[row + j] += g[out] * math.exp(np.float32(v[row + j] - lse))
-            else:
-                for j in range(np.uint64(C)):
-                    g[row + j] += g[out] * math.exp(v[row + j] - lse)
+        if not math.isfinite(lse) or (f32 and abs(v[out]) > 4.0):
+            _row_grad_exact(v, g, row, out, C)
         elif f32:
-            lse = _row_logsumexp_f32(v, row, C)
             for j in range(np.uint64(C)):
                 g[row + j] += g[out] * math.exp(np.float32(v[row + j] - lse))
         else:
-            lse = _row_logsumexp(v, row, C)
             for j in range(np.uint64(C)):
                 g[row + j] += g[out] * math.exp(v[row + j] - lse)
         g[row + c] -= g[out]
     return True
+
+
+# g[row + j] += g[out] * softmax(x[row])_j with logsumexp recomputed in float64 (rare rows:
+# called, not inlined, so the sweeps compile faster)
+@jit
+def _row_grad_exact(v, g, row, out, C):
+    lse = _row_logsumexp(v, row, C)
+    for j in range(np.uint64(C)):
+        g[row + j] += g[out] * math.exp(v[row + j] - lse)

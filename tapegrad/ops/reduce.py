@@ -12,7 +12,7 @@ import math
 
 import numpy as np
 
-from .._jit import kernel
+from .._jit import jit, kernel
 from ..errors import ShapeError, user_site
 from ..opcodes import Op
 from ..var import Var
@@ -60,62 +60,48 @@ def _at(p, a, n, B, j, b):
 # dst[a, b] = (or +=, if add) sum_j src[a, j, b]: SUM's forward rule and EXPAND's reverse
 # rule. The running sums are float64 whatever the arena: a float32 running sum of 10^7 terms
 # of 0.1 was off by 9 %. One column (B == 1) keeps four interleaved sums (independent
-# chains, ~4x faster than one); several columns sum rows into a float64 row in a float32
-# arena (one allocation per instruction) and straight into the output in a float64 one.
-@kernel
+# chains, ~4x faster than one); several columns are added row by row into the output in a
+# float64 arena, into a float64 row in a float32 one. Called, not inlined, from the sweeps:
+# their compile time grows faster than their size, and a call costs nanoseconds.
+@jit
 def sum_middle(src, x, dst, ans, A, n, B, add):
     if B == 1:
-        _sum_column(src, x, dst, ans, A, n, add)
-    elif src.itemsize == 4:
-        _sum_rows_f64(src, x, dst, ans, A, n, B, add)
-    else:
-        _sum_rows(src, x, dst, ans, A, n, B, add)
-
-
-@kernel
-def _sum_column(src, x, dst, ans, A, n, add):
-    four = np.uint64(4)
-    for a in range(A):
-        row = x + np.uint64(a * n)
-        s0 = s1 = s2 = s3 = 0.0
-        for q in range(np.uint64(n // 4)):
-            i = row + four * q
-            s0 += src[i]
-            s1 += src[i + np.uint64(1)]
-            s2 += src[i + np.uint64(2)]
-            s3 += src[i + np.uint64(3)]
-        for j in range(np.uint64(n - n % 4), np.uint64(n)):
-            s0 += src[row + j]
-        out = ans + np.uint64(a)
-        total = (s0 + s1) + (s2 + s3)
-        dst[out] = dst[out] + total if add else total
-
-
-@kernel
-def _sum_rows_f64(src, x, dst, ans, A, n, B, add):
-    acc = np.zeros(B)
-    for a in range(A):
-        acc[:] = 0
-        for j in range(n):
-            row = _at(x, a, n, B, j, 0)
-            for b in range(np.uint64(B)):
-                acc[b] += src[row + b]
-        out = ans + np.uint64(a * B)
-        for b in range(np.uint64(B)):
-            dst[out + b] = dst[out + b] + acc[b] if add else acc[b]
-
-
-@kernel
-def _sum_rows(src, x, dst, ans, A, n, B, add):
+        for a in range(A):
+            row = x + np.uint64(a * n)
+            s0 = s1 = s2 = s3 = 0.0
+            for q in range(np.uint64(n // 4)):
+                i = row + np.uint64(4) * q
+                s0 += src[i]
+                s1 += src[i + np.uint64(1)]
+                s2 += src[i + np.uint64(2)]
+                s3 += src[i + np.uint64(3)]
+            for j in range(np.uint64(n - n % 4), np.uint64(n)):
+                s0 += src[row + j]
+            out = ans + np.uint64(a)
+            total = (s0 + s1) + (s2 + s3)
+            dst[out] = dst[out] + total if add else total
+        return
+    f32 = src.itemsize == 4
+    acc = np.empty(B if f32 else 0)
     for a in range(A):
         out = ans + np.uint64(a * B)
-        if not add:
+        if f32:
+            for b in range(B):
+                acc[b] = 0
+        elif not add:
             for b in range(np.uint64(B)):
                 dst[out + b] = 0
         for j in range(n):
-            row = _at(x, a, n, B, j, 0)
+            row = x + np.uint64((a * n + j) * B)
+            if f32:
+                for b in range(np.uint64(B)):
+                    acc[b] += src[row + b]
+            else:
+                for b in range(np.uint64(B)):
+                    dst[out + b] += src[row + b]
+        if f32:
             for b in range(np.uint64(B)):
-                dst[out + b] += src[row + b]
+                dst[out + b] = dst[out + b] + acc[b] if add else acc[b]
 
 
 # sum:  ans[a, b] = sum_j x[a, j, b];  gx[a, j, b] += g[a, b]
