@@ -19,6 +19,7 @@ from .._jit import jit, kernel
 from ..errors import ShapeError, user_site
 from ..opcodes import Op
 from ..var import Var
+from ._precision import is_f32
 from ._record import broadcast_to, prod, reshape_var, vars_of
 
 BLAS_MIN = 65536
@@ -121,23 +122,13 @@ def matmul_bwd(v, g, x, y, ans, batch, M, K, N, sx, sy, dx, dy):
 # float64 row in a float32 one (a float32 running sum over K loses digits).
 @jit
 def small_matmul_fwd(v, x, y, ans, batch, M, K, N, sx, sy):
-    f32 = v.itemsize == 4
-    acc = np.empty(N if f32 else 0)
+    if is_f32(v):
+        _small_fwd_f32(v, x, y, ans, batch, M, K, N, sx, sy)
+        return
     for t in range(batch):
         xo, yo, zo = x + t * sx * M * K, y + t * sy * K * N, ans + t * M * N
         for m in range(M):
             z = np.uint64(zo + m * N)
-            if f32:
-                for n in range(N):
-                    acc[n] = 0
-                for k in range(K):
-                    xv = np.float64(v[np.uint64(xo + m * K + k)])
-                    row = np.uint64(yo + k * N)
-                    for n in range(np.uint64(N)):
-                        acc[n] += xv * v[row + n]
-                for n in range(np.uint64(N)):
-                    v[z + n] = acc[n]
-                continue
             for n in range(np.uint64(N)):
                 v[z + n] = 0
             for k in range(K):
@@ -147,15 +138,55 @@ def small_matmul_fwd(v, x, y, ans, batch, M, K, N, sx, sy):
                     v[z + n] += xv * v[row + n]
 
 
-# gx[m, k] = sum_n g[m, n] y[k, n], a float64 dot product (summed over the batch in a float64
-# matrix when x is shared); gy[k] += x[m, k] g[m] over m: in place in a float64 arena, in a
-# float64 matrix flushed per batch entry (or once, when y is shared) in a float32 one.
+@kernel
+def _small_fwd_f32(v, x, y, ans, batch, M, K, N, sx, sy):
+    acc = np.empty(N)
+    for t in range(batch):
+        xo, yo, zo = x + t * sx * M * K, y + t * sy * K * N, ans + t * M * N
+        for m in range(M):
+            for n in range(N):
+                acc[n] = 0
+            for k in range(K):
+                xv = np.float64(v[np.uint64(xo + m * K + k)])
+                row = np.uint64(yo + k * N)
+                for n in range(np.uint64(N)):
+                    acc[n] += xv * v[row + n]
+            z = np.uint64(zo + m * N)
+            for n in range(np.uint64(N)):
+                v[z + n] = acc[n]
+
+
+# gx[m, k] = sum_n g[m, n] y[k, n] and gy[k] += x[m, k] g[m] over m, in place in a float64
+# arena; in a float32 one the dot products are float64 scalars, gy a float64 matrix flushed
+# per batch entry (or once, when y is shared) and gx too when x is shared by the batch.
 @jit
 def small_matmul_bwd(v, g, x, y, ans, batch, M, K, N, sx, sy, dx, dy):
-    f32 = v.itemsize == 4
-    shared_x = f32 and dx and sx == 0 and batch > 1
+    if is_f32(v):
+        _small_bwd_f32(v, g, x, y, ans, batch, M, K, N, sx, sy, dx, dy)
+        return
+    for t in range(batch):
+        xo, yo, zo = x + t * sx * M * K, y + t * sy * K * N, ans + t * M * N
+        for m in range(M):
+            z = np.uint64(zo + m * N)
+            for k in range(K):
+                row = np.uint64(yo + k * N)
+                xi = np.uint64(xo + m * K + k)
+                if dx:
+                    s = g[xi] * 0
+                    for n in range(np.uint64(N)):
+                        s += g[z + n] * v[row + n]
+                    g[xi] += s
+                if dy:
+                    xv = v[xi]
+                    for n in range(np.uint64(N)):
+                        g[row + n] += xv * g[z + n]
+
+
+@kernel
+def _small_bwd_f32(v, g, x, y, ans, batch, M, K, N, sx, sy, dx, dy):
+    shared_x = dx and sx == 0 and batch > 1
     gx = np.zeros(M * K if shared_x else 0)
-    gy = np.zeros(K * N if f32 and dy else 0)
+    gy = np.zeros(K * N if dy else 0)
     for t in range(batch):
         xo, yo, zo = x + t * sx * M * K, y + t * sy * K * N, ans + t * M * N
         for m in range(M):
@@ -173,14 +204,10 @@ def small_matmul_bwd(v, g, x, y, ans, batch, M, K, N, sx, sy, dx, dy):
                         g[xi] = g[xi] + s
                 if dy:
                     xv = np.float64(v[xi])
-                    if f32:
-                        r = np.uint64(k * N)
-                        for n in range(np.uint64(N)):
-                            gy[r + n] += xv * g[z + n]
-                    else:
-                        for n in range(np.uint64(N)):
-                            g[row + n] += xv * g[z + n]
-        if f32 and dy and (sy != 0 or t == batch - 1):
+                    r = np.uint64(k * N)
+                    for n in range(np.uint64(N)):
+                        gy[r + n] += xv * g[z + n]
+        if dy and (sy != 0 or t == batch - 1):
             for i in range(np.uint64(K * N)):
                 g[np.uint64(yo) + i] = g[np.uint64(yo) + i] + gy[i]
                 gy[i] = 0

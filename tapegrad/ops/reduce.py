@@ -16,6 +16,7 @@ from .._jit import jit, kernel
 from ..errors import ShapeError, user_site
 from ..opcodes import Op
 from ..var import Var
+from ._precision import is_f32
 from ._record import norm_axes, prod, reshape_var, runs, vars_of
 from .elementwise import mul
 
@@ -81,27 +82,33 @@ def sum_middle(src, x, dst, ans, A, n, B, add):
             total = (s0 + s1) + (s2 + s3)
             dst[out] = dst[out] + total if add else total
         return
-    f32 = src.itemsize == 4
-    acc = np.empty(B if f32 else 0)
+    if is_f32(src):
+        _sum_rows_f32(src, x, dst, ans, A, n, B, add)
+        return
     for a in range(A):
         out = ans + np.uint64(a * B)
-        if f32:
-            for b in range(B):
-                acc[b] = 0
-        elif not add:
+        if not add:
             for b in range(np.uint64(B)):
                 dst[out + b] = 0
         for j in range(n):
             row = x + np.uint64((a * n + j) * B)
-            if f32:
-                for b in range(np.uint64(B)):
-                    acc[b] += src[row + b]
-            else:
-                for b in range(np.uint64(B)):
-                    dst[out + b] += src[row + b]
-        if f32:
             for b in range(np.uint64(B)):
-                dst[out + b] = dst[out + b] + acc[b] if add else acc[b]
+                dst[out + b] += src[row + b]
+
+
+@kernel
+def _sum_rows_f32(src, x, dst, ans, A, n, B, add):
+    acc = np.empty(B)
+    for a in range(A):
+        for b in range(B):
+            acc[b] = 0
+        for j in range(n):
+            row = x + np.uint64((a * n + j) * B)
+            for b in range(np.uint64(B)):
+                acc[b] += src[row + b]
+        out = ans + np.uint64(a * B)
+        for b in range(np.uint64(B)):
+            dst[out + b] = dst[out + b] + acc[b] if add else acc[b]
 
 
 # sum:  ans[a, b] = sum_j x[a, j, b];  gx[a, j, b] += g[a, b]
