@@ -5,9 +5,12 @@ tape, never a replay -- so a value wrongly frozen into the tape (``float(x.sum()
 or NumPy math on ``.value``) shows up as a gradient mismatch instead of being replayed as a
 constant on both sides.
 """
+import math
+import numbers
+
 import numpy as np
 
-from .errors import GradcheckError, TapegradError
+from .errors import GradcheckError, TapegradError, user_site
 from .tape import Tape
 from .var import Var
 
@@ -41,6 +44,8 @@ def gradcheck(f, *arrays, eps=1e-6, rtol=1e-5, atol=1e-8, n_directions=3, seed=0
     ``|tape - fd| <= atol + rtol * |fd|``. Returns True, or raises ``GradcheckError`` naming
     the argument, the index, the tape's gradient and the finite difference of the worst entry.
     Each entry costs two fresh recordings of ``f``: meant for small test arrays.
+    The arguments are checked first (``eps`` finite and > 0 and not lost in ``x + eps``,
+    tolerances finite and >= 0, finite numeric arrays): TapegradError says which is wrong.
     Below, ``float()`` freezes ``sum(x)`` into the tape, so its gradient misses a term:
 
     >>> import numpy as np, tapegrad as tg
@@ -51,7 +56,7 @@ def gradcheck(f, *arrays, eps=1e-6, rtol=1e-5, atol=1e-8, n_directions=3, seed=0
     ...
     tapegrad.errors.GradcheckError: gradcheck: argument 0 (arg0, shape (2,)) index (0,): ...
     """
-    arrays = [np.array(a, dtype=np.float64) for a in arrays]
+    arrays = _check_args(f, arrays, eps, rtol, atol, n_directions, seed)
     name = getattr(f, "__name__", "f")
     _, grads = _evaluate(f, arrays, True)
 
@@ -63,7 +68,10 @@ def gradcheck(f, *arrays, eps=1e-6, rtol=1e-5, atol=1e-8, n_directions=3, seed=0
     def badness(tape_g, num):
         if not (np.isfinite(tape_g) and np.isfinite(num)):
             return np.inf if tape_g != num else 0.0
-        return abs(tape_g - num) / (atol + rtol * abs(num))
+        tol = atol + rtol * abs(num)
+        if tol == 0:  # rtol = atol = 0 (or num = 0 with atol = 0): exact agreement only
+            return 0.0 if tape_g == num else np.inf
+        return abs(tape_g - num) / tol
 
     rng = np.random.default_rng(seed)
     for j in range(n_directions):
@@ -82,6 +90,49 @@ def gradcheck(f, *arrays, eps=1e-6, rtol=1e-5, atol=1e-8, n_directions=3, seed=0
     if worst is not None:
         _raise(name, arrays, *worst)
     return True
+
+
+def _check_args(f, arrays, eps, rtol, atol, n_directions, seed):
+    """The arrays as float64, or TapegradError naming the argument that makes no sense."""
+    def fail(msg):
+        raise TapegradError(f"gradcheck: {msg} ({user_site()})")
+
+    def real(v):
+        return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
+
+    if not callable(f):
+        fail(f"f must be a function of Vars, got {type(f).__name__}")
+    if not real(eps) or eps <= 0:
+        fail(f"eps must be a finite number > 0, got {eps!r}")
+    for what, v in (("rtol", rtol), ("atol", atol)):
+        if not real(v) or v < 0:
+            fail(f"{what} must be a finite number >= 0, got {v!r}")
+    if (isinstance(n_directions, bool) or not isinstance(n_directions, numbers.Integral)
+            or n_directions < 0):
+        fail(f"n_directions must be an integer >= 0, got {n_directions!r}")
+    try:
+        np.random.default_rng(seed)
+    except (TypeError, ValueError) as e:
+        fail(f"seed {seed!r} is not a seed for np.random.default_rng ({e})")
+    if not arrays:
+        fail("needs at least one array to differentiate")
+    out = []
+    for i, a in enumerate(arrays):
+        try:
+            x = np.asarray(a)
+        except Exception as e:  # noqa: BLE001 - anything NumPy cannot take
+            fail(f"argument {i} cannot be converted to an array ({e})")
+        if x.dtype.kind not in "biuf":
+            fail(f"argument {i} must be numeric, got dtype {x.dtype}")
+        x = np.array(x, dtype=np.float64)
+        if not np.isfinite(x).all():
+            fail(f"argument {i} holds NaN or Inf: finite differences need finite points")
+        if np.any(np.abs(x) + eps == np.abs(x)):
+            big = float(np.max(np.abs(x)))
+            fail(f"eps={eps!r} is below the spacing of float64 numbers at argument {i} "
+                 f"(|x| up to {big:.3g}): x + eps == x")
+        out.append(x)
+    return out
 
 
 def _worst_entry(arrays, grads, fd, badness):

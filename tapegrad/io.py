@@ -28,15 +28,29 @@ key                 dtype, shape                meaning
 ``val``             dtype ``(arena,)``          the value arena (parameter values included)
 ==================  ==========================  ===============================================
 
-``load`` checks every key, dtype and shape, then every index, offset, size, shape, kind,
-alias and attribute (``tapegrad.validate.validate_tape_arrays`` for the instructions) before
-it builds a Tape, so no compiled code ever runs on a bad file: anything wrong raises
-``TapeFormatError`` saying what.
+``save`` is atomic: it writes a temporary file beside the target, flushes and fsyncs it, then
+renames it over the target (``os.replace``), so a crash mid-save leaves the previous file
+whole (and at worst a stray ``.NAME.*.tmp`` beside it).
+
+``load`` reads the zip directory and every member's ``.npy`` header before it decompresses
+any data: the members must be exactly the keys below, each ``.npy`` data of the right dtype
+and number of dimensions whose declared size is exactly what its header describes, and an
+archive may not declare more than ``MAX_INFLATE_RATIO`` times its own size (beyond
+``MAX_INFLATE_FLOOR`` bytes) -- tapegrad writes uncompressed files, so only a zip bomb would.
+It then checks every index, offset, size, shape, kind, alias and attribute
+(``tapegrad.validate.validate_tape_arrays`` for the instructions) before it builds a Tape, so
+no compiled code ever runs on a bad file: anything wrong raises ``TapeFormatError`` saying
+what.
 
 >>> tape.save("model.tape.npz")                       # doctest: +SKIP
 >>> tape2 = tg.Tape.load("model.tape.npz")            # doctest: +SKIP
 >>> tape2.forward(x=xb); tape2["loss"].backward()     # doctest: +SKIP
 """
+import os
+import secrets
+import stat
+import zipfile
+
 import numpy as np
 
 from .errors import TapeFormatError, TapegradError, intern_site, site_text
@@ -45,6 +59,8 @@ from .validate import validate_tape_arrays
 
 FORMAT_VERSION = 2  # 2: sites table; immediates renumbered the opcodes
 MAX_NDIM = 64
+MAX_INFLATE_RATIO = 100          # declared (uncompressed) bytes per byte of file, at most ...
+MAX_INFLATE_FLOOR = 16 * 2 ** 20  # ... once the archive declares more than this
 _I64 = np.dtype(np.int64)
 
 # key -> (dtype kind or exact dtype, ndim); sizes are checked against each other below
@@ -101,35 +117,126 @@ def save(tape, path):
         requires_grad=np.array(sorted(tape._requires_grad), np.int64).reshape(-1),
         val=np.asarray(tape._val[:max(tape._used, 1)]),
     )
-    with open(path, "wb") as f:
-        np.savez(f, **arrays)
+    _atomic_write(path, lambda f: np.savez(f, **arrays))
     return path
 
 
-def _read(path):
-    """All arrays of the file, each checked for presence, dtype and number of dimensions."""
+def _atomic_write(path, write):
+    """``write(file)`` into a new temporary file beside ``path`` (through a symlink: beside its
+    target), flushed and fsynced, then renamed over ``path``. On any error the temporary file
+    is removed and ``path`` is untouched. The file gets the mode of the file it replaces, or
+    the usual ``0o666 & ~umask`` for a new one."""
+    target = os.path.realpath(os.fspath(path))
+    directory, base = os.path.split(target)
+    while True:
+        tmp = os.path.join(directory, f".{base}.{secrets.token_hex(6)}.tmp")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0),
+                         0o666)
+            break
+        except FileExistsError:
+            continue
     try:
-        with np.load(path, allow_pickle=False) as z:
-            if not hasattr(z, "files"):
-                raise TapeFormatError(f"{path}: not an .npz archive")
-            extra = sorted(set(z.files) - set(_SCHEMA))
-            missing = sorted(set(_SCHEMA) - set(z.files))
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        try:
+            os.chmod(tmp, stat.S_IMODE(os.stat(target).st_mode))
+        except FileNotFoundError:
+            pass
+        os.replace(tmp, target)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    try:  # make the rename itself durable (POSIX; a directory cannot be opened on Windows)
+        dfd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(dfd)
+    except OSError:
+        pass
+    finally:
+        os.close(dfd)
+
+
+def _file_size(path):
+    if hasattr(path, "seek"):
+        here = path.tell()
+        size = path.seek(0, os.SEEK_END)
+        path.seek(here)
+        return size
+    return os.path.getsize(path)
+
+
+def _header(zf, info, key, path):
+    """(shape, dtype, header bytes) of member ``info``, decompressing only its .npy header."""
+    with zf.open(info) as f:
+        try:
+            version = np.lib.format.read_magic(f)
+            if version == (1, 0):
+                shape, _, dtype = np.lib.format.read_array_header_1_0(f)
+            elif version == (2, 0):
+                shape, _, dtype = np.lib.format.read_array_header_2_0(f)
+            else:
+                raise ValueError(f"npy format version {version} is not read")
+        except ValueError as e:
+            raise TapeFormatError(f"{path}: member {key!r} is not .npy array data ({e})") from None
+        return shape, dtype, f.tell()
+
+
+def _read(path):
+    """All arrays of the file, each checked for presence, dtype and number of dimensions, and
+    for its declared size before any data is decompressed."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            infos = zf.infolist()
+            names = [i.filename for i in infos]
+            if len(set(names)) != len(names):
+                raise TapeFormatError(f"{path}: the archive lists a member twice")
+            bad = [n for n in names if not n.endswith(".npy")]
+            if bad:
+                raise TapeFormatError(f"{path}: member(s) {', '.join(map(repr, bad))} are not "
+                                      f".npy arrays")
+            members = {n[:-4]: i for n, i in zip(names, infos)}
+            extra = sorted(set(members) - set(_SCHEMA))
+            missing = sorted(set(_SCHEMA) - set(members))
             if missing:
                 raise TapeFormatError(f"{path}: missing key(s) {', '.join(missing)}")
             if extra:
                 raise TapeFormatError(f"{path}: unexpected key(s) {', '.join(extra)}")
-            arrays = {k: z[k] for k in _SCHEMA}
+            # sizes from the zip directory first: nothing is decompressed yet
+            declared = sum(i.file_size for i in infos)
+            on_disk = _file_size(path)
+            if declared > max(MAX_INFLATE_FLOOR, MAX_INFLATE_RATIO * on_disk):
+                raise TapeFormatError(
+                    f"{path}: its members declare {declared} bytes uncompressed in a file of "
+                    f"{on_disk} bytes (more than {MAX_INFLATE_RATIO}x); refusing to decompress "
+                    f"(tapegrad writes uncompressed files)")
+            for k, (dt, nd) in _SCHEMA.items():
+                shape, dtype, head = _header(zf, members[k], k, path)
+                ok = dtype == dt if isinstance(dt, np.dtype) else dtype.kind == dt
+                if not ok or len(shape) != nd:
+                    want = dt if isinstance(dt, np.dtype) else {"U": "unicode", "f": "float"}[dt]
+                    raise TapeFormatError(f"{path}: key {k!r} must be a {nd}-d {want} array, "
+                                          f"got {len(shape)}-d {dtype}")
+                nbytes = int(np.prod(shape, dtype=object)) * dtype.itemsize
+                if members[k].file_size != head + nbytes:
+                    raise TapeFormatError(
+                        f"{path}: member {k!r} declares {members[k].file_size} bytes but its "
+                        f"header describes {head + nbytes} ({dtype} of shape {shape})")
+            arrays = {}
+            for k in _SCHEMA:
+                with zf.open(members[k]) as f:
+                    arrays[k] = np.lib.format.read_array(f, allow_pickle=False)
     except TapegradError:
         raise
     except Exception as e:  # noqa: BLE001 - BadZipFile, ValueError, EOFError, OSError, zlib...
         raise TapeFormatError(f"{path}: cannot read tape file ({type(e).__name__}: {e})") from None
-    for k, (dt, nd) in _SCHEMA.items():
-        a = arrays[k]
-        ok = a.dtype == dt if isinstance(dt, np.dtype) else a.dtype.kind == dt
-        if not ok or a.ndim != nd:
-            want = dt if isinstance(dt, np.dtype) else {"U": "unicode", "f": "float"}[dt]
-            raise TapeFormatError(f"{path}: key {k!r} must be a {nd}-d {want} array, got "
-                                  f"{a.ndim}-d {a.dtype}")
     return arrays
 
 

@@ -60,32 +60,34 @@ class Op(IntEnum):
     GE = 27
     LT = 28
     LE = 29
+    EQ = 30
+    NE = 31
     # ternary: ans[i] = x[i] != 0 ? y[i] : z[i]
-    WHERE = 30
+    WHERE = 32
     # data movement on an (A, n, B) view of the output or input
-    EXPAND = 31      # (A, B) -> (A, n, B)
-    SLICE = 32       # (A, n, B) -> (A, count, B): rows start, start+step, ...
-    PLACE = 33       # writes x (A, count, B) into out (A, n, B) at rows start.. (concatenate)
-    UNSLICE = 34     # (A, count, B) -> (A, n, B): SLICE's transpose, zero elsewhere
-    TRANSPOSE = 35   # (A, M, N, B) -> (A, N, M, B)
+    EXPAND = 33      # (A, B) -> (A, n, B)
+    SLICE = 34       # (A, n, B) -> (A, count, B): rows start, start+step, ...
+    PLACE = 35       # writes x (A, count, B) into out (A, n, B) at rows start.. (concatenate)
+    UNSLICE = 36     # (A, count, B) -> (A, n, B): SLICE's transpose, zero elsewhere
+    TRANSPOSE = 37   # (A, M, N, B) -> (A, N, M, B)
     # reductions over the middle axis of an (A, n, B) view
-    SUM = 36         # -> (A, B)
-    MAX = 37         # -> (A, B); gradient split equally between ties
-    LOGSUMEXP = 38   # -> (A, B)
-    SOFTMAX = 39     # -> (A, n, B)
-    LOG_SOFTMAX = 40 # -> (A, n, B)
+    SUM = 38         # -> (A, B)
+    MAX = 39         # -> (A, B); ties share the gradient; a nan maximum: nan gradient
+    LOGSUMEXP = 40   # -> (A, B)
+    SOFTMAX = 41     # -> (A, n, B)
+    LOG_SOFTMAX = 42 # -> (A, n, B)
     # linear algebra
-    MATMUL = 41      # batch of (M, K) @ (K, N); A0..A5 = batch, M, K, N, sx, sy
+    MATMUL = 43      # batch of (M, K) @ (K, N); A0..A5 = batch, M, K, N, sx, sy
     # losses
-    CROSS_ENTROPY = 42  # x (N, C) logits, y (N,) labels stored as floats -> (N,) losses
-    ONEHOT = 43      # y (N,) labels (floats) -> (N, C) one-hot rows; no gradient
+    CROSS_ENTROPY = 44  # x (N, C) logits, y (N,) labels stored as floats -> (N,) losses
+    ONEHOT = 45      # y (N,) labels (floats) -> (N, C) one-hot rows; no gradient
     # random draws (tapegrad/ops/random.py): counter-based, fresh on every replay
-    TICK = 44        # x = out = the tape's 2-number draw counter: advances it by one
-    RAND = 45        # x: the counter -> out: U[0, 1); A0 stream, A1 A2 the seed's halves
-    RANDN = 46       # x: the counter -> out: N(0, 1); attributes as RAND
+    TICK = 46        # x = out = the tape's 2-number draw counter: advances it by one
+    RAND = 47        # x: the counter -> out: U[0, 1); A0 stream, A1 A2 the seed's halves
+    RANDN = 48       # x: the counter -> out: N(0, 1); attributes as RAND
     # control
-    GUARD = 47       # checks (x[0] != 0) == A0 on replay; no value, no gradient
-    N_OPS = 48       # sentinel: the number of opcodes
+    GUARD = 49       # checks (x[0] != 0) == A0 on replay; no value, no gradient
+    N_OPS = 50       # sentinel: the number of opcodes
 
 
 class OpSpec(NamedTuple):
@@ -126,6 +128,8 @@ OPS = {
     Op.GE: OpSpec("ge", 2, "", False),
     Op.LT: OpSpec("lt", 2, "", False),
     Op.LE: OpSpec("le", 2, "", False),
+    Op.EQ: OpSpec("eq", 2, "", False),
+    Op.NE: OpSpec("ne", 2, "", False),
     Op.WHERE: OpSpec("where", 3, ""),
     Op.EXPAND: OpSpec("expand", 1, "A n B"),
     Op.SLICE: OpSpec("slice", 1, "A n B start step count"),

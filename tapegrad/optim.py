@@ -9,13 +9,19 @@ Update rules and defaults are those of ``torch.optim`` of the same name (see eac
 State: ``state`` is float64 ``(2, n)`` -- row 0 the momentum buffer or first moment ``m``,
 row 1 the second moment ``v`` -- where ``n`` is the number of parameter elements, in the
 order of the ``params`` list.
+
+Hyper-parameters are validated as ``torch.optim``'s constructors validate them (and, beyond
+torch, must be finite), in the constructor, in the ``lr`` setter and in ``load_state_dict``:
+``lr, eps, weight_decay, momentum >= 0``, ``0 <= beta < 1``, nesterov needs ``momentum > 0``
+and ``dampening == 0``.
 """
 import math
+import numbers
 
 import numpy as np
 
 from ._jit import jit, kernel
-from .errors import TapegradError
+from .errors import TapegradError, user_site
 
 SGD_KIND, ADAM_KIND, ADAMW_KIND = 0, 1, 2
 # hyper-parameter vector layout, shared with tg.fit
@@ -77,10 +83,18 @@ def step_kernel(kind, val, grad, starts, stops, state, hyper, t):
         j += b - a
 
 
+_HYPER_NAMES = ("lr", "betas[0]", "betas[1]", "eps", "weight_decay", "momentum", "dampening",
+                "nesterov", "bias_correction", "centered")
+_FLAGS = (NESTEROV, BIAS_CORRECTION, CENTERED)
+
+
 class Optimizer:
     """Base: holds the parameters, the hyper-parameter vector and the state arrays."""
 
     kind = -1
+    # hyper-parameter index -> (lowest value, upper bound (exclusive) or None); the rest of
+    # the vector must be finite (and the flags 0 or 1)
+    _bounds = {LR: (0.0, None)}
 
     def __init__(self, params, hyper):
         from .var import Var
@@ -99,6 +113,7 @@ class Optimizer:
         self.hyper = np.zeros(10)
         for k, v in hyper.items():
             self.hyper[k] = v
+        self._check_hyper(self.hyper)
         self.n = sum(p.size for p in params)
         self.state = np.zeros((2, self.n))
         self.t = 0
@@ -106,11 +121,37 @@ class Optimizer:
 
     @property
     def lr(self):
+        """The learning rate; settable (``opt.lr = 1e-4``), validated as in the constructor."""
         return float(self.hyper[LR])
 
     @lr.setter
     def lr(self, value):
-        self.hyper[LR] = value
+        self.hyper[LR] = _check_number(type(self).__name__, "lr", value, 0.0, None)
+
+    @classmethod
+    def _check_hyper(cls, hyper, what=None):
+        """Raise TapegradError unless the hyper-parameter vector is valid for this class."""
+        what = what or cls.__name__
+        for i, value in enumerate(hyper):
+            name = _HYPER_NAMES[i]
+            if i in _FLAGS:
+                if value not in (0.0, 1.0):
+                    raise TapegradError(f"{what}: {name} must be True or False, got {value!r} "
+                                        f"({user_site()})")
+                continue
+            lo, hi = cls._bounds.get(i, (None, None))
+            _check_number(what, name, float(value), lo, hi)
+        if hyper[NESTEROV] and (hyper[MOMENTUM] <= 0 or hyper[DAMPENING] != 0):
+            raise TapegradError(f"{what}: nesterov needs momentum > 0 and dampening = 0 "
+                                f"(got momentum={hyper[MOMENTUM]!r}, dampening="
+                                f"{hyper[DAMPENING]!r}) ({user_site()})")
+
+    def zero_grad(self):
+        """Set the gradients of this optimizer's parameters to zero (``loss.backward()``
+        overwrites them anyway; this is for code written the torch way)."""
+        starts, stops = self.ranges()
+        for a, b in zip(starts, stops):
+            self.tape._grad[a:b] = 0
 
     def ranges(self):
         """``(starts, stops)`` of the parameters' elements in the arenas, merged when
@@ -149,22 +190,63 @@ class Optimizer:
                 "state": self.state.copy()}
 
     def load_state_dict(self, sd):
-        if sd.get("kind") != type(self).__name__:
-            raise TapegradError(f"load_state_dict: state of {sd.get('kind')!r}, not "
-                                f"{type(self).__name__}")
-        state = np.asarray(sd["state"], np.float64)
-        if state.shape != self.state.shape:
-            raise TapegradError(f"load_state_dict: state has shape {state.shape}, this "
-                                f"optimizer's parameters need {self.state.shape}")
-        self.t = int(sd["t"])
-        self.hyper[:] = np.asarray(sd["hyper"], np.float64)
+        """Resume from ``state_dict()``; everything is checked before anything is changed."""
+        what = f"{type(self).__name__}.load_state_dict"
+        keys = ("kind", "t", "hyper", "state")
+        if not isinstance(sd, dict) or any(k not in sd for k in keys):
+            got = sorted(sd) if isinstance(sd, dict) else type(sd).__name__
+            raise TapegradError(f"{what}: expected a dict with keys {keys} (from state_dict()), "
+                                f"got {got} ({user_site()})")
+        if sd["kind"] != type(self).__name__:
+            raise TapegradError(f"{what}: state of {sd['kind']!r}, not {type(self).__name__} "
+                                f"({user_site()})")
+        t = sd["t"]
+        if isinstance(t, bool) or not isinstance(t, numbers.Integral) or t < 0:
+            raise TapegradError(f"{what}: step count 't' must be an integer >= 0, got {t!r} "
+                                f"({user_site()})")
+        arrays = {}
+        for key, want in (("hyper", self.hyper.shape), ("state", self.state.shape)):
+            try:
+                a = np.asarray(sd[key], np.float64)
+            except (TypeError, ValueError) as e:
+                raise TapegradError(f"{what}: {key!r} is not an array of numbers ({e}) "
+                                    f"({user_site()})") from None
+            if a.shape != want:
+                raise TapegradError(f"{what}: {key!r} has shape {a.shape}, this optimizer needs "
+                                    f"{want} (state: 2 rows of {self.n} parameter elements) "
+                                    f"({user_site()})")
+            arrays[key] = a
+        self._check_hyper(arrays["hyper"], what)
+        state = arrays["state"]
+        if not np.isfinite(state).all() or (self.kind != SGD_KIND and (state[1] < 0).any()):
+            raise TapegradError(f"{what}: 'state' holds non-finite values or negative second "
+                                f"moments ({user_site()})")
+        self.t = int(t)
+        self.hyper[:] = arrays["hyper"]
         self.state[:] = state
 
 
-def _check(name, **values):
-    for k, v in values.items():
-        if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
-            raise TapegradError(f"{name}: {k} must be a finite number >= 0, got {v!r}")
+def _check_number(owner, name, value, lo, hi):
+    """``value`` as a float, or TapegradError unless it is a finite real number in [lo, hi)."""
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    if ok:
+        value = float(value)
+        ok = math.isfinite(value) and (lo is None or value >= lo) and (hi is None or value < hi)
+    if not ok:
+        want = ("a finite number" + ("" if lo is None else f" >= {lo:g}") if hi is None
+                else f"a number in [{lo:g}, {hi:g})")
+        raise TapegradError(f"{owner}: {name} must be {want}, got {value!r} ({user_site()})")
+    return value
+
+
+def _betas(owner, betas):
+    try:
+        b1, b2 = betas
+    except (TypeError, ValueError):
+        raise TapegradError(f"{owner}: betas must be a pair (beta1, beta2), got {betas!r} "
+                            f"({user_site()})") from None
+    return (_check_number(owner, "betas[0]", b1, 0.0, 1.0),
+            _check_number(owner, "betas[1]", b2, 0.0, 1.0))
 
 
 class SGD(Optimizer):
@@ -176,14 +258,16 @@ class SGD(Optimizer):
     """
 
     kind = SGD_KIND
+    _bounds = {LR: (0.0, None), MOMENTUM: (0.0, None), WD: (0.0, None)}
 
     def __init__(self, params, lr=1e-3, momentum=0.0, dampening=0.0, weight_decay=0.0,
                  nesterov=False):
-        _check("SGD", lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay)
-        if nesterov and (momentum <= 0 or dampening != 0):
-            raise TapegradError("SGD: nesterov needs momentum > 0 and dampening = 0")
-        super().__init__(params, {LR: lr, MOMENTUM: momentum, DAMPENING: dampening,
-                                  WD: weight_decay, NESTEROV: nesterov})
+        c = _check_number
+        super().__init__(params, {LR: c("SGD", "lr", lr, 0.0, None),
+                                  MOMENTUM: c("SGD", "momentum", momentum, 0.0, None),
+                                  DAMPENING: c("SGD", "dampening", dampening, None, None),
+                                  WD: c("SGD", "weight_decay", weight_decay, 0.0, None),
+                                  NESTEROV: bool(nesterov)})
 
 
 class Adam(Optimizer):
@@ -193,11 +277,16 @@ class Adam(Optimizer):
     """
 
     kind = ADAM_KIND
+    _bounds = {LR: (0.0, None), B1: (0.0, 1.0), B2: (0.0, 1.0), EPS: (0.0, None),
+               WD: (0.0, None)}
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
-        _check("Adam", lr=lr, beta1=betas[0], beta2=betas[1], eps=eps, weight_decay=weight_decay)
-        super().__init__(params, {LR: lr, B1: betas[0], B2: betas[1], EPS: eps,
-                                  WD: weight_decay, BIAS_CORRECTION: 1})
+        c = _check_number
+        b1, b2 = _betas("Adam", betas)
+        super().__init__(params, {LR: c("Adam", "lr", lr, 0.0, None), B1: b1, B2: b2,
+                                  EPS: c("Adam", "eps", eps, 0.0, None),
+                                  WD: c("Adam", "weight_decay", weight_decay, 0.0, None),
+                                  BIAS_CORRECTION: 1})
 
 
 class AdamW(Optimizer):
@@ -211,10 +300,14 @@ class AdamW(Optimizer):
     """
 
     kind = ADAMW_KIND
+    _bounds = Adam._bounds
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2,
                  bias_correction=True, centered=False):
-        _check("AdamW", lr=lr, beta1=betas[0], beta2=betas[1], eps=eps, weight_decay=weight_decay)
-        super().__init__(params, {LR: lr, B1: betas[0], B2: betas[1], EPS: eps,
-                                  WD: weight_decay, BIAS_CORRECTION: bool(bias_correction),
+        c = _check_number
+        b1, b2 = _betas("AdamW", betas)
+        super().__init__(params, {LR: c("AdamW", "lr", lr, 0.0, None), B1: b1, B2: b2,
+                                  EPS: c("AdamW", "eps", eps, 0.0, None),
+                                  WD: c("AdamW", "weight_decay", weight_decay, 0.0, None),
+                                  BIAS_CORRECTION: bool(bias_correction),
                                   CENTERED: bool(centered)})

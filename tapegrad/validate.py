@@ -87,7 +87,7 @@ def check_instructions(instr, bsize, n_in):
             if i0 != out:
                 return k, 4
             continue
-        if op <= Op.LE:
+        if op <= Op.NE:
             if i0 != out or i1 != out:
                 return k, 5
             continue

@@ -3,6 +3,8 @@
 A Var holds only its tape and buffer index; ``.value`` and ``.grad`` are views of the tape's
 arenas made when asked for, so they always show the latest replay.
 """
+import numbers
+
 import numpy as np
 
 from .errors import TapegradError, user_site
@@ -214,6 +216,19 @@ class Var:
     def __le__(self, o):
         return _ops.le(self, o)
 
+    def __eq__(self, o):
+        """Elementwise ``==``: a 0/1 Var, like ``<`` (a Var is hashed by identity, so it can
+        still be a dict key or set member; ``v is w`` tests identity)."""
+        if not _comparable(o):
+            return NotImplemented
+        return _ops.eq(self, o)
+
+    def __ne__(self, o):
+        """Elementwise ``!=``: a 0/1 Var."""
+        if not _comparable(o):
+            return NotImplemented
+        return _ops.ne(self, o)
+
     def __getitem__(self, key):
         return _ops.index(self, key)
 
@@ -289,6 +304,12 @@ class Var:
     def argmax(self, axis=None):
         """Indices of the maxima (an integer ndarray of the current value, no gradient)."""
         return np.argmax(self.value, axis=axis)
+
+
+def _comparable(o):
+    """Operands ``==`` / ``!=`` compare elementwise; anything else (None, a string) falls back
+    to Python's identity comparison, so ``v == None`` is False as for any object."""
+    return isinstance(o, (Var, numbers.Number, np.ndarray, np.generic, list, tuple))
 
 
 from . import interop as _interop  # noqa: E402

@@ -81,6 +81,12 @@ def distinct(rng, shapes):
     return out
 
 
+def ties(rng, shapes):
+    """Values in {-0.5, 0, 0.5}: many exact ties for ``==`` / ``!=`` (a central difference
+    moves off a tie both ways, so it still sees a zero gradient)."""
+    return [0.5 * rng.integers(-1, 2, s).astype(float) for s in shapes]
+
+
 def each(*gens):
     """Generator i for input i (e.g. a positive base and a normal exponent)."""
     def gen(rng, shapes):
@@ -306,11 +312,25 @@ SPECS = [
          zero_grad=True),
     Spec("le", (Op.LE,), lambda x, y: x <= y, np.less_equal, BINARY_CASES[:6], distinct,
          zero_grad=True),
+    Spec("eq", (Op.EQ,), lambda x, y: x == y, np.equal, BINARY_CASES[:6], ties,
+         zero_grad=True),
+    Spec("ne", (Op.NE,), lambda x, y: x != y, np.not_equal, BINARY_CASES[:6], ties,
+         zero_grad=True),
+    Spec("eq_ne_functions", (Op.EQ, Op.NE), lambda x, y: tg.ops.eq(x, y) + 2 * tg.ops.ne(y, x),
+         lambda x, y: np.equal(x, y) + 2 * np.not_equal(y, x), [C((2, 3), (3,))], ties,
+         zero_grad=True),
+    # (a condition on the inputs themselves would jump at the ties finite differences sit on)
+    Spec("where_eq_const", (Op.WHERE, Op.EQ, Op.NE),
+         lambda x: tg.where(x.tape.input("c", value=checker(x.shape)) == 1.0, 10.0 * x, x)
+         + (100.0 != x),
+         lambda x: np.where(checker(x.shape) == 1.0, 10.0 * x, x) + (100.0 != x),
+         [C((3, 4))]),
     Spec("compare_number", (Op.GT, Op.LT), lambda x: tg.stack([0.0 < x, x < 0.0]),
          lambda x: np.stack([0.0 < x, x < 0.0]), [C((2, 3))], distinct, zero_grad=True),
-    Spec("compare_ties", (Op.GT, Op.GE, Op.LT, Op.LE),
-         lambda x: tg.stack([x > x, x >= x, x < x, x <= x]),
-         lambda x: np.stack([x > x, x >= x, x < x, x <= x]), [C((2, 3))], zero_grad=True),
+    Spec("compare_ties", (Op.GT, Op.GE, Op.LT, Op.LE, Op.EQ, Op.NE),
+         lambda x: tg.stack([x > x, x >= x, x < x, x <= x, x == x, x != x]),
+         lambda x: np.stack([x > x, x >= x, x < x, x <= x, x == x, x != x]), [C((2, 3))],
+         zero_grad=True),
     Spec("mask_mul", (Op.GT, Op.MUL), lambda x, y: x * (x > y),
          lambda x, y: x * (x > y), [C((2, 3), (3,)), C((2, 1), (1, 3))], distinct),
     # ------------------------------------------------------------------ where

@@ -10,7 +10,9 @@ vectorise the loops, and indexing the arenas directly, instead of through views,
 reference counting per instruction); ``n`` the number of elements; ``k`` the immediate.
 A reverse rule accumulates into the inputs' gradients with ``+=``.
 At kinks PyTorch's conventions hold: relu'(0) = abs'(0) = 0, maximum/minimum split the
-gradient of a tie equally.
+gradient of a tie equally. NaN propagates as in PyTorch: relu(nan), maximum(nan, 1) and
+minimum(1, nan) are nan; relu passes the gradient at nan, maximum/minimum give both
+operands the whole gradient when either is nan; comparisons with nan are 0 (``!=``: 1).
 """
 import math
 
@@ -250,14 +252,14 @@ def relu(x):
 
 @kernel
 def relu_fwd(v, x, ans, n, k):
-    for i in range(n):
-        v[ans + i] = v[x + i] if v[x + i] > 0 else 0
+    for i in range(n):  # written so that nan is kept (as torch)
+        v[ans + i] = 0 if v[x + i] <= 0 else v[x + i]
 
 
 @kernel
 def relu_bwd(v, g, x, ans, n, k):
     for i in range(n):
-        if v[x + i] > 0:
+        if not v[x + i] <= 0:  # x > 0 or nan: torch passes the gradient at nan
             g[x + i] += g[ans + i]
 
 
@@ -460,16 +462,18 @@ def pow_fwd(v, x, y, ans, n):
         v[ans + i] = v[x + i] ** v[y + i]
 
 
+# d/dy = ans * log(x), except 0 where x == 0 and y >= 0 (as torch): so 0 ** -1 gives
+# inf * log(0) = -inf, a negative or nan base nan
 @kernel
 def pow_bwd(v, g, x, y, ans, n):
     for i in range(n):
         a, b = v[x + i], v[y + i]
         if b != 0:
             g[x + i] += g[ans + i] * b * a ** (b - 1)
-        if a > 0:
-            g[y + i] += g[ans + i] * v[ans + i] * math.log(a)
-        elif a < 0 or b < 0:  # log of a negative base, or 0 ** negative: as torch, nan/inf
-            g[y + i] += g[ans + i] * v[ans + i] * math.nan
+        if a == 0 and b >= 0:
+            continue
+        log_a = math.log(a) if a > 0 else (-math.inf if a == 0 else math.nan)
+        g[y + i] += g[ans + i] * v[ans + i] * log_a
 
 
 @vjp(Op.POW)
@@ -492,21 +496,22 @@ def maximum(x, y):
 
 @kernel
 def maximum_fwd(v, x, y, ans, n):
-    for i in range(n):
-        v[ans + i] = v[x + i] if v[x + i] >= v[y + i] else v[y + i]
+    for i in range(n):  # nan in either operand gives nan
+        a, b = v[x + i], v[y + i]
+        v[ans + i] = a if (a >= b or a != a) else b
 
 
+# torch's rule: the whole gradient to each operand not strictly smaller (so to both when one
+# is nan), half of it to each of a tie
 @kernel
 def maximum_bwd(v, g, x, y, ans, n):
     for i in range(n):
         a, b = v[x + i], v[y + i]
-        if a > b:
-            g[x + i] += g[ans + i]
-        elif a < b:
-            g[y + i] += g[ans + i]
-        else:
-            g[x + i] += 0.5 * g[ans + i]
-            g[y + i] += 0.5 * g[ans + i]
+        share = 0.5 * g[ans + i] if a == b else g[ans + i]
+        if not a < b:
+            g[x + i] += share
+        if not a > b:
+            g[y + i] += share
 
 
 @vjp(Op.MAXIMUM)
@@ -522,21 +527,20 @@ def minimum(x, y):
 
 @kernel
 def minimum_fwd(v, x, y, ans, n):
-    for i in range(n):
-        v[ans + i] = v[x + i] if v[x + i] <= v[y + i] else v[y + i]
+    for i in range(n):  # nan in either operand gives nan
+        a, b = v[x + i], v[y + i]
+        v[ans + i] = a if (a <= b or a != a) else b
 
 
 @kernel
 def minimum_bwd(v, g, x, y, ans, n):
     for i in range(n):
         a, b = v[x + i], v[y + i]
-        if a < b:
-            g[x + i] += g[ans + i]
-        elif a > b:
-            g[y + i] += g[ans + i]
-        else:
-            g[x + i] += 0.5 * g[ans + i]
-            g[y + i] += 0.5 * g[ans + i]
+        share = 0.5 * g[ans + i] if a == b else g[ans + i]
+        if not a > b:
+            g[x + i] += share
+        if not a < b:
+            g[y + i] += share
 
 
 @vjp(Op.MINIMUM)
@@ -566,6 +570,16 @@ def le(x, y):
     return _binary(Op.LE, x, y, "le")
 
 
+def eq(x, y):
+    """1.0 where x == y else 0.0 (no gradient; nan == nan is 0).  ``v == 0``"""
+    return _binary(Op.EQ, x, y, "eq")
+
+
+def ne(x, y):
+    """1.0 where x != y else 0.0 (no gradient; nan != nan is 1).  ``v != 0``"""
+    return _binary(Op.NE, x, y, "ne")
+
+
 @kernel
 def compare_fwd(op, v, x, y, ans, n):
     for i in range(n):
@@ -576,8 +590,12 @@ def compare_fwd(op, v, x, y, ans, n):
             v[ans + i] = 1.0 if a >= b else 0.0
         elif op == Op.LT:
             v[ans + i] = 1.0 if a < b else 0.0
-        else:
+        elif op == Op.LE:
             v[ans + i] = 1.0 if a <= b else 0.0
+        elif op == Op.EQ:
+            v[ans + i] = 1.0 if a == b else 0.0
+        else:
+            v[ans + i] = 1.0 if a != b else 0.0
 
 
 # ---------------------------------------------------------------------------- where

@@ -7,16 +7,19 @@ Attributes: ``batch, M, K, N, sx, sy`` with ``sx``/``sy`` 0 when that operand is
 whole batch. Products of at least ``BLAS_MIN`` multiply-adds call SciPy's BLAS ``?gemm``
 directly (which ``tapegrad._jit`` loads single-threaded): unlike ``np.dot`` it accumulates
 into the gradient (beta = 1) without a temporary, and costs far less to compile. Smaller
-products are plain loops, as fast there.
+products are plain loops, as fast there; in a float32 arena their sums over K (and, in the
+reverse rule, over M and over a shared operand's batch) run in float64, as ``ops.reduce``'s
+sums do. (BLAS's float32 products accumulate in float32, as PyTorch's do.)
 """
 import numpy as np
 from numba import types
 from numba.np.linalg import ensure_blas
 
-from .._jit import kernel
+from .._jit import jit, kernel
 from ..errors import ShapeError, user_site
 from ..opcodes import Op
 from ..var import Var
+from ._precision import is_f32
 from ._record import broadcast_to, prod, reshape_var, vars_of
 from ._vjp import vjp
 
@@ -88,14 +91,43 @@ def _batched(v, batch_shape, mat):
 
 
 # x, y, ans: offsets of X (M, K), Y (K, N) and Z (M, N) in the arenas (int64); batch t reads
-# X at x + t*sx*M*K. Small products are plain loops over the arenas at uint64 offsets.
+# X at x + t*sx*M*K. Products below BLAS_MIN are plain loops over the arenas at uint64 offsets
+# in functions of their own, called (not inlined) from the sweeps: the sweeps' compile time
+# grows faster than their size, and a call costs nanoseconds next to a product.
 @kernel
 def matmul_fwd(v, x, y, ans, batch, M, K, N, sx, sy):
+    if M * K * N < BLAS_MIN:
+        small_matmul_fwd(v, x, y, ans, batch, M, K, N, sx, sy)
+        return
+    for t in range(batch):  # Z.T (N x M) = Y.T (N x K) @ X.T (K x M)
+        xo, yo, zo = x + t * sx * M * K, y + t * sy * K * N, ans + t * M * N
+        gemm(_N, _N, N, M, K, v, yo, N, v, xo, K, 0.0, v, zo)
+
+
+# gx += g @ y.T,  gy += x.T @ g   (per batch; a shared operand sums over the batch);
+# dx / dy: whether x / y need a gradient at all
+@kernel
+def matmul_bwd(v, g, x, y, ans, batch, M, K, N, sx, sy, dx, dy):
+    if M * K * N < BLAS_MIN:
+        small_matmul_bwd(v, g, x, y, ans, batch, M, K, N, sx, sy, dx, dy)
+        return
     for t in range(batch):
         xo, yo, zo = x + t * sx * M * K, y + t * sy * K * N, ans + t * M * N
-        if M * K * N >= BLAS_MIN:  # Z.T (N x M) = Y.T (N x K) @ X.T (K x M)
-            gemm(_N, _N, N, M, K, v, yo, N, v, xo, K, 0.0, v, zo)
-            continue
+        if dx:  # GX.T (K x M) += Y (K x N) @ G.T (N x M)
+            gemm(_T, _N, K, M, N, v, yo, N, g, zo, N, 1.0, g, xo)
+        if dy:  # GY.T (N x K) += G.T (N x M) @ X (M x K)
+            gemm(_N, _T, N, K, M, g, zo, N, v, xo, K, 1.0, g, yo)
+
+
+# Each row of Z: Z[m] = sum_k X[m, k] Y[k], accumulated in place in a float64 arena and in a
+# float64 row in a float32 one (a float32 running sum over K loses digits).
+@jit
+def small_matmul_fwd(v, x, y, ans, batch, M, K, N, sx, sy):
+    if is_f32(v):
+        _small_fwd_f32(v, x, y, ans, batch, M, K, N, sx, sy)
+        return
+    for t in range(batch):
+        xo, yo, zo = x + t * sx * M * K, y + t * sy * K * N, ans + t * M * N
         for m in range(M):
             z = np.uint64(zo + m * N)
             for n in range(np.uint64(N)):
@@ -107,18 +139,34 @@ def matmul_fwd(v, x, y, ans, batch, M, K, N, sx, sy):
                     v[z + n] += xv * v[row + n]
 
 
-# gx += g @ y.T,  gy += x.T @ g   (per batch; a shared operand sums over the batch);
-# dx / dy: whether x / y need a gradient at all
 @kernel
-def matmul_bwd(v, g, x, y, ans, batch, M, K, N, sx, sy, dx, dy):
+def _small_fwd_f32(v, x, y, ans, batch, M, K, N, sx, sy):
+    acc = np.empty(N)
     for t in range(batch):
         xo, yo, zo = x + t * sx * M * K, y + t * sy * K * N, ans + t * M * N
-        if M * K * N >= BLAS_MIN:
-            if dx:  # GX.T (K x M) += Y (K x N) @ G.T (N x M)
-                gemm(_T, _N, K, M, N, v, yo, N, g, zo, N, 1.0, g, xo)
-            if dy:  # GY.T (N x K) += G.T (N x M) @ X (M x K)
-                gemm(_N, _T, N, K, M, g, zo, N, v, xo, K, 1.0, g, yo)
-            continue
+        for m in range(M):
+            for n in range(N):
+                acc[n] = 0
+            for k in range(K):
+                xv = np.float64(v[np.uint64(xo + m * K + k)])
+                row = np.uint64(yo + k * N)
+                for n in range(np.uint64(N)):
+                    acc[n] += xv * v[row + n]
+            z = np.uint64(zo + m * N)
+            for n in range(np.uint64(N)):
+                v[z + n] = acc[n]
+
+
+# gx[m, k] = sum_n g[m, n] y[k, n] and gy[k] += x[m, k] g[m] over m, in place in a float64
+# arena; in a float32 one the dot products are float64 scalars, gy a float64 matrix flushed
+# per batch entry (or once, when y is shared) and gx too when x is shared by the batch.
+@jit
+def small_matmul_bwd(v, g, x, y, ans, batch, M, K, N, sx, sy, dx, dy):
+    if is_f32(v):
+        _small_bwd_f32(v, g, x, y, ans, batch, M, K, N, sx, sy, dx, dy)
+        return
+    for t in range(batch):
+        xo, yo, zo = x + t * sx * M * K, y + t * sy * K * N, ans + t * M * N
         for m in range(M):
             z = np.uint64(zo + m * N)
             for k in range(K):
@@ -155,3 +203,36 @@ def matmul_vjp(r, g):
         if not sy:
             gy = _sum(gy, axis=0)
     return gx, gy
+
+
+@kernel
+def _small_bwd_f32(v, g, x, y, ans, batch, M, K, N, sx, sy, dx, dy):
+    shared_x = dx and sx == 0 and batch > 1
+    gx = np.zeros(M * K if shared_x else 0)
+    gy = np.zeros(K * N if dy else 0)
+    for t in range(batch):
+        xo, yo, zo = x + t * sx * M * K, y + t * sy * K * N, ans + t * M * N
+        for m in range(M):
+            z = np.uint64(zo + m * N)
+            for k in range(K):
+                row = np.uint64(yo + k * N)
+                xi = np.uint64(xo + m * K + k)
+                if dx:
+                    s = 0.0
+                    for n in range(np.uint64(N)):
+                        s += np.float64(g[z + n]) * v[row + n]
+                    if shared_x:
+                        gx[m * K + k] += s
+                    else:
+                        g[xi] = g[xi] + s
+                if dy:
+                    xv = np.float64(v[xi])
+                    r = np.uint64(k * N)
+                    for n in range(np.uint64(N)):
+                        gy[r + n] += xv * g[z + n]
+        if dy and (sy != 0 or t == batch - 1):
+            for i in range(np.uint64(K * N)):
+                g[np.uint64(yo) + i] = g[np.uint64(yo) + i] + gy[i]
+                gy[i] = 0
+    for i in range(np.uint64(gx.size)):
+        g[np.uint64(x) + i] = g[np.uint64(x) + i] + gx[i]

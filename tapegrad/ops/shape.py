@@ -19,6 +19,7 @@ from ..tape import TEMP
 from ..var import Var
 from ._record import norm_axis, prod, reshape_var, vars_of
 from ._vjp import view3, vjp
+from .reduce import sum_middle
 
 
 # ---------------------------------------------------------------------------- reshape
@@ -60,12 +61,7 @@ def expand_fwd(v, x, ans, A, n, B):
 
 @kernel
 def expand_bwd(g, x, ans, A, n, B):
-    for a in range(A):
-        src = x + np.uint64(a * B)
-        for j in range(n):
-            dst = ans + np.uint64((a * n + j) * B)
-            for b in range(np.uint64(B)):
-                g[src + b] += g[dst + b]
+    sum_middle(g, ans, g, x, A, n, B, True)  # a reduction: summed in float64 (ops.reduce)
 
 
 @vjp(Op.EXPAND)
