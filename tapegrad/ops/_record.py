@@ -96,10 +96,10 @@ def norm_axis(axis, ndim, opname):
     if isinstance(axis, bool) or not isinstance(axis, (numbers.Integral,)):
         raise ShapeError(f"{opname}: axis must be an int, got {axis!r} ({user_site()})")
     a = int(axis)
-    if not -max(ndim, 1) <= a < max(ndim, 1):
-        raise ShapeError(f"{opname}: axis {a} is out of range for {ndim}-d input "
+    if not -ndim <= a < ndim:  # NumPy's AxisError, worded as NumPy does
+        raise ShapeError(f"{opname}: axis {a} is out of bounds for array of dimension {ndim} "
                          f"({user_site()})")
-    return a % max(ndim, 1)
+    return a % ndim
 
 
 def norm_axes(axis, ndim, opname):
