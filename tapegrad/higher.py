@@ -188,21 +188,26 @@ def jacobian(f, argnums=0):
         if tr is None:
             tr = cache[nums] = _Traced(f, set(nums), lambda tape, ins, out: {})
         entry = tr(args)
-        ins, out = entry["ins"], entry["out"]
-        rows = [np.zeros((out.size,) + ins[i].shape, ins[i].dtype) for i in nums]
-        seed = np.zeros(out.size, entry["tape"].dtype)
-        for m in range(out.size):
-            seed[:] = 0
-            seed[m] = 1
-            out.backward(grad_output=seed.reshape(out.shape))
-            for r, i in zip(rows, nums):
-                r[m] = ins[i].grad
-        res = tuple(r.reshape(out.shape + ins[i].shape) for r, i in zip(rows, nums))
-        return res[0] if single else res
+        res = _reverse_rows(entry["out"], [entry["ins"][i] for i in nums])
+        return res[0] if single else tuple(res)
     return jac
 
 
 jacrev = jacobian
+
+
+def _reverse_rows(y, xs):
+    """d y / d x for each x of ``xs``, shaped ``y.shape + x.shape``: one compiled reverse
+    sweep per element of ``y`` (a unit cotangent)."""
+    rows = [np.zeros((y.size,) + x.shape, x.dtype) for x in xs]
+    seed = np.zeros(y.size, y.dtype)
+    for m in range(y.size):
+        seed[:] = 0
+        seed[m] = 1
+        y.backward(grad_output=seed.reshape(y.shape))
+        for r, x in zip(rows, xs):
+            r[m] = x.grad
+    return [r.reshape(y.shape + x.shape) for r, x in zip(rows, xs)]
 
 
 def hessian(f, argnums=0):
@@ -226,18 +231,7 @@ def hessian(f, argnums=0):
             tr = cache[nums] = _Traced(f, set(nums), build(nums))
         entry = tr(args)
         ins, grads = entry["ins"], entry["grads"]
-        blocks = [[None] * len(nums) for _ in nums]
-        for a, g in enumerate(grads):
-            rows = [np.zeros((g.size,) + ins[j].shape, ins[j].dtype) for j in nums]
-            seed = np.zeros(g.size, entry["tape"].dtype)
-            for m in range(g.size):
-                seed[:] = 0
-                seed[m] = 1
-                g.backward(grad_output=seed.reshape(g.shape))
-                for r, j in zip(rows, nums):
-                    r[m] = ins[j].grad
-            for c, (r, j) in enumerate(zip(rows, nums)):
-                blocks[a][c] = r.reshape(ins[nums[a]].shape + ins[j].shape)
+        blocks = [_reverse_rows(g, [ins[j] for j in nums]) for g in grads]
         return blocks[0][0] if single else tuple(tuple(row) for row in blocks)
     return hess
 
