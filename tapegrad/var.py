@@ -316,3 +316,6 @@ from . import interop as _interop  # noqa: E402
 from . import ops as _ops  # noqa: E402  (the ops import Var)
 from .ops import elementwise as _ew  # noqa: E402
 from .tape import _size  # noqa: E402
+from .ops import _record  # noqa: E402
+
+_record.Var = Var

@@ -31,7 +31,16 @@ import json, resource, sys, time
 import numpy as np
 import tapegrad as tg
 
-def rss_mb():
+def rss_mb(key="VmHWM"):
+    # this process's peak (VmHWM) or current (VmRSS) resident size; getrusage's maximum would
+    # include the parent's, inherited across exec
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 def chain(n):
@@ -46,7 +55,7 @@ warm, wy = chain(300)            # load the compiled sweeps from numba's cache
 warm.forward(); wy.backward()
 del warm, wy
 n = int(sys.argv[1])
-base = rss_mb()
+base = rss_mb("VmRSS")
 t0 = time.perf_counter()
 tape, y = chain(n)
 t1 = time.perf_counter()

@@ -7,6 +7,8 @@ from ..errors import ShapeError, TapegradError, user_site
 from ..opcodes import Op
 from ..tape import current_tape
 
+Var = None  # tapegrad.var.Var, set by that module once the class exists (they import each other)
+
 
 def prod(xs):
     p = 1
@@ -17,7 +19,6 @@ def prod(xs):
 
 def tape_of(args, opname):
     """The one tape the Var operands belong to (mixing tapes is an error)."""
-    from ..var import Var
     tape = None
     for a in args:
         if isinstance(a, Var):
@@ -33,7 +34,6 @@ def tape_of(args, opname):
 
 def as_var(a, tape, opname):
     """``a`` as a Var of ``tape``: Python numbers and arrays become constants."""
-    from ..var import Var
     if isinstance(a, Var):
         return a
     if isinstance(a, (numbers.Number, np.ndarray, np.generic, list, tuple)):
@@ -61,7 +61,6 @@ def broadcast_shape(opname, *vs):
 
 def reshape_var(x, shape):
     """``x`` with a new shape of the same size, sharing memory (no instruction)."""
-    from ..var import Var
     shape = tuple(int(s) for s in shape)
     if shape == x.shape:
         return x
@@ -70,7 +69,6 @@ def reshape_var(x, shape):
 
 def broadcast_to(x, shape):
     """``x`` expanded to ``shape`` with one EXPAND per run of broadcast axes."""
-    from ..var import Var
     shape = tuple(shape)
     if x.shape == shape:
         return x
