@@ -14,6 +14,8 @@ import numpy as np
 
 import tapegrad as tg
 
+from .workloads import tanh_mlp
+
 ROUNDS, CALLS = 9, 50
 
 
@@ -23,20 +25,11 @@ def _weights(seed=0, sizes=(8, 64, 64, 4)):
             for a, b in zip(sizes[:-1], sizes[1:])]
 
 
-def _mlp(lib, weights):
-    def f(x):
-        h = x
-        for i, (W, b) in enumerate(weights):
-            h = h @ W + b
-            if i < len(weights) - 1:
-                h = lib.tanh(h)
-        return h
-    return f
 
 
 def engines(x, u):
     ws = _weights()
-    f_tg = _mlp(tg, ws)
+    f_tg = tanh_mlp(tg, ws)
     jac_tg = tg.jacfwd(f_tg)
     out = {"jvp": {"tapegrad": lambda: tg.jvp(f_tg, (x,), (u,))[1]},
            "jacfwd": {"tapegrad": lambda: jac_tg(x)}}
@@ -44,7 +37,7 @@ def engines(x, u):
         import torch
         torch.set_num_threads(1)
         tws = [(torch.tensor(W), torch.tensor(b)) for W, b in ws]
-        f_t = _mlp(torch, tws)
+        f_t = tanh_mlp(torch, tws)
         xt, ut = torch.tensor(x), torch.tensor(u)
         out["jvp"]["torch.func.jvp"] = lambda: torch.func.jvp(f_t, (xt,), (ut,))[1].numpy()
         out["jvp"]["torch.autograd.functional.jvp"] = lambda: torch.autograd.functional.jvp(
@@ -59,7 +52,7 @@ def engines(x, u):
         jax.config.update("jax_enable_x64", True)
         import jax.numpy as jnp
         jws = [(jnp.asarray(W), jnp.asarray(b)) for W, b in ws]
-        f_j = _mlp(jnp, jws)
+        f_j = tanh_mlp(jnp, jws)
         jvp_j = jax.jit(lambda x, u: jax.jvp(f_j, (x,), (u,))[1])
         jac_j = jax.jit(jax.jacfwd(f_j))
         xj, uj = jnp.asarray(x), jnp.asarray(u)

@@ -18,6 +18,8 @@ import time
 
 import numpy as np
 
+from .workloads import tanh_mlp
+
 D, W0, N_PHYS = 2.0, 20.0, 30
 SIZES = (1, 32, 32, 32, 1)
 LR = 1e-3
@@ -53,13 +55,7 @@ def build_tg(params):
     layers = [(tape.param(W, name=f"W{i}"), tape.param(b, name=f"b{i}"))
               for i, (W, b) in enumerate(params)]
 
-    def u(t):
-        h = t
-        for i, (W, b) in enumerate(layers):
-            h = h @ W + b
-            if i < len(layers) - 1:
-                h = tg.tanh(h)
-        return h
+    u = tanh_mlp(tg, layers)
     t0 = tape.input("t0", value=np.zeros((1, 1)), requires_grad=True)
     t = tape.input("t", value=t_phys(), requires_grad=True)
     u0 = u(t0)

@@ -25,6 +25,8 @@ import time
 
 import numpy as np
 
+import tapegrad as tg
+
 # ---------------------------------------------------------------------------- scaling
 _CHILD = r"""
 import json, resource, sys, time
@@ -108,7 +110,6 @@ class _TgOps:
         return self.tape.param(np.array(v))
 
     def relu(self, v):
-        import tapegrad as tg
         return tg.relu(v)
 
     def cube(self, v):
@@ -163,7 +164,7 @@ def _as_user_code(*objs, **names):
     return ns
 
 
-def _tg_more_ops():  # run as user code (its globals tg, more_ops, _TgOps: see _as_user_code)
+def _tg_more_ops():  # run as user code (see _as_user_code)
     tape = tg.Tape()
     a, b, g = more_ops(_TgOps(tape))
     tape.forward()
@@ -173,7 +174,6 @@ def _tg_more_ops():  # run as user code (its globals tg, more_ops, _TgOps: see _
 
 def more_ops_engines():
     """name -> callable doing one fresh build + forward + backward; returns (g, da, db)."""
-    import tapegrad as tg
     from .engines import Node
 
     user = _as_user_code(more_ops, _TgOps, _tg_more_ops, tg=tg, np=np)
@@ -260,9 +260,9 @@ def run(quick=False):
               f"{total:>8.2f} {r['bytes_per_instr']:>13.0f} {r['rss_peak_mb']:>12.0f}")
     fresh = {}
     rounds = 5 if quick else 15
+    n_ops = 2000 if quick else 10000
     for name, engines, check in (("test_more_ops", more_ops_engines(), True),
-                                 ("scalar-graph-10k", scalar_graph_engines(
-                                     2000 if quick else 10000), False)):
+                                 (f"scalar-graph-{n_ops}", scalar_graph_engines(n_ops), False)):
         vals = {k: f() for k, f in engines.items()}
         ref = vals["tapegrad"]
         diff = {k: max(abs(a - b) / max(abs(b), 1e-12) for a, b in zip(v, ref))

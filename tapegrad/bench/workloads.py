@@ -108,3 +108,16 @@ def _wsum(grads):
     """A check value of the leaf gradients: sum of (i + 1) * grad_i (their plain sum is 0:
     softmax is shift-invariant)."""
     return float(sum((i + 1) * g for i, g in enumerate(grads)))
+
+
+def tanh_mlp(lib, weights):
+    """``x -> (x @ W + b)`` per layer of ``weights`` [(W, b), ...], ``lib.tanh`` between
+    layers, for any library with ``@`` and ``tanh`` (tapegrad, torch, jax.numpy)."""
+    def f(x):
+        h = x
+        for i, (W, b) in enumerate(weights):
+            h = h @ W + b
+            if i < len(weights) - 1:
+                h = lib.tanh(h)
+        return h
+    return f
