@@ -47,6 +47,16 @@ def test_float32_sum_of_1e7_forward_replay_and_reverse():
     assert rel_err(y.value, want) <= 1e-6
 
 
+@pytest.mark.parametrize("rows", [1, 7, 8, 13, 64, 131])
+def test_float32_column_sums_by_blocks_of_rows(rows):
+    """Column sums of float32 rows go by blocks of 8 rows: every count of leftover rows."""
+    rng = np.random.default_rng(rows)
+    data = rng.standard_normal((2, rows, 5)).astype(np.float32)
+    want = data.astype(np.float64).sum(axis=1)
+    s = tg.Tape(np.float32).param(data).sum(axis=1)
+    assert rel_err(s.value, want) <= 1e-6
+
+
 def test_float32_column_sums_and_broadcast_rows():
     """Several columns (B > 1): sum over axis 0, and a bias row broadcast over 2.5e6 rows."""
     rng = np.random.default_rng(1)
