@@ -355,6 +355,22 @@ def test_float32_cross_entropy_gradient_at_large_logits(label):
                                rtol=1e-6)
 
 
+@pytest.mark.parametrize("shift", [0.0, 5.5, -7.9, 8.2, 60.0])
+def test_float32_cross_entropy_gradient_at_usual_logits(shift):
+    """Rows of every size of logsumexp (the reverse rule takes float32 differences below 8)."""
+    rng = np.random.default_rng(int(shift * 10) % 97)
+    logits = (rng.standard_normal((64, 10)) * 2 + shift).astype(np.float32)
+    labels = rng.integers(0, 10, 64)
+    tape = tg.Tape(np.float32)
+    x = tape.param(logits)
+    tg.cross_entropy(x, labels, reduction="sum").backward()
+    x64 = logits.astype(np.float64)
+    m = x64.max(axis=1, keepdims=True)
+    want = np.exp(x64 - m - np.log(np.exp(x64 - m).sum(axis=1, keepdims=True)))
+    want[np.arange(64), labels] -= 1
+    np.testing.assert_allclose(x.grad, want, rtol=2e-6, atol=1e-7)
+
+
 # ---------------------------------------------------------------------------- 4. == and !=
 def test_eq_ne_are_elementwise_vars():
     tape = tg.Tape()
