@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 import tapegrad as tg
+from tapegrad.ops import linalg
 
 nan, inf = math.nan, math.inf
 BIG = 10 ** 7
@@ -111,7 +112,8 @@ def test_float32_logsumexp_and_softmax_sums():
     ((1, 1, 3), (20000, 3, 1)),    # x shared by the batch
 ])
 def test_float32_small_matmul_sums_in_float64(xs, ys):
-    """Products below the BLAS threshold are hand-written loops: their sums are float64 too."""
+    """float32 products with long sums below BLAS_MIN are hand-written loops: their sums are
+    float64 too."""
     rng = np.random.default_rng(4)
     a = (0.1 + rng.uniform(0, 0.01, xs)).astype(np.float32)
     b = (0.1 + rng.uniform(0, 0.01, ys)).astype(np.float32)
@@ -119,7 +121,8 @@ def test_float32_small_matmul_sums_in_float64(xs, ys):
     tape = tg.Tape(np.float32)
     x, y = tape.param(a), tape.param(b)
     z = x @ y
-    assert z.size * xs[-1] < 65536  # below tapegrad.ops.linalg.BLAS_MIN: the loop path
+    assert z.size * xs[-1] < linalg.BLAS_MIN  # the loop path (linalg.use_blas)
+    assert max(xs[-1], z.shape[-1], z.size // z.shape[-1]) > linalg.F32_SUM_MAX
     want = a64 @ b64
     assert rel_err(z.value, want) <= 1e-6
     gz = rng.uniform(0.5, 1.0, want.shape)

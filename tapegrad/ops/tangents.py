@@ -26,7 +26,7 @@ import numpy as np
 
 from .._jit import kernel
 from ..opcodes import Op
-from .linalg import BLAS_MIN, _N, _T, gemm
+from .linalg import _N, _T, gemm, use_blas
 
 
 @kernel
@@ -226,14 +226,14 @@ def log_softmax_tan(v, t, ans, tx, tans, A, n, B, D, acc):
 # Z = X @ Y per batch entry:  dZ = dX @ Y + X @ dY. Tangents are (M, K, D), (K, N, D),
 # (M, N, D): X @ dY is one (M, K) @ (K, N*D) product; dX @ Y is, per row m of Z, the
 # column-major (D, K) @ (K, N). A shared operand (stride 0) has one tangent for the batch.
-# Value offsets x, y, ans as in matmul_fwd (int64); BLAS from BLAS_MIN multiply-adds on.
+# Value offsets x, y, ans as in matmul_fwd (int64); BLAS where linalg.use_blas says so.
 @kernel
 def matmul_tan(v, t, x, y, ans, D, batch, M, K, N, sx, sy, dx, dy):
     Di = np.int64(D)
     ND = N * Di
     for b in range(batch):
         xo, yo, zo = x + b * sx * M * K, y + b * sy * K * N, ans + b * M * N
-        if M * K * N * Di >= BLAS_MIN:
+        if use_blas(v, batch, M, K, N * Di):
             if dx and Di == 1:  # dZ.T = Y.T @ dX.T, as matmul_fwd
                 gemm(_N, _N, N, M, K, v, yo, N, t, xo, K, 0.0, t, zo)
             elif dx:  # per m:  dZ[m].T (D x N) = dX[m].T (D x K) @ Y (K x N)
