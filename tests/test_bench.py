@@ -55,3 +55,14 @@ def test_bench_quick_runs_and_writes_outputs(tmp_path):
         return
     png = tmp_path / "bench.png"
     assert png.is_file() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_opprofile_covers_every_instruction_of_the_tape():
+    from tapegrad.bench.opprofile import _workload, op_profile
+    tape, loss = _workload("seed")
+    rows, whole = op_profile(tape, loss, reps=2)
+    assert sum(r[1] for r in rows) == len(tape)
+    names = {r[0] for r in rows}
+    assert {"matmul", "leaky_relu", "sum"} <= names
+    assert all(r[2] >= 0 and r[3] >= 0 for r in rows) and whole[0] > 0
+    assert "(1, 1, 64, 64)" in next(r[4] for r in rows if r[0] == "matmul")
