@@ -24,6 +24,7 @@ from .ops import (abs, add, argmax, clip, concatenate, cos, cross_entropy, div, 
 
 from . import nn, optim
 from .ops import random
+from .ops.gather import expand_dims, repeat, squeeze, take
 from .ops.random import dropout
 from .fit import fit
 from .forward import jacfwd, jvp

@@ -19,6 +19,7 @@ from ..tape import TEMP
 from ..var import Var
 from ._record import norm_axis, prod, reshape_var, vars_of
 from ._vjp import view3, vjp
+from .gather import advanced_index, is_advanced
 from .reduce import sum_middle
 
 
@@ -73,7 +74,10 @@ def expand_vjp(r, g):
 
 # ---------------------------------------------------------------------------- indexing
 def index(x, key):
-    """``x[key]`` for ints, slices, ``...`` and ``None`` (basic indexing, a copy)."""
+    """``x[key]`` for ints, slices, ``...`` and ``None`` (basic indexing, a copy); integer
+    arrays, boolean NumPy masks and index Vars as NumPy's advanced indexing (a gather)."""
+    if is_advanced(key):  # integer arrays, masks, index Vars: a gather (ops/gather.py)
+        return advanced_index(x, key)
     tape, (x,) = vars_of([x], "index")
     key = key if isinstance(key, tuple) else (key,)
     if any(not (k is None or k is Ellipsis or isinstance(k, (slice, numbers.Integral)))
