@@ -30,7 +30,7 @@ from .._jit import kernel
 from ..errors import FeedError, ShapeError, TapegradError, user_site
 from ..opcodes import OUT, Op
 from ..var import Var
-from ._record import broadcast_to, norm_axis, prod, reshape_var, vars_of
+from ._record import as_var, broadcast_to, norm_axis, prod, reshape_var, tape_of, vars_of
 from ._vjp import view3, vjp
 
 _F32_EXACT = 2 ** 24  # the largest axis whose indices a float32 arena holds exactly
@@ -337,7 +337,9 @@ def take(x, indices, axis=None):
     from the end. The gradient scatter-adds (repeated indices accumulate).
 
     ``tg.take(emb, tokens, axis=0)``"""
-    tape, (x,) = vars_of([x], "take")
+    # the tape of x, or of the indices (tg.take(array, ids) gathers from a constant)
+    tape = tape_of([x, indices], "take")
+    x = as_var(x, tape, "take")
     if axis is None:
         x, axis = reshape_var(x, (x.size,)), 0
     else:
@@ -345,9 +347,6 @@ def take(x, indices, axis=None):
     n = x.shape[axis]
     _check_axis_len(tape, n, "take")
     if isinstance(indices, Var):
-        if indices.tape is not tape:
-            raise TapegradError(f"take: the array and its indices are Vars of two different "
-                                f"tapes ({user_site()})")
         idx = _var_index(tape, indices, n, axis, x.shape, "take")
     else:
         a = np.asarray(indices)
