@@ -31,6 +31,8 @@ from .forward import jacfwd, jvp
 from .functional import grad, value_and_grad
 from .gradcheck import gradcheck
 from .higher import gradients, hessian, hvp, jacobian, jacrev, vjp
+from . import tree
+from .tree import tree_flatten, tree_leaves, tree_map, tree_structure, tree_unflatten
 
 
 def __getattr__(name):
