@@ -59,7 +59,8 @@ def value_and_grad(f, argnums=0, cache_size=None):
     >>> vg = tg.value_and_grad(lambda a, b: (a * b).sum(), argnums=(0, 1))
     >>> vg(np.array([1.0, 2.0]), np.array([3.0, 4.0]))
     (11.0, (array([3., 4.]), array([1., 2.])))
-    >>> tg.grad(lambda p, x: (p["w"] * x).sum() + p["b"])({"w": np.ones(2), "b": 0.5}, np.arange(2.0))
+    >>> df = tg.grad(lambda p, x: (p["w"] * x).sum() + p["b"])
+    >>> df({"w": np.ones(2), "b": 0.5}, np.arange(2.0))
     {'w': array([0., 1.]), 'b': array(1.)}
     """
     single = isinstance(argnums, int)

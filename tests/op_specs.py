@@ -487,7 +487,7 @@ SPECS = [
 ]
 
 
-# ---------------------------------------------------------------------------- gather (GATHER, SCATTER_ADD)
+# ------------------------------------------------------------------ gather (GATHER, SCATTER_ADD)
 def _ids(x, name, values):
     """An index input on x's tape: integer values stored as floats (token ids fed as data)."""
     return x.tape.input(name, value=np.asarray(values, dtype=float))
@@ -537,7 +537,8 @@ SPECS.extend([
           C((4, 5), id="pick_labels", ids=[2, 0, 4, 4], key=lambda i: (np.arange(4), i)),
           C((4, 5), id="pick_both_vars", ids=[[3, 1, -1], [0, 4, 4]],
             key=lambda i: (i[0], i[1])),
-          C((2, 3, 4), id="3d_separated", ids=[1, -2], key=lambda i: (i, _S(None), np.array([3, 2]))),
+          C((2, 3, 4), id="3d_separated", ids=[1, -2],
+            key=lambda i: (i, _S(None), np.array([3, 2]))),
           C((6,), id="0d", ids=3, key=lambda i: i)]),
     Spec("take", (Op.GATHER,), lambda x, idx, axis: tg.take(x, idx, axis=axis),
          lambda x, idx, axis: np.take(x, idx, axis=axis),

@@ -183,7 +183,7 @@ def test_empty_and_scalar_trees():
         tg.grad(lambda p: p["a"].sum())({"a": np.array(["x"])})
 
 
-# ---------------------------------------------------------------------------- vjp, jacobian, hessian, hvp
+# ------------------------------------------------------------------ vjp, jacobian, hessian, hvp
 def _quad(p):
     return (p["a"] ** 2 * p["b"][0]).sum() + (p["b"][1] ** 3).sum() * 0.5
 
