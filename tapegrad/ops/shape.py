@@ -82,7 +82,8 @@ def index(x, key):
     key = key if isinstance(key, tuple) else (key,)
     if any(not (k is None or k is Ellipsis or isinstance(k, (slice, numbers.Integral)))
            or isinstance(k, bool) for k in key):
-        raise ShapeError(f"index: only ints, slices, ... and None are supported, got {key!r} "
+        raise ShapeError(f"index: only ints, slices, ..., None, integer arrays, boolean masks "
+                         f"and index Vars are supported, got {key!r} "
                          f"for shape {x.shape} ({user_site()})")
     n_real = sum(1 for k in key if k is not None and k is not Ellipsis)
     if sum(1 for k in key if k is Ellipsis) > 1 or n_real > x.ndim:
