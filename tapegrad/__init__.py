@@ -24,12 +24,15 @@ from .ops import (abs, add, argmax, clip, concatenate, cos, cross_entropy, div, 
 
 from . import nn, optim
 from .ops import random
+from .ops.gather import expand_dims, repeat, squeeze, take
 from .ops.random import dropout
 from .fit import fit
 from .forward import jacfwd, jvp
 from .functional import grad, value_and_grad
 from .gradcheck import gradcheck
 from .higher import gradients, hessian, hvp, jacobian, jacrev, vjp
+from . import tree
+from .tree import tree_flatten, tree_leaves, tree_map, tree_structure, tree_unflatten
 
 
 def __getattr__(name):

@@ -98,10 +98,13 @@ def gradients(y, xs, grad_output=None):
 
 # ---------------------------------------------------------------------------- transforms
 class _Traced:
-    """``f`` recorded once per argument shapes and dtypes (arguments are inputs named
-    ``arg0``, ``arg1``, ...), replayed after; ``build(tape, ins, out)`` adds what a transform
-    needs (recorded gradients, cotangent inputs) and returns an entry. A replay whose guard
-    flips re-records. At most ``cache_size`` recordings are kept (least recently used)."""
+    """``f`` recorded once per argument structures, shapes and dtypes (a positional argument
+    may be a pytree; its leaves are inputs named as ``tg.grad`` names them: ``arg{i}``, or
+    ``arg{i}_{j}`` for leaf j of a tree), replayed after; ``build(tape, ins, out)`` adds what
+    a transform needs (recorded gradients, cotangent inputs) and returns an entry; ``ins``
+    holds one list of leaf inputs per argument, ``entry["tds"]`` their structures. A replay
+    whose guard flips re-records. At most ``cache_size`` recordings are kept (least recently
+    used)."""
 
     def __init__(self, f, wanted, build, cache_size=64):
         self.f, self.wanted, self.build, self.cache_size = f, wanted, build, cache_size
@@ -109,34 +112,37 @@ class _Traced:
 
     def __call__(self, args, feeds=None):
         from .errors import BranchChanged
+        from .functional import _leaf_array, _names
         from .tape import Tape
+        from .tree import tree_flatten, tree_unflatten
         name = getattr(self.f, "__name__", "f")
-        arrays = []
-        for i, a in enumerate(args):
-            a = np.asarray(a)
-            if a.dtype.kind not in "biuf":
-                raise TapegradError(f"{name}: argument {i}: expected numbers, got dtype "
-                                    f"{a.dtype}")
-            arrays.append(a)
-        key = tuple((a.shape, a.dtype.str) for a in arrays)
+        flat = [tree_flatten(a) for a in args]
+        arrays = [[_leaf_array(v, f"{name}: argument {i}") for v in leaves]
+                  for i, (leaves, _) in enumerate(flat)]
+        names = _names(flat)
+        key = (tuple(td for _, td in flat),
+               tuple((a.shape, a.dtype.str) for group in arrays for a in group))
+        fed = {n: a for ns, group in zip(names, arrays) for n, a in zip(ns, group)}
         entry = self.cache.pop(key, None)
         if entry is not None:
             try:
-                entry["tape"].forward(**{f"arg{i}": a for i, a in enumerate(arrays)},
-                                      **(feeds or {}))
+                entry["tape"].forward(**fed, **(feeds or {}))
             except BranchChanged:
                 entry = None
         if entry is None:
-            f64 = not arrays or any(a.dtype != np.float32 for a in arrays)
+            leaves = [a for group in arrays for a in group]
+            f64 = not leaves or any(a.dtype != np.float32 for a in leaves)
             tape = Tape(np.float64 if f64 else np.float32)
-            ins = [tape.input(f"arg{i}", value=a, requires_grad=i in self.wanted)
-                   for i, a in enumerate(arrays)]
-            out = self.f(*ins)
+            ins = [[tape.input(n, value=a, requires_grad=i in self.wanted)
+                    for n, a in zip(ns, group)]
+                   for i, (ns, group) in enumerate(zip(names, arrays))]
+            out = self.f(*[tree_unflatten(td, vs) for vs, (_, td) in zip(ins, flat)])
             if not isinstance(out, Var) or out.tape is not tape:
                 raise TapegradError(f"{name} must return a Var computed from its arguments, "
                                     f"got {out!r}")
             entry = self.build(tape, ins, out)
             entry["tape"], entry["ins"], entry["out"] = tape, ins, out
+            entry["tds"] = [td for _, td in flat]
             if feeds:
                 tape.forward(**feeds)
         self.cache[key] = entry
@@ -156,14 +162,15 @@ def _argnums(argnums, n, name):
 
 def vjp(f, *primals):
     """``(value, vjp_fn)`` as ``jax.vjp``: ``vjp_fn(cotangent)`` returns a tuple with the
-    gradient of ``sum(cotangent * f(*primals))`` for every primal (NumPy arrays).
+    gradient of ``sum(cotangent * f(*primals))`` for every primal (NumPy arrays; a primal
+    that is a pytree gets a gradient of its structure).
 
     >>> y, back = tg.vjp(lambda x: tg.sin(x), np.array([0.0, 1.0]))  # doctest: +SKIP
     >>> back(np.ones(2))                                              # (cos(x),)
     """
     tr = _Traced(f, set(range(len(primals))), lambda tape, ins, out: {})
     entry = tr(primals)
-    tape, ins, out = entry["tape"], entry["ins"], entry["out"]
+    tape, ins, out, tds = entry["tape"], entry["ins"], entry["out"], entry["tds"]
     value = out.numpy()
 
     def vjp_fn(cotangent):
@@ -172,13 +179,19 @@ def vjp(f, *primals):
             raise ShapeError(f"vjp: cotangent has shape {ct.shape}, the output has shape "
                              f"{out.shape} ({user_site()})")
         out.backward(grad_output=ct)
-        return tuple(x.grad.copy() for x in ins)
+        return tuple(_tree(td, [x.grad.copy() for x in group]) for td, group in zip(tds, ins))
     return value, vjp_fn
+
+
+def _tree(td, leaves):
+    from .tree import tree_unflatten
+    return tree_unflatten(td, leaves)
 
 
 def jacobian(f, argnums=0):
     """Reverse-mode Jacobian (``jax.jacrev``): ``jacobian(f)(*args)`` has shape
-    ``out.shape + args[argnums].shape`` (a tuple of them for a tuple ``argnums``): one
+    ``out.shape + args[argnums].shape`` (a tuple of them for a tuple ``argnums``; for a
+    pytree argument, its structure holding ``out.shape + leaf.shape`` per leaf): one
     compiled reverse sweep per output element, on a tape recorded once per shapes."""
     cache = {}
 
@@ -188,7 +201,10 @@ def jacobian(f, argnums=0):
         if tr is None:
             tr = cache[nums] = _Traced(f, set(nums), lambda tape, ins, out: {})
         entry = tr(args)
-        res = _reverse_rows(entry["out"], [entry["ins"][i] for i in nums])
+        ins, tds = entry["ins"], entry["tds"]
+        leaves = [x for i in nums for x in ins[i]]
+        rows = iter(_reverse_rows(entry["out"], leaves))
+        res = [_tree(tds[i], [next(rows) for _ in ins[i]]) for i in nums]
         return res[0] if single else tuple(res)
     return jac
 
@@ -212,8 +228,10 @@ def _reverse_rows(y, xs):
 
 def hessian(f, argnums=0):
     """``hessian(f)(*args)`` of a scalar ``f``: shape ``arg.shape + arg.shape`` (for a tuple
-    ``argnums``, a tuple of tuples of blocks, as ``jax.hessian``). The gradient is recorded
-    once (``gradients``); each row is one compiled reverse sweep through it."""
+    ``argnums``, a tuple of tuples of blocks, as ``jax.hessian``; for a pytree argument, its
+    structure nested in itself: ``H[k1][k2]`` of shape ``leaf1.shape + leaf2.shape``). The
+    gradient is recorded once (``gradients``); each row is one compiled reverse sweep
+    through it."""
     cache = {}
 
     def build(nums):
@@ -221,7 +239,7 @@ def hessian(f, argnums=0):
             if out.size != 1:
                 raise TapegradError(f"hessian: {getattr(f, '__name__', 'f')} must return a "
                                     f"size-1 Var, got shape {out.shape}")
-            return {"grads": gradients(out, [ins[i] for i in nums])}
+            return {"grads": [gradients(out, ins[i]) if ins[i] else [] for i in nums]}
         return b
 
     def hess(*args):
@@ -230,23 +248,33 @@ def hessian(f, argnums=0):
         if tr is None:
             tr = cache[nums] = _Traced(f, set(nums), build(nums))
         entry = tr(args)
-        ins, grads = entry["ins"], entry["grads"]
-        blocks = [_reverse_rows(g, [ins[j] for j in nums]) for g in grads]
-        return blocks[0][0] if single else tuple(tuple(row) for row in blocks)
+        ins, grads, tds = entry["ins"], entry["grads"], entry["tds"]
+        blocks = [tuple(_tree(tds[i], [_tree(tds[j], _reverse_rows(g, ins[j])) for g in gi])
+                        for j in nums) for i, gi in zip(nums, grads)]
+        return blocks[0][0] if single else tuple(blocks)
     return hess
 
 
 def hvp(f, primals, tangents):
     """``H(x) v`` of a scalar ``f`` at ``x = primals[0]`` along ``v = tangents[0]`` without
     forming ``H``: the gradient is recorded once, then one compiled reverse sweep of
-    ``sum(grad * v)``. Returns an array shaped like ``primals[0]``."""
+    ``sum(grad * v)``. Returns an array shaped like ``primals[0]`` (a pytree primal: a tree
+    of its structure, its tangent a tree of the same structure)."""
+    from .tree import tree_flatten
     primals, tangents = tuple(primals), tuple(tangents)
     if len(primals) != len(tangents):
         raise TapegradError(f"hvp: {len(primals)} primals but {len(tangents)} tangents")
+    feeds = {}
     for i, (p, t) in enumerate(zip(primals, tangents)):
-        if np.shape(p) != np.shape(t):
-            raise ShapeError(f"hvp: tangent {i} has shape {np.shape(t)}, primal {np.shape(p)} "
+        (pl, ptd), (tl, ttd) = tree_flatten(p), tree_flatten(t)
+        if ptd != ttd:
+            raise ShapeError(f"hvp: tangent {i} has structure {ttd!r}, primal {ptd!r} "
                              f"({user_site()})")
+        for j, (a, b) in enumerate(zip(pl, tl)):
+            if np.shape(a) != np.shape(b):
+                raise ShapeError(f"hvp: tangent {i} has shape {np.shape(b)}, primal "
+                                 f"{np.shape(a)} ({user_site()})")
+            feeds[f"tangent{i}_{j}"] = b
     key = id(f)
     tr = _HVP.get(key)
     if tr is None or tr.f is not f:
@@ -254,8 +282,10 @@ def hvp(f, primals, tangents):
             if out.size != 1:
                 raise TapegradError(f"hvp: {getattr(f, '__name__', 'f')} must return a size-1 "
                                     f"Var, got shape {out.shape}")
-            vs = [tape.input(f"tangent{i}", shape=x.shape) for i, x in enumerate(ins)]
-            gs = gradients(out, ins)
+            leaves = [x for group in ins for x in group]
+            vs = [tape.input(f"tangent{i}_{j}", shape=x.shape)
+                  for i, group in enumerate(ins) for j, x in enumerate(group)]
+            gs = gradients(out, leaves) if leaves else []
             dot = tape.const(np.zeros(()))
             for g, v in zip(gs, vs):
                 dot = dot + (g * v).sum()
@@ -263,9 +293,9 @@ def hvp(f, primals, tangents):
         tr = _HVP[key] = _Traced(f, set(range(len(primals))), build)
         while len(_HVP) > 64:  # the recordings of the functions seen last
             del _HVP[next(iter(_HVP))]
-    entry = tr(primals, feeds={f"tangent{i}": t for i, t in enumerate(tangents)})
+    entry = tr(primals, feeds=feeds)
     entry["dot"].backward()
-    return entry["ins"][0].grad.copy()
+    return _tree(entry["tds"][0], [x.grad.copy() for x in entry["ins"][0]])
 
 
 _HVP = {}  # id(f) -> its recordings (checked against f itself: ids are reused)

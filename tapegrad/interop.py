@@ -73,6 +73,13 @@ def _dot(a, b, out=None):
     return ops.matmul(a, b)
 
 
+def _take(a, indices, axis=None, out=None, mode="raise"):
+    if out is not None or mode != "raise":
+        raise TapegradError(f"np.take on a Var: out= and mode= are not supported "
+                            f"({user_site()})")
+    return ops.take(a, indices, axis=axis)
+
+
 def _functions():
     return {
         np.sum: _axis_kw(ops.sum, "sum"), np.mean: _axis_kw(ops.mean, "mean"),
@@ -81,6 +88,9 @@ def _functions():
         np.vstack: _vstack, np.where: lambda c, x, y: ops.where(c, x, y),
         np.transpose: lambda a, axes=None: ops.transpose(a, axes),
         np.reshape: lambda a, shape=None, order="C", **kw: _reshape(a, shape, order, kw),
+        np.take: _take, np.repeat: lambda a, repeats, axis=None: ops.repeat(a, repeats, axis),
+        np.expand_dims: lambda a, axis: ops.expand_dims(a, axis),
+        np.squeeze: lambda a, axis=None: ops.squeeze(a, axis),
         np.shape: lambda a: a.shape,
         np.ndim: lambda a: a.ndim,
         np.size: lambda a, axis=None: (a.size if axis is None else a.shape[axis]),

@@ -87,7 +87,10 @@ class Op(IntEnum):
     RANDN = 48       # x: the counter -> out: N(0, 1); attributes as RAND
     # control
     GUARD = 49       # checks (x[0] != 0) == A0 on replay; no value, no gradient
-    N_OPS = 50       # sentinel: the number of opcodes
+    # gathers (tapegrad/ops/gather.py): y = indices stored as floats, checked on replay
+    GATHER = 50      # x (A, n, B), y (m,) -> (A, m, B): out[a, j, b] = x[a, y[j], b]
+    SCATTER_ADD = 51 # x (A, m, B), y (m,) -> (A, n, B): GATHER's transpose (duplicates add)
+    N_OPS = 52       # sentinel: the number of opcodes
 
 
 class OpSpec(NamedTuple):
@@ -148,6 +151,8 @@ OPS = {
     Op.RAND: OpSpec("rand", 1, "stream seed_lo seed_hi", False),
     Op.RANDN: OpSpec("randn", 1, "stream seed_lo seed_hi", False),
     Op.GUARD: OpSpec("guard", 1, "expected", False),
+    Op.GATHER: OpSpec("gather", 2, "A n B m"),
+    Op.SCATTER_ADD: OpSpec("scatter_add", 2, "A n B m"),
 }
 
 # the table as arrays, for the compiled passes over a tape (activity analysis, validation)

@@ -31,6 +31,7 @@ from .ops.elementwise import (abs_bwd, abs_fwd, add_bwd, add_fwd, compare_fwd, c
 from .ops.immediate import (addc_bwd, addc_fwd, divc_bwd, divc_fwd, mulc_bwd, mulc_fwd,
                             rdivc_bwd, rdivc_fwd, rpowc_bwd, rpowc_fwd, rsubc_bwd, rsubc_fwd)
 from .ops.linalg import matmul_bwd, matmul_fwd
+from .ops.gather import gather_bwd, gather_fwd, scatter_add_bwd, scatter_add_fwd
 from .ops.loss import cross_entropy_bwd, cross_entropy_fwd, onehot_fwd
 from .ops.random import rand_fwd, tick_fwd
 from .ops.reduce import (log_softmax_bwd, log_softmax_fwd, logsumexp_bwd, logsumexp_fwd,
@@ -39,6 +40,7 @@ from .ops.shape import (expand_bwd, expand_fwd, place_bwd, place_fwd, slice_bwd,
                         transpose_bwd, transpose_fwd, unslice_bwd, unslice_fwd)
 
 OK, GUARD_FLIPPED, NON_FINITE, BAD_LABEL = 0, 1, 2, 3
+BAD_INDEX = 4  # a gather's index is not an integer in [-n, n)
 
 
 @kernel
@@ -220,6 +222,12 @@ def forward(instr, imm, boff, bsize, val, mask, check_finite):
             rand_fwd(val, x, ans, n, a0, a1, a2, False)
         elif op == Op.RANDN:
             rand_fwd(val, x, ans, n, a0, a1, a2, True)
+        elif op == Op.GATHER:
+            if not gather_fwd(val, val, x, y, ans, a0, a1, a2, a3):
+                return BAD_INDEX, k
+        elif op == Op.SCATTER_ADD:
+            if not scatter_add_fwd(val, val, x, y, ans, a0, a1, a2, a3):
+                return BAD_INDEX, k
         elif op == Op.GUARD:
             if (val[x] != 0) != (a0 != 0):
                 return GUARD_FLIPPED, k
@@ -273,6 +281,12 @@ def reverse(instr, imm, boff, bsize, val, grad, mask):
         elif op == Op.CROSS_ENTROPY:
             if not cross_entropy_bwd(val, grad, x, y, ans, a0, a1):
                 return BAD_LABEL, k
+        elif op == Op.GATHER:
+            if mask[k] & 2 != 0 and not gather_bwd(grad, val, x, y, ans, a0, a1, a2, a3):
+                return BAD_INDEX, k
+        elif op == Op.SCATTER_ADD:
+            if mask[k] & 2 != 0 and not scatter_add_bwd(grad, val, x, y, ans, a0, a1, a2, a3):
+                return BAD_INDEX, k
     return OK, 0
 
 

@@ -32,7 +32,8 @@ from .ops.reduce import sum_fwd
 from .ops.shape import expand_fwd, place_fwd, slice_fwd, transpose_fwd, unslice_fwd
 from .ops.tangents import (binary_tan, cross_entropy_tan, log_softmax_tan, logsumexp_tan,
                            matmul_tan, max_tan, softmax_tan, unary_tan, where_tan, zero_tan)
-from .sweep import BAD_LABEL, OK, _offset
+from .ops.gather import gather_fwd, scatter_add_fwd
+from .sweep import BAD_INDEX, BAD_LABEL, OK, _offset
 
 MAX_TANGENT_ELEMENTS = 2 ** 23  # tangent arena elements per sweep (64 MB in float64)
 
@@ -105,6 +106,12 @@ def tangent(instr, imm, boff, bsize, val, tan, ndir, mask):
                 return BAD_LABEL, k
         elif op == Op.ONEHOT:
             zero_tan(tan, tans, n, D)
+        elif op == Op.GATHER:  # linear in x: the kernel on the tangents, indices from val
+            if not gather_fwd(tan, val, tx, y, tans, a0, a1, a2 * Di, a3):
+                return BAD_INDEX, k
+        elif op == Op.SCATTER_ADD:
+            if not scatter_add_fwd(tan, val, tx, y, tans, a0, a1, a2 * Di, a3):
+                return BAD_INDEX, k
         # GUARD: no value, no tangent
     return OK, 0
 

@@ -751,6 +751,9 @@ class Tape:
             out = int(self._instr[k, OUT])
             return NonFiniteError(f"{op} produced NaN/Inf in %{out} "
                                   f"{_fmt_shape(self._shape[out])} (recorded at {where})")
+        if status == _sweep.BAD_INDEX:
+            return FeedError(f"{op}: an index is not an integer in [-{self._instr[k, A0 + 1]}, "
+                             f"{self._instr[k, A0 + 1]}) (recorded at {where})")
         if status == _sweep.BAD_LABEL:
             return FeedError(f"{op}: a label is not an integer in [0, {self._instr[k, A0 + 1]}) "
                              f"(recorded at {where})")

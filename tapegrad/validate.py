@@ -38,6 +38,7 @@ REASONS = [
     "sizes do not match (N, C)",
     "no validation rule",
     "a draw reads the 2-number counter (which tick writes in place)",
+    "sizes do not match (A, n, B, m)",
 ]
 _BIG = 2.0 ** 62  # no buffer is this large: a product beyond it matches no size
 
@@ -151,6 +152,12 @@ def check_instructions(instr, bsize, n_in):
         elif op == Op.ONEHOT:  # N C
             if i0 != a0 or out != _prod(a0, a1, 1, 1) or (a1 < 1 and a0 != 0):
                 return k, 15
+        elif op == Op.GATHER:  # A n B m: (A, n, B), (m,) -> (A, m, B); the kernels check
+            if i0 != AnB or i1 != a3 or out != _prod(a0, a3, a2, 1):  # each index's value
+                return k, 18
+        elif op == Op.SCATTER_ADD:  # A n B m: (A, m, B), (m,) -> (A, n, B)
+            if i0 != _prod(a0, a3, a2, 1) or i1 != a3 or out != AnB:
+                return k, 18
         else:
             return k, 16
     return -1, 0

@@ -301,6 +301,18 @@ class Var:
         lo <= v <= hi (as torch.clamp)."""
         return _ops.clip(self, lo, hi)
 
+    def take(self, indices, axis=None):
+        """``tg.take(v, indices, axis)``: ``np.take``."""
+        return _ops.take(self, indices, axis=axis)
+
+    def repeat(self, repeats, axis=None):
+        """``tg.repeat(v, repeats, axis)``: ``np.repeat``."""
+        return _ops.repeat(self, repeats, axis=axis)
+
+    def squeeze(self, axis=None):
+        """``tg.squeeze(v, axis)``: axes of length 1 removed."""
+        return _ops.squeeze(self, axis=axis)
+
     def argmax(self, axis=None):
         """Indices of the maxima (an integer ndarray of the current value, no gradient)."""
         return np.argmax(self.value, axis=axis)

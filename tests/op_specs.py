@@ -485,3 +485,96 @@ SPECS = [
     Spec("guard_value", (Op.GUARD, Op.MUL, Op.SUM), _guard_value,
          lambda x: 1.5 * np.sum(x * x), [C((2, 3))]),
 ]
+
+
+# ------------------------------------------------------------------ gather (GATHER, SCATTER_ADD)
+def _ids(x, name, values):
+    """An index input on x's tape: integer values stored as floats (token ids fed as data)."""
+    return x.tape.input(name, value=np.asarray(values, dtype=float))
+
+
+def _np_scatter_grad(x, idx):
+    """d/dx of sum(x[idx] ** 3): 3 x[idx]**2 scatter-added back (duplicates accumulate)."""
+    g = np.zeros_like(x)
+    np.add.at(g, idx, 3 * x[idx] ** 2)
+    return g
+
+
+_LAB = np.array([2, 0, 3, 3])
+_MASK = np.array([[True, False, True, True], [False, False, False, True],
+                  [True, True, False, False]])
+GATHER_INDEX_CASES = [
+    C((4, 5), id="rows_dup", key=np.array([0, 2, 2, -1])),
+    C((4, 5), id="list", key=[3, 1]),
+    C((4, 5), id="cols", key=(_S(None), np.array([4, 0, 4]))),
+    C((4, 5), id="pick", key=(np.arange(4), _LAB)),
+    C((4, 5), id="pick_2d_idx", key=(np.array([[0, 1], [3, 3]]), np.array([[1, -1], [0, 0]]))),
+    C((4, 5), id="bcast", key=(np.array([[0], [3]]), np.array([1, 2, 4]))),
+    C((4, 5), id="empty", key=np.array([], dtype=np.int64)),
+    C((2, 3, 4), id="3d_mid", key=(_S(None), np.array([2, 0, 2]))),
+    C((2, 3, 4), id="3d_last_ellipsis", key=(Ellipsis, np.array([[3, 0], [1, 1]]))),
+    C((2, 3, 4), id="3d_int_arr_adjacent", key=(_S(None), 1, np.array([0, 3]))),
+    C((2, 3, 4), id="3d_separated_front", key=(np.array([1, 0]), _S(None), np.array([3, 2]))),
+    C((2, 3, 4), id="3d_int_slice_arr", key=(0, _S(1, 3), np.array([0, 0, 2]))),
+    C((2, 3, 4), id="3d_none", key=(None, _S(None), np.array([2, 1]), None)),
+    C((2, 3, 4), id="3d_slice_step", key=(np.array([1, 1, 0]), _S(None, None, -2))),
+    C((3, 4), id="mask_2d", key=_MASK),
+    C((3, 4), id="mask_rows", key=np.array([True, False, True])),
+    C((3, 4), id="mask_cols_slice", key=(_S(1, None), np.array([False, True, True, True]))),
+    C((2, 3, 4), id="mask_3d_trailing", key=(1, _MASK)),
+    C((6,), id="1d_0d_index", key=np.array(4)),
+]
+
+SPECS.extend([
+    Spec("gather_index", (Op.GATHER,), lambda x, key: x[key], lambda x, key: np.asarray(x[key]),
+         GATHER_INDEX_CASES),
+    # index Vars (integer values held as floats): one alone, broadcast with an array, two
+    Spec("gather_var_index", (Op.GATHER,),
+         lambda x, ids, key: x[key(_ids(x, "ids", ids))],
+         lambda x, ids, key: np.asarray(x[key(np.asarray(ids))]),
+         [C((5, 3), id="embedding", ids=[[1, 4, 4], [0, -1, 2]], key=lambda i: i),
+          C((4, 5), id="cols", ids=[4, 0, 4, -5], key=lambda i: (_S(None), i)),
+          C((4, 5), id="pick_labels", ids=[2, 0, 4, 4], key=lambda i: (np.arange(4), i)),
+          C((4, 5), id="pick_both_vars", ids=[[3, 1, -1], [0, 4, 4]],
+            key=lambda i: (i[0], i[1])),
+          C((2, 3, 4), id="3d_separated", ids=[1, -2],
+            key=lambda i: (i, _S(None), np.array([3, 2]))),
+          C((6,), id="0d", ids=3, key=lambda i: i)]),
+    Spec("take", (Op.GATHER,), lambda x, idx, axis: tg.take(x, idx, axis=axis),
+         lambda x, idx, axis: np.take(x, idx, axis=axis),
+         [C((3, 4), id="flat", idx=np.array([[0, 11], [5, 5]]), axis=None),
+          C((3, 4), id="ax0", idx=np.array([2, 2, -3]), axis=0),
+          C((3, 4), id="ax-1", idx=[3, 1], axis=-1),
+          C((2, 3, 4), id="3d_ax1_scalar", idx=1, axis=1)]),
+    Spec("take_var_method", (Op.GATHER,), lambda x: x.take(_ids(x, "ids", [1, 1, 0]), axis=0)
+         + np.take(x, [2, 0, 2], axis=0),
+         lambda x: np.take(x, [1, 1, 0], axis=0) + np.take(x, [2, 0, 2], axis=0), [C((3, 2))]),
+    Spec("repeat", (Op.EXPAND, Op.GATHER),
+         lambda x, r, axis: tg.repeat(x, r, axis=axis), lambda x, r, axis: np.repeat(x, r, axis),
+         [C((2, 3), id="int_flat", r=2, axis=None),
+          C((2, 3), id="int_ax0", r=3, axis=0),
+          C((2, 3), id="int_ax1", r=np.array([2]), axis=1),
+          C((2, 3), id="counts_ax1", r=np.array([1, 0, 3]), axis=1),
+          C((2, 3), id="counts_ax-2", r=[2, 1], axis=-2),
+          C((4,), id="counts_flat_1d", r=np.array([0, 2, 1, 2]), axis=None)]),
+    Spec("repeat_methods", (Op.EXPAND, Op.GATHER),
+         lambda x: x.repeat(2, axis=0) * np.repeat(x, [1, 2, 0], axis=1).repeat(2, axis=0),
+         lambda x: x.repeat(2, axis=0) * np.repeat(x, [1, 2, 0], axis=1).repeat(2, axis=0),
+         [C((3, 3))]),
+    Spec("expand_dims_squeeze", (Op.MUL,),
+         lambda x, ax, sq: tg.squeeze(tg.expand_dims(x, ax), sq) * tg.expand_dims(x, ax).squeeze(),
+         lambda x, ax, sq: np.squeeze(np.expand_dims(x, ax), sq) * np.expand_dims(x, ax).squeeze(),
+         [C((2, 3), id="front", ax=0, sq=None),
+          C((2, 3), id="tuple", ax=(0, -1), sq=(0, 3)),
+          C((2, 1, 3), id="middle_neg", ax=-2, sq=-2),
+          C((), id="0d", ax=(0, 1), sq=1)]),
+    Spec("expand_dims_squeeze_numpy", (Op.SUM,),
+         lambda x: np.squeeze(np.expand_dims(x, 1), axis=1).sum(axis=0),
+         lambda x: np.squeeze(np.expand_dims(x, 1), axis=1).sum(axis=0), [C((3, 2))]),
+    # the reverse rule of a gather records its transpose (SCATTER_ADD): a gradient as the value
+    Spec("scatter_add", (Op.SCATTER_ADD, Op.GATHER),
+         lambda x, idx: tg.gradients((x[idx] ** 3).sum(), [x])[0], _np_scatter_grad,
+         [C((5,), id="dup", idx=np.array([0, 3, 3, -1, 3])),
+          C((4, 3), id="rows", idx=np.array([[1, 1], [2, 0]])),
+          C((4, 3), id="pick", idx=(np.array([0, 0, 3]), np.array([2, 2, 1])))]),
+])

@@ -45,7 +45,8 @@ RUNNER = textwrap.dedent("""
 
 
 def base_tapes():
-    """Two tapes that use most opcodes, views, labels, guards and requires_grad inputs."""
+    """Two tapes that use most opcodes, views, labels, guards, index inputs and requires_grad
+    inputs."""
     rng = np.random.default_rng(0)
     tape = tg.Tape()
     W = tape.param(rng.standard_normal((3, 4)), name="W0")
@@ -65,6 +66,9 @@ def base_tapes():
     v = t32.param(rng.standard_normal(3), name="v")
     y = tg.stack([tg.sigmoid(u[0] * v), tg.tanh(u[1]) / (1.5 + v * v)], axis=0)
     out = (tg.exp(-y) + tg.relu(y) - tg.sin(y) * tg.cos(u) + (tg.abs(y) + 0.5) ** v.reshape(1, 3)).sum()
+    ids = t32.input("ids", value=np.array([2.0, -1.0, 0.0]))
+    gu, = tg.gradients((u[:, ids] ** 2).sum(), [u])  # a gather and its scatter-add
+    out = out + (gu * v).sum()
     out.name = "out"
     return [tape, t32]
 

@@ -19,6 +19,7 @@ from ..tape import TEMP
 from ..var import Var
 from ._record import norm_axis, prod, reshape_var, vars_of
 from ._vjp import view3, vjp
+from .gather import advanced_index, is_advanced
 from .reduce import sum_middle
 
 
@@ -73,12 +74,16 @@ def expand_vjp(r, g):
 
 # ---------------------------------------------------------------------------- indexing
 def index(x, key):
-    """``x[key]`` for ints, slices, ``...`` and ``None`` (basic indexing, a copy)."""
+    """``x[key]`` for ints, slices, ``...`` and ``None`` (basic indexing, a copy); integer
+    arrays, boolean NumPy masks and index Vars as NumPy's advanced indexing (a gather)."""
+    if is_advanced(key):  # integer arrays, masks, index Vars: a gather (ops/gather.py)
+        return advanced_index(x, key)
     tape, (x,) = vars_of([x], "index")
     key = key if isinstance(key, tuple) else (key,)
     if any(not (k is None or k is Ellipsis or isinstance(k, (slice, numbers.Integral)))
            or isinstance(k, bool) for k in key):
-        raise ShapeError(f"index: only ints, slices, ... and None are supported, got {key!r} "
+        raise ShapeError(f"index: only ints, slices, ..., None, integer arrays, boolean masks "
+                         f"and index Vars are supported, got {key!r} "
                          f"for shape {x.shape} ({user_site()})")
     n_real = sum(1 for k in key if k is not None and k is not Ellipsis)
     if sum(1 for k in key if k is Ellipsis) > 1 or n_real > x.ndim:

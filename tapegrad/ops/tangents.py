@@ -137,7 +137,8 @@ def where_tan(v, t, c, tx, ty, tans, n, D):
 
 # ---------------------------------------------------------------------------- data movement (shape.py)
 # expand, slice, place, unslice, transpose are linear: the sweep runs their forward kernels
-# on t with B*D (see the module docstring); no rule here.
+# on t with B*D (see the module docstring); no rule here. So do gather and scatter_add
+# (ops/gather.py), which read their indices from the value arena v.
 
 # ---------------------------------------------------------------------------- reductions (reduce.py)
 # sum is linear: sum_fwd on t with B*D.
