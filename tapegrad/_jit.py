@@ -23,11 +23,9 @@ When none is writable, tapegrad runs without a cache (each process compiles agai
 in one warning. With ``NUMBA_DISABLE_JIT=1`` every kernel runs as plain Python: correct and
 very slow, for debugging; one warning says so too.
 """
-import glob
 import hashlib
 import os
 import sys
-import tempfile
 import warnings
 
 import numba
@@ -154,36 +152,24 @@ _load_scipy_blas_single_threaded()
 
 
 def drop_stale_cache(dispatcher, files):
-    """Forget ``dispatcher``'s on-disk cache when any of ``files`` changed since it was saved.
+    """Make ``dispatcher``'s on-disk cache entries valid only for the present content of
+    ``files``.
 
-    numba keys its cache on the content of the cached function's own file, but the
+    numba keys its cache on the cached function's own file (its mtime and size), but the
     interpreters inline kernels from other files: without this, editing a kernel would keep
-    running the old compiled code. Call it right after defining the dispatcher (numba reads
-    the cache index at the first call). Safe when several processes start at once: the stamp
-    is replaced atomically, and a removed index only costs a compile.
+    running the old compiled code. The content digest of ``files``, read now (right after
+    the dispatcher is defined, as its kernels were imported), joins the source stamp numba
+    writes into the cache index and compares when it loads one: an index saved for other
+    sources reads as empty, and the compile that follows overwrites it. So a process still
+    running on older sources (a long job while a checkout is updated) can only save entries
+    that newer processes ignore -- it never hands them its stale code.
     """
-    cache_dir = getattr(getattr(dispatcher, "stats", None), "cache_path", None)
-    if not cache_dir:  # not compiled (NUMBA_DISABLE_JIT) or not cached: nothing stale to load
+    cache = getattr(dispatcher, "_cache", None)
+    cache_file = getattr(cache, "_cache_file", None)
+    if cache_file is None:  # not compiled (NUMBA_DISABLE_JIT) or not cached
         return
     digest = hashlib.sha256()
     for f in sorted(files):
         with open(f, "rb") as fh:
             digest.update(fh.read())
-    name = dispatcher.py_func.__module__.rsplit(".", 1)[-1] + "." + dispatcher.py_func.__name__
-    try:
-        stamp = os.path.join(cache_dir, f"{name}.tapegrad-sources")
-        if os.path.exists(stamp):
-            with open(stamp) as fh:
-                if fh.read() == digest.hexdigest():
-                    return
-        for index in glob.glob(os.path.join(cache_dir, f"{name}-*.nbi")):
-            try:
-                os.remove(index)
-            except FileNotFoundError:  # another process removed it first
-                pass
-        fd, tmp = tempfile.mkstemp(dir=cache_dir, prefix=f"{name}.", suffix=".tmp")
-        with os.fdopen(fd, "w") as fh:
-            fh.write(digest.hexdigest())
-        os.replace(tmp, stamp)
-    except OSError:  # no writable cache: nothing stale can be loaded either
-        pass
+    cache_file._source_stamp = (cache_file._source_stamp, digest.hexdigest())

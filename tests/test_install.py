@@ -256,3 +256,50 @@ def test_user_cache_dir_follows_xdg(monkeypatch, tmp_path):
     monkeypatch.setenv("XDG_CACHE_HOME", "relative/path")   # ignored, as the XDG spec says
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     assert pathlib.Path(_jit.user_cache_dir()).parent == tmp_path / "home" / ".cache" / "tapegrad"
+
+
+KERNEL_V = """
+    from tapegrad._jit import kernel
+
+    @kernel
+    def answer():
+        return {v}
+"""
+
+SWEEP = """
+    import os, sys
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from tapegrad._jit import drop_stale_cache, jit
+    from kern import answer
+
+    @jit
+    def sweep():
+        return answer()   # inlined from kern.py, as the interpreters inline the kernels
+
+    drop_stale_cache(sweep, [os.path.join(os.path.dirname(os.path.abspath(__file__)), "kern.py")])
+    if "--wait" in sys.argv:
+        print("imported", flush=True)
+        sys.stdin.readline()
+    print("answer", sweep(), flush=True)
+"""
+
+
+def test_a_process_on_older_sources_never_hands_them_to_newer_ones(tmp_path):
+    """A job that imported the kernels before a checkout changed compiles and saves the old
+    code after a newer process cached the new one: later processes still run the new code."""
+    _script(tmp_path, "kern.py", KERNEL_V.format(v=1))
+    sweep = _script(tmp_path, "sweep_mod.py", SWEEP)
+    env = _env(PYTHONPATH=str(ROOT))
+    old = subprocess.Popen([sys.executable, sweep, "--wait"], stdin=subprocess.PIPE,
+                           stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        assert old.stdout.readline().strip() == "imported"
+        _script(tmp_path, "kern.py", KERNEL_V.format(v=2))       # the checkout changes
+        assert "answer 2" in _run([sys.executable, sweep], env=env)
+        out, _ = old.communicate("go\n", timeout=180)            # the old job saves its code
+        assert "answer 1" in out
+    finally:
+        old.kill()
+    assert "answer 2" in _run([sys.executable, sweep], env=env)  # not the old job's entry
+    _script(tmp_path, "kern.py", KERNEL_V.format(v=1))
+    assert "answer 1" in _run([sys.executable, sweep], env=env)
