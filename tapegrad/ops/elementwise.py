@@ -24,6 +24,7 @@ from ..var import Var
 from . import immediate
 from ._record import broadcast_shape, broadcast_to, vars_of
 from ._vjp import vjp
+from ._vmath import vexp, vlog, vsigmoid, vtanh
 
 
 def _unary(op, x, name, k=0.0):
@@ -95,7 +96,7 @@ def exp(x):
 @kernel
 def exp_fwd(v, x, ans, n, k):
     for i in range(n):
-        v[ans + i] = math.exp(v[x + i])
+        v[ans + i] = vexp(v[x + i])
 
 
 @kernel
@@ -117,7 +118,7 @@ def log(x):
 @kernel
 def log_fwd(v, x, ans, n, k):
     for i in range(n):
-        v[ans + i] = math.log(v[x + i]) if v[x + i] > 0 else (-math.inf if v[x + i] == 0 else math.nan)
+        v[ans + i] = vlog(v[x + i])  # 0 -> -inf, negative -> nan
 
 
 @kernel
@@ -205,13 +206,14 @@ def tanh(x):
 @kernel
 def tanh_fwd(v, x, ans, n, k):
     for i in range(n):
-        v[ans + i] = math.tanh(v[x + i])
+        v[ans + i] = vtanh(v[x + i])
 
 
 @kernel
 def tanh_bwd(v, g, x, ans, n, k):
-    for i in range(n):
-        g[x + i] += g[ans + i] * (1 - v[ans + i] * v[ans + i])
+    for i in range(n):  # 1 - a^2 as (1 - a)(1 + a): no cancellation as |a| -> 1
+        a = v[ans + i]
+        g[x + i] += g[ans + i] * ((1 - a) * (1 + a))
 
 
 @vjp(Op.TANH)
@@ -227,11 +229,7 @@ def sigmoid(x):
 @kernel
 def sigmoid_fwd(v, x, ans, n, k):
     for i in range(n):
-        if v[x + i] >= 0:
-            v[ans + i] = 1 / (1 + math.exp(-v[x + i]))
-        else:
-            e = math.exp(v[x + i])
-            v[ans + i] = e / (1 + e)
+        v[ans + i] = vsigmoid(v[x + i])
 
 
 @kernel
