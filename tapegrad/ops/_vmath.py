@@ -295,6 +295,20 @@ vtanh.__doc__ = "Hyperbolic tangent, vectorisable."
 vsigmoid.__doc__ = "1 / (1 + e**-x) without overflow, vectorisable."
 
 
+def one_like(x):
+    """1 of ``x``'s float type (so arithmetic with it stays in float32 on float32 arenas)."""
+    return type(x)(1)
+
+
+@overload(one_like, inline="always")
+def _one_like(x):
+    if x == types.float32:
+        return lambda x: ONE_F
+    if isinstance(x, types.Float):
+        return lambda x: 1.0
+    return None
+
+
 def _register(public, f64, f32):
     @overload(public, inline="always")
     def _impl(x):
