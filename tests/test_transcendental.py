@@ -222,3 +222,12 @@ def test_python_fallbacks_match():
             assert type(got) is type(v)
             assert got == pytest.approx(want, rel=1e-6, nan_ok=True)
     assert type(_vmath.one_like(np.float32(3))) is np.float32
+
+
+def test_benchmark_kernel_table_runs(capsys):
+    """``python -m tapegrad.bench.transcendental`` (its kernel table, tiny and NumPy only)."""
+    from tapegrad.bench import transcendental
+    rows = transcendental.kernel_table((1000,), 1, None)
+    assert len(rows) == 2 * 4 * 2 and all(r[4] > 0 and r[5] > 0 for r in rows)
+    assert all(r[7][0] <= 3.0 for r in rows if r[7] is not None)  # tapegrad's ulp column
+    assert "tanh" in capsys.readouterr().out
