@@ -24,6 +24,7 @@ from ..var import Var
 from . import immediate
 from ._record import broadcast_shape, broadcast_to, vars_of
 from ._vjp import vjp
+from ._vmath import one_like, vexp, vlog, vsigmoid, vtanh
 
 
 def _unary(op, x, name, k=0.0):
@@ -95,7 +96,7 @@ def exp(x):
 @kernel
 def exp_fwd(v, x, ans, n, k):
     for i in range(n):
-        v[ans + i] = math.exp(v[x + i])
+        v[ans + i] = vexp(v[x + i])
 
 
 @kernel
@@ -117,7 +118,7 @@ def log(x):
 @kernel
 def log_fwd(v, x, ans, n, k):
     for i in range(n):
-        v[ans + i] = math.log(v[x + i]) if v[x + i] > 0 else (-math.inf if v[x + i] == 0 else math.nan)
+        v[ans + i] = vlog(v[x + i])  # 0 -> -inf, negative -> nan
 
 
 @kernel
@@ -205,13 +206,15 @@ def tanh(x):
 @kernel
 def tanh_fwd(v, x, ans, n, k):
     for i in range(n):
-        v[ans + i] = math.tanh(v[x + i])
+        v[ans + i] = vtanh(v[x + i])
 
 
 @kernel
 def tanh_bwd(v, g, x, ans, n, k):
-    for i in range(n):
-        g[x + i] += g[ans + i] * (1 - v[ans + i] * v[ans + i])
+    for i in range(n):  # 1 - a^2 as (1 - a)(1 + a): no cancellation as |a| -> 1
+        a = v[ans + i]
+        one = one_like(a)  # (in the arena's precision: a float32 loop stays float32)
+        g[x + i] += g[ans + i] * ((one - a) * (one + a))
 
 
 @vjp(Op.TANH)
@@ -227,17 +230,14 @@ def sigmoid(x):
 @kernel
 def sigmoid_fwd(v, x, ans, n, k):
     for i in range(n):
-        if v[x + i] >= 0:
-            v[ans + i] = 1 / (1 + math.exp(-v[x + i]))
-        else:
-            e = math.exp(v[x + i])
-            v[ans + i] = e / (1 + e)
+        v[ans + i] = vsigmoid(v[x + i])
 
 
 @kernel
 def sigmoid_bwd(v, g, x, ans, n, k):
     for i in range(n):
-        g[x + i] += g[ans + i] * v[ans + i] * (1 - v[ans + i])
+        a = v[ans + i]
+        g[x + i] += g[ans + i] * (a * (one_like(a) - a))
 
 
 @vjp(Op.SIGMOID)
@@ -337,15 +337,32 @@ def square_vjp(r, g):
     return (g * r.x * 2.0,)
 
 
+# x ** 2 and x ** 3 as products (libm's pow is a scalar call; IEEE gives these the same
+# special values: nan, +-inf, -0.0 ** 3 = -0.0)
 @kernel
 def powc_fwd(v, x, ans, n, k):
-    for i in range(n):
-        v[ans + i] = v[x + i] ** k
+    if k == 2:
+        for i in range(n):
+            v[ans + i] = v[x + i] * v[x + i]
+    elif k == 3:
+        for i in range(n):  # in float64 (x^2 exact for float32 x): rounded once to float32
+            a = 1.0 * v[x + i]
+            v[ans + i] = a * a * a
+    else:
+        for i in range(n):
+            v[ans + i] = v[x + i] ** k
 
 
 @kernel
 def powc_bwd(v, g, x, ans, n, k):
-    if k != 0:
+    if k == 2:
+        for i in range(n):
+            g[x + i] += g[ans + i] * (v[x + i] + v[x + i])
+    elif k == 3:
+        for i in range(n):
+            a = 1.0 * v[x + i]
+            g[x + i] += g[ans + i] * (3.0 * (a * a))
+    elif k != 0:
         for i in range(n):
             g[x + i] += g[ans + i] * k * v[x + i] ** (k - 1)
 

@@ -50,8 +50,8 @@ def unary_slope(op, v, x, ans, k):
         return math.cos(a)
     elif op == Op.COS:          # cos' = -sin
         return -math.sin(a)
-    elif op == Op.TANH:         # tanh' = 1 - ans^2
-        return 1.0 - v[ans] * v[ans]
+    elif op == Op.TANH:         # tanh' = 1 - ans^2, as (1 - ans)(1 + ans) (as tanh_bwd)
+        return (1.0 - v[ans]) * (1.0 + v[ans])
     elif op == Op.SIGMOID:      # sigmoid' = ans (1 - ans)
         return v[ans] * (1.0 - v[ans])
     elif op == Op.RELU:         # 1 where x > 0, else 0 (relu'(0) = 0)
