@@ -87,7 +87,12 @@ class Op(IntEnum):
     RANDN = 48       # x: the counter -> out: N(0, 1); attributes as RAND
     # control
     GUARD = 49       # checks (x[0] != 0) == A0 on replay; no value, no gradient
-    N_OPS = 50       # sentinel: the number of opcodes
+    # factorizations (tapegrad/ops/factor.py), over a batch of n x n matrices
+    SOLVE = 50       # x A, y B (batch, n, k) -> op(A)^-1 B; A0..A3 = batch, n, k, trans
+    CHOLESKY = 51    # x A -> lower L with L L^T = A (lower triangle read); A0 A1 = batch, n
+    TRISOLVE = 52    # x A triangular, y B -> op(A)^-1 B; batch, n, k, lower, trans, unit
+    SLOGDET = 53     # x A -> (batch, 2) [sign, log|det|] (A2 = 0) or (batch,) logdet (A2 = 1)
+    N_OPS = 54       # sentinel: the number of opcodes
 
 
 class OpSpec(NamedTuple):
@@ -148,6 +153,10 @@ OPS = {
     Op.RAND: OpSpec("rand", 1, "stream seed_lo seed_hi", False),
     Op.RANDN: OpSpec("randn", 1, "stream seed_lo seed_hi", False),
     Op.GUARD: OpSpec("guard", 1, "expected", False),
+    Op.SOLVE: OpSpec("solve", 2, "batch n k trans"),
+    Op.CHOLESKY: OpSpec("cholesky", 1, "batch n"),
+    Op.TRISOLVE: OpSpec("trisolve", 2, "batch n k lower trans unit"),
+    Op.SLOGDET: OpSpec("slogdet", 1, "batch n mode"),
 }
 
 # the table as arrays, for the compiled passes over a tape (activity analysis, validation)

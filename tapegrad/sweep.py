@@ -30,6 +30,8 @@ from .ops.elementwise import (abs_bwd, abs_fwd, add_bwd, add_fwd, compare_fwd, c
                               where_bwd, where_fwd)
 from .ops.immediate import (addc_bwd, addc_fwd, divc_bwd, divc_fwd, mulc_bwd, mulc_fwd,
                             rdivc_bwd, rdivc_fwd, rpowc_bwd, rpowc_fwd, rsubc_bwd, rsubc_fwd)
+from .ops.factor import (cholesky_bwd, cholesky_fwd, slogdet_bwd, slogdet_fwd, solve_bwd,
+                         solve_fwd, trisolve_bwd, trisolve_fwd)
 from .ops.linalg import matmul_bwd, matmul_fwd
 from .ops.loss import cross_entropy_bwd, cross_entropy_fwd, onehot_fwd
 from .ops.random import rand_fwd, tick_fwd
@@ -38,7 +40,7 @@ from .ops.reduce import (log_softmax_bwd, log_softmax_fwd, logsumexp_bwd, logsum
 from .ops.shape import (expand_bwd, expand_fwd, place_bwd, place_fwd, slice_bwd, slice_fwd,
                         transpose_bwd, transpose_fwd, unslice_bwd, unslice_fwd)
 
-OK, GUARD_FLIPPED, NON_FINITE, BAD_LABEL = 0, 1, 2, 3
+OK, GUARD_FLIPPED, NON_FINITE, BAD_LABEL, LINALG = 0, 1, 2, 3, 4
 
 
 @kernel
@@ -224,6 +226,18 @@ def forward(instr, imm, boff, bsize, val, mask, check_finite):
             if (val[x] != 0) != (a0 != 0):
                 return GUARD_FLIPPED, k
             continue
+        elif op == Op.SOLVE:
+            if not solve_fwd(val, np.int64(x), np.int64(y), np.int64(ans), a0, a1, a2, a3):
+                return LINALG, k
+        elif op == Op.CHOLESKY:
+            if not cholesky_fwd(val, np.int64(x), np.int64(ans), a0, a1):
+                return LINALG, k
+        elif op == Op.TRISOLVE:
+            if not trisolve_fwd(val, np.int64(x), np.int64(y), np.int64(ans), a0, a1, a2, a3, a4,
+                                a5):
+                return LINALG, k
+        elif op == Op.SLOGDET:
+            slogdet_fwd(val, np.int64(x), np.int64(ans), a0, a1, a2)
         if check_finite:
             for i in range(n):
                 if not math.isfinite(val[ans + i]):
@@ -273,6 +287,16 @@ def reverse(instr, imm, boff, bsize, val, grad, mask):
         elif op == Op.CROSS_ENTROPY:
             if not cross_entropy_bwd(val, grad, x, y, ans, a0, a1):
                 return BAD_LABEL, k
+        elif op == Op.SOLVE:
+            solve_bwd(val, grad, np.int64(x), np.int64(y), np.int64(ans), a0, a1, a2, a3,
+                      mask[k] & 2 != 0, mask[k] & 4 != 0)
+        elif op == Op.CHOLESKY:
+            cholesky_bwd(val, grad, np.int64(x), np.int64(ans), a0, a1)
+        elif op == Op.TRISOLVE:
+            trisolve_bwd(val, grad, np.int64(x), np.int64(y), np.int64(ans), a0, a1, a2, a3, a4,
+                         a5, mask[k] & 2 != 0, mask[k] & 4 != 0)
+        elif op == Op.SLOGDET:
+            slogdet_bwd(val, grad, np.int64(x), np.int64(ans), a0, a1, a2)
     return OK, 0
 
 
