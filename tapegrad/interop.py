@@ -8,6 +8,7 @@ too: use ``v.value`` or ``v.numpy()`` for the numbers).
 """
 import numpy as np
 
+from . import linalg as _linalg
 from . import ops
 from .errors import TapegradError, user_site
 
@@ -73,6 +74,14 @@ def _dot(a, b, out=None):
     return ops.matmul(a, b)
 
 
+def _cholesky(a, upper=False):
+    if upper:
+        raise TapegradError(f"np.linalg.cholesky(..., upper=True) on a Var is not supported: "
+                            f"use tg.linalg.cholesky(a) (lower) and its transpose "
+                            f"({user_site()})")
+    return _linalg.cholesky(a)
+
+
 def _functions():
     return {
         np.sum: _axis_kw(ops.sum, "sum"), np.mean: _axis_kw(ops.mean, "mean"),
@@ -84,6 +93,8 @@ def _functions():
         np.shape: lambda a: a.shape,
         np.ndim: lambda a: a.ndim,
         np.size: lambda a, axis=None: (a.size if axis is None else a.shape[axis]),
+        np.linalg.solve: _linalg.solve, np.linalg.inv: _linalg.inv,
+        np.linalg.cholesky: _cholesky, np.linalg.slogdet: _linalg.slogdet,
     }
 
 
