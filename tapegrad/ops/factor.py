@@ -11,14 +11,14 @@ Four opcodes, each over ``batch`` matrices stored one after the other, row-major
 * SLOGDET  ``[sign, log|det A|]`` per matrix (mode 0) or ``log det A`` (mode 1: NaN for a
   negative determinant, -inf for zero, as ``torch.logdet``).
 
-The kernels copy one matrix at a time into float64 scratch arrays and factor it there with the
-small loops below (``lu``, ``lu_solve``, ``chol``, ``trsm``): a float32 arena is factored in
-float64, and those loops are compiled once for both arena dtypes. They are ``@jit`` functions
-called (not inlined) from the sweeps, which keeps the interpreters' compile time down; at
-the sizes tapegrad's models use (n up to a few hundred) a factorization costs far more than
-the call. A singular matrix (an exactly zero pivot) in SOLVE or TRISOLVE, or a matrix that is
-not positive definite in CHOLESKY, stops the sweep with ``tg.LinAlgError`` (as NumPy raises
-``LinAlgError``); SLOGDET never fails: a singular matrix has sign 0 and log|det| -inf.
+The kernels copy one matrix at a time into float64 scratch arrays and factor it there: LU
+(partial pivoting) and Cholesky by LAPACK, triangular solves by the loop ``trsm``. A float32
+arena is factored in float64, and one compiled version serves both arena dtypes. The kernels
+are ``@jit`` functions called (not inlined) from the sweeps and kept small: every line of
+them is compiled again into each sweep that calls them. A singular matrix (an exactly zero
+pivot) in SOLVE or TRISOLVE, or a matrix that is not positive definite in CHOLESKY, stops
+the sweep with ``tg.LinAlgError`` (as NumPy raises ``LinAlgError``); SLOGDET never fails: a
+singular matrix has sign 0 and log|det| -inf.
 
 Reverse rules (compiled ``*_bwd`` and recorded ``@vjp``), for G the output's cotangent:
 
@@ -34,8 +34,10 @@ The tangent rules are in ``tapegrad.ops.tangents``.
 import math
 
 import numpy as np
+from numba import types
+from numba.np.linalg import F_INT_nbtype, ensure_lapack
 
-from .._jit import jit, kernel
+from .._jit import jit
 from ..errors import ShapeError, user_site
 from ..opcodes import Op
 from ..var import Var
@@ -43,92 +45,72 @@ from ._record import broadcast_to, prod, reshape_var, vars_of
 from ._vjp import vjp
 
 
-# ---------------------------------------------------------------------------- float64 loops
+# ---------------------------------------------------------------------------- float64 routines
+# LU and Cholesky factors come from LAPACK (SciPy's, through numba's own entry points, as
+# ops.linalg's gemm: no loops to compile); the triangular solves are the loop ``trsm``.
+# LAPACK reads a row-major matrix as its transpose (column-major), which the routines below
+# account for; addresses go as intp so that the functions stay cacheable.
+ensure_lapack()
+_getrf = types.ExternalFunction("numba_xxgetrf", types.intc(
+    types.char, types.intp, types.intp, types.intp, types.intp, types.intp))
+_potrf = types.ExternalFunction("numba_xxpotrf", types.intc(
+    types.char, types.char, types.intp, types.intp, types.intp))
+PIVOT = np.int64 if F_INT_nbtype is types.int64 else np.int32  # LAPACK's integer
+_D, _U = np.int8(ord("d")), np.int8(ord("U"))
+# Integer flags go to these functions as _I(1), not 1: a constant argument is typed as a
+# literal, and numba would compile one more version of the callee for every constant.
+_I = np.int64
+
+
 @jit
 def lu(a, piv):
-    """In place: ``P a = L U`` with partial pivoting (L unit lower below the diagonal, U on and
-    above it); ``piv[j]`` is the row swapped with row j at step j. Returns ``(ok, sign)``: ok is
-    False at an exactly zero pivot (singular; the factorization still completes, as LAPACK's
-    getrf), sign = det(P)."""
+    """In place: LAPACK getrf of the row-major ``a`` (it factors ``a^T = P^T L U``: ``a``
+    then holds U^T on and below the diagonal, L^T above it; ``piv`` the 1-based swaps).
+    Returns ``(ok, sign)``: ok is False at an exactly zero pivot (singular; the factors
+    still complete), sign = det(P) * the signs of U's diagonal."""
     n = a.shape[0]
-    ok, sign = True, 1.0
-    for j in range(n):
-        p, big = j, abs(a[j, j])
-        for i in range(j + 1, n):
-            if abs(a[i, j]) > big:
-                p, big = i, abs(a[i, j])
-        piv[j] = p
-        if p != j:
+    info = _getrf(_D, n, n, a.ctypes.data, max(n, 1), piv.ctypes.data)
+    sign = 1.0
+    for i in range(n):
+        if piv[i] != i + 1:
             sign = -sign
-            for c in range(n):
-                a[j, c], a[p, c] = a[p, c], a[j, c]
-        if big == 0:
-            ok = False
-            continue
-        for i in range(j + 1, n):
-            f = a[i, j] / a[j, j]
-            a[i, j] = f
-            if f != 0:
-                for c in range(j + 1, n):
-                    a[i, c] -= f * a[j, c]
-    return ok, sign
+        if a[i, i] < 0:
+            sign = -sign
+    return info == 0, sign
 
 
 @jit
 def lu_solve(a, piv, b, trans):
     """In place in ``b`` (n, k): ``A^-1 b`` (trans 0) or ``A^-T b`` (trans 1), with ``a`` and
-    ``piv`` from ``lu``. (A^T = U^T L^T P: solve U^T, then L^T, then undo the swaps.)"""
+    ``piv`` from ``lu``: A = U^T L^T P, so A^-1 = P^T L^-T U^-T and A^-T = U^-1 L^-1 P."""
     n, k = b.shape
-    if trans == 0:
+    if trans != 0:
         for j in range(n):
-            p = piv[j]
+            p = piv[j] - 1
             for c in range(k):
                 b[j, c], b[p, c] = b[p, c], b[j, c]
-    for s in range(n):  # forward: L (unit) or U^T
-        i = s
-        for j in range(i):
-            f = a[i, j] if trans == 0 else a[j, i]
-            for c in range(k):
-                b[i, c] -= f * b[j, c]
-        if trans != 0:
-            for c in range(k):
-                b[i, c] /= a[i, i]
-    for s in range(n):  # backward: U or L^T (unit)
-        i = n - 1 - s
-        for j in range(i + 1, n):
-            f = a[i, j] if trans == 0 else a[j, i]
-            for c in range(k):
-                b[i, c] -= f * b[j, c]
-        if trans == 0:
-            for c in range(k):
-                b[i, c] /= a[i, i]
-    if trans != 0:
+    # U^T is the lower triangle of a, L^T (unit) the upper one: U^-T then L^-T, or L^-1
+    # then U^-1
+    trsm(a, b, _I(1 - trans), trans, trans)
+    trsm(a, b, trans, trans, _I(1 - trans))
+    if trans == 0:
         for s in range(n):
             j = n - 1 - s
-            p = piv[j]
+            p = piv[j] - 1
             for c in range(k):
                 b[j, c], b[p, c] = b[p, c], b[j, c]
 
 
 @jit
 def chol(a):
-    """In place: the lower Cholesky factor of ``a`` from its lower triangle (the upper one is
-    zeroed). False when a pivot is not > 0 (not positive definite, or NaN)."""
+    """In place: the lower Cholesky factor L of ``a`` (LAPACK potrf, reading the lower
+    triangle; the upper one is zeroed). False when ``a`` is not positive definite (or NaN)."""
     n = a.shape[0]
-    for j in range(n):
-        s = a[j, j]
-        for c in range(j):
-            s -= a[j, c] * a[j, c]
-        if not s > 0:
-            return False
-        d = math.sqrt(s)
-        a[j, j] = d
-        for i in range(j + 1, n):
-            s = a[i, j]
-            for c in range(j):
-                s -= a[i, c] * a[j, c]
-            a[i, j] = s / d
-            a[j, i] = 0.0
+    if _potrf(_D, _U, n, a.ctypes.data, max(n, 1)) != 0:
+        return False
+    for i in range(n):
+        for j in range(i + 1, n):
+            a[i, j] = 0.0
     return True
 
 
@@ -156,7 +138,7 @@ def trsm(a, b, lower, trans, unit):
     return True
 
 
-@kernel
+@jit
 def in_part(i, j, part):
     """Whether element (i, j) is in ``part``: 0 all, 1 lower, 2 upper, 3 strictly lower,
     4 strictly upper."""
@@ -171,7 +153,7 @@ def in_part(i, j, part):
     return i < j
 
 
-@kernel
+@jit
 def load(v, off, step, out):
     """``out[i, j] = v[off + (i * cols + j) * step]``: a matrix of the value arena (step 1) or
     one direction of the tangent arena (``off`` = offset * D + d, step D)."""
@@ -181,9 +163,9 @@ def load(v, off, step, out):
             out[i, j] = v[off + (i * c + j) * step]
 
 
-@kernel
+@jit
 def store(v, off, step, m, add):
-    """The transpose of ``load``: writes ``m`` into the arena (adds it when ``add``)."""
+    """The transpose of ``load``: writes ``m`` into the arena (adds it when ``add`` != 0)."""
     r, c = m.shape
     for i in range(r):
         for j in range(c):
@@ -191,7 +173,7 @@ def store(v, off, step, m, add):
             v[o] = v[o] + m[i, j] if add else m[i, j]
 
 
-@kernel
+@jit
 def outer_add(g, off, p, q, scale, part):
     """``g[i, j] += scale * sum_c p[i, c] q[j, c]`` for (i, j) in ``part`` (a matrix at
     ``off``): the ``-gB X^T`` of the solves' reverse rules."""
@@ -302,15 +284,15 @@ def _part(lower, unit):
 def solve_fwd(v, a, b, ans, batch, n, k, trans):
     if batch == 0:  # no scratch: n is unbounded by an empty batch's size
         return True
-    A, X, piv = np.empty((n, n)), np.empty((n, k)), np.empty(n, np.int64)
+    A, X, piv = np.empty((n, n)), np.empty((n, k)), np.empty(n, PIVOT)
     for t in range(batch):
-        load(v, a + t * n * n, 1, A)
+        load(v, a + t * n * n, _I(1), A)
         ok, _ = lu(A, piv)
         if not ok:
             return False
-        load(v, b + t * n * k, 1, X)
+        load(v, b + t * n * k, _I(1), X)
         lu_solve(A, piv, X, trans)
-        store(v, ans + t * n * k, 1, X, False)
+        store(v, ans + t * n * k, _I(1), X, _I(0))
     return True
 
 
@@ -318,20 +300,20 @@ def solve_fwd(v, a, b, ans, batch, n, k, trans):
 def solve_bwd(v, g, a, b, ans, batch, n, k, trans, da, db):
     if batch == 0:  # no scratch: n is unbounded by an empty batch's size
         return
-    A, X, G, piv = np.empty((n, n)), np.empty((n, k)), np.empty((n, k)), np.empty(n, np.int64)
+    A, X, G, piv = np.empty((n, n)), np.empty((n, k)), np.empty((n, k)), np.empty(n, PIVOT)
     for t in range(batch):
-        load(v, a + t * n * n, 1, A)
+        load(v, a + t * n * n, _I(1), A)
         lu(A, piv)
-        load(g, ans + t * n * k, 1, G)
-        lu_solve(A, piv, G, 1 - trans)  # gB
+        load(g, ans + t * n * k, _I(1), G)
+        lu_solve(A, piv, G, _I(1 - trans))  # gB
         if db:
-            store(g, b + t * n * k, 1, G, True)
+            store(g, b + t * n * k, _I(1), G, _I(1))
         if da:
-            load(v, ans + t * n * k, 1, X)
+            load(v, ans + t * n * k, _I(1), X)
             if trans == 0:
-                outer_add(g, a + t * n * n, G, X, -1.0, 0)
+                outer_add(g, a + t * n * n, G, X, -1.0, _I(0))
             else:
-                outer_add(g, a + t * n * n, X, G, -1.0, 0)
+                outer_add(g, a + t * n * n, X, G, -1.0, _I(0))
 
 
 @vjp(Op.SOLVE)
@@ -353,13 +335,13 @@ def cholesky_fwd(v, a, ans, batch, n):
         return True
     L = np.empty((n, n))
     for t in range(batch):
-        load(v, a + t * n * n, 1, L)
+        load(v, a + t * n * n, _I(1), L)
         for i in range(n):  # sym(A), so that the gradient below is the true one
             for j in range(i):
                 L[i, j] = 0.5 * (L[i, j] + L[j, i])
         if not chol(L):
             return False
-        store(v, ans + t * n * n, 1, L, False)
+        store(v, ans + t * n * n, _I(1), L, _I(0))
     return True
 
 
@@ -369,8 +351,8 @@ def cholesky_bwd(v, g, a, ans, batch, n):
         return
     L, G, P = np.empty((n, n)), np.empty((n, n)), np.empty((n, n))
     for t in range(batch):
-        load(v, ans + t * n * n, 1, L)
-        load(g, ans + t * n * n, 1, G)
+        load(v, ans + t * n * n, _I(1), L)
+        load(g, ans + t * n * n, _I(1), G)
         for i in range(n):  # P = Phi(L^T G)
             for j in range(n):
                 s = 0.0
@@ -378,11 +360,15 @@ def cholesky_bwd(v, g, a, ans, batch, n):
                     for q in range(i, n):
                         s += L[q, i] * G[q, j]
                 P[i, j] = 0.5 * s if i == j else s
-        trsm(L, P, 1, 1, 0)  # Y = L^-T P
-        G[:, :] = P.T
-        trsm(L, G, 1, 1, 0)  # Z = L^-T Y^T = (Y L^-1)^T
-        P[:, :] = 0.5 * (G + G.T)
-        store(g, a + t * n * n, 1, P, True)
+        trsm(L, P, _I(1), _I(1), _I(0))  # Y = L^-T P
+        for i in range(n):
+            for j in range(n):
+                G[i, j] = P[j, i]
+        trsm(L, G, _I(1), _I(1), _I(0))  # Z = L^-T Y^T = (Y L^-1)^T
+        for i in range(n):
+            for j in range(n):
+                P[i, j] = 0.5 * (G[i, j] + G[j, i])
+        store(g, a + t * n * n, _I(1), P, _I(1))
 
 
 @vjp(Op.CHOLESKY)
@@ -402,11 +388,11 @@ def trisolve_fwd(v, a, b, ans, batch, n, k, lower, trans, unit):
         return True
     A, X = np.empty((n, n)), np.empty((n, k))
     for t in range(batch):
-        load(v, a + t * n * n, 1, A)
-        load(v, b + t * n * k, 1, X)
+        load(v, a + t * n * n, _I(1), A)
+        load(v, b + t * n * k, _I(1), X)
         if not trsm(A, X, lower, trans, unit):
             return False
-        store(v, ans + t * n * k, 1, X, False)
+        store(v, ans + t * n * k, _I(1), X, _I(0))
     return True
 
 
@@ -417,13 +403,13 @@ def trisolve_bwd(v, g, a, b, ans, batch, n, k, lower, trans, unit, da, db):
     A, X, G = np.empty((n, n)), np.empty((n, k)), np.empty((n, k))
     part = (1 if lower else 2) + (2 if unit else 0)
     for t in range(batch):
-        load(v, a + t * n * n, 1, A)
-        load(g, ans + t * n * k, 1, G)
-        trsm(A, G, lower, 1 - trans, unit)  # gB
+        load(v, a + t * n * n, _I(1), A)
+        load(g, ans + t * n * k, _I(1), G)
+        trsm(A, G, lower, _I(1 - trans), unit)  # gB
         if db:
-            store(g, b + t * n * k, 1, G, True)
+            store(g, b + t * n * k, _I(1), G, _I(1))
         if da:
-            load(v, ans + t * n * k, 1, X)
+            load(v, ans + t * n * k, _I(1), X)
             if trans == 0:
                 outer_add(g, a + t * n * n, G, X, -1.0, part)
             else:
@@ -448,14 +434,12 @@ def trisolve_vjp(r, g):
 def slogdet_fwd(v, a, ans, batch, n, mode):
     if batch == 0:  # no scratch: n is unbounded by an empty batch's size
         return
-    A, piv = np.empty((n, n)), np.empty(n, np.int64)
+    A, piv = np.empty((n, n)), np.empty(n, PIVOT)
     for t in range(batch):
-        load(v, a + t * n * n, 1, A)
+        load(v, a + t * n * n, _I(1), A)
         ok, sign = lu(A, piv)
         lad = 0.0
         for i in range(n):
-            if A[i, i] < 0:
-                sign = -sign
             lad += math.log(abs(A[i, i]))
         if not ok:
             sign, lad = 0.0, -math.inf
@@ -469,24 +453,26 @@ def slogdet_fwd(v, a, ans, batch, n, mode):
 @jit
 def inv_t(v, a, t, n, A, piv, out):
     """``out = A^-T`` of matrix t of the batch at ``a`` (``A``, ``piv``: scratch)."""
-    load(v, a + t * n * n, 1, A)
+    load(v, a + t * n * n, _I(1), A)
     lu(A, piv)
-    out[:, :] = 0.0
     for i in range(n):
-        out[i, i] = 1.0
-    lu_solve(A, piv, out, 1)
+        for j in range(n):
+            out[i, j] = 1.0 if i == j else 0.0
+    lu_solve(A, piv, out, _I(1))
 
 
 @jit
 def slogdet_bwd(v, g, a, ans, batch, n, mode):
     if batch == 0:  # no scratch: n is unbounded by an empty batch's size
         return
-    A, W, piv = np.empty((n, n)), np.empty((n, n)), np.empty(n, np.int64)
+    A, W, piv = np.empty((n, n)), np.empty((n, n)), np.empty(n, PIVOT)
     for t in range(batch):
         w = g[ans + 2 * t + 1] if mode == 0 else g[ans + t]
         inv_t(v, a, t, n, A, piv, W)
-        W *= w
-        store(g, a + t * n * n, 1, W, True)
+        for i in range(n):
+            for j in range(n):
+                W[i, j] *= w
+        store(g, a + t * n * n, _I(1), W, _I(1))
 
 
 @vjp(Op.SLOGDET)

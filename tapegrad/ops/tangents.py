@@ -26,7 +26,7 @@ import numpy as np
 
 from .._jit import jit, kernel
 from ..opcodes import Op
-from .factor import in_part, inv_t, load, lu, lu_solve, store, trsm
+from .factor import PIVOT, _I, in_part, inv_t, load, lu, lu_solve, store, trsm
 from .linalg import BLAS_MIN, _N, _T, gemm
 
 
@@ -297,7 +297,7 @@ def cross_entropy_tan(v, t, x, y, ans, tx, tans, N, C, D):
 # ---------------------------------------------------------------------------- factorizations (factor.py)
 # Called (not inlined) from the sweep, as the forward kernels are. Value offsets a, b, ans are
 # int64; a matrix's direction d is read with factor.load(t, offset * D + d, D, ...).
-@kernel
+@jit
 def _sub_op_mul(M, X, R, trans, part):
     """``R -= op(M) X`` with op(M) = M or M^T and M restricted to ``part`` (factor.in_part)."""
     n, k = R.shape
@@ -317,17 +317,18 @@ def solve_tan(v, t, a, b, ans, D, batch, n, k, flags, tri, da, db):
     trans = flags[1] if tri else flags[0]
     part = ((1 if flags[0] else 2) + (2 if flags[2] else 0)) if tri else 0
     A, X, R, dA = np.empty((n, n)), np.empty((n, k)), np.empty((n, k)), np.empty((n, n))
-    piv = np.empty(n, np.int64)
+    piv = np.empty(n, PIVOT)
     for s in range(batch):
         ao, bo, xo = a + s * n * n, b + s * n * k, ans + s * n * k
-        load(v, ao, 1, A)
+        load(v, ao, _I(1), A)
         if not tri:
             lu(A, piv)
-        load(v, xo, 1, X)
+        load(v, xo, _I(1), X)
         for d in range(D):
-            R[:, :] = 0.0
             if db:
                 load(t, bo * D + d, D, R)
+            else:
+                R.fill(0.0)
             if da:
                 load(t, ao * D + d, D, dA)
                 _sub_op_mul(dA, X, R, trans, part)
@@ -335,7 +336,7 @@ def solve_tan(v, t, a, b, ans, D, batch, n, k, flags, tri, da, db):
                 trsm(A, R, flags[0], trans, flags[2])
             else:
                 lu_solve(A, piv, R, trans)
-            store(t, xo * D + d, D, R, False)
+            store(t, xo * D + d, D, R, _I(0))
 
 
 # L = chol(A):  dL = L Phi(L^-1 sym(dA) L^-T)  (sym: the reverse rule's symmetric convention)
@@ -345,13 +346,17 @@ def cholesky_tan(v, t, a, ans, D, batch, n):
         return
     L, S, Z = np.empty((n, n)), np.empty((n, n)), np.empty((n, n))
     for s in range(batch):
-        load(v, ans + s * n * n, 1, L)
+        load(v, ans + s * n * n, _I(1), L)
         for d in range(D):
             load(t, (a + s * n * n) * D + d, D, S)
-            Z[:, :] = 0.5 * (S + S.T)
-            trsm(L, Z, 1, 0, 0)   # L^-1 dA
-            S[:, :] = Z.T
-            trsm(L, S, 1, 0, 0)   # L^-1 dA L^-T
+            for i in range(n):
+                for j in range(n):
+                    Z[i, j] = 0.5 * (S[i, j] + S[j, i])
+            trsm(L, Z, _I(1), _I(0), _I(0))   # L^-1 dA
+            for i in range(n):
+                for j in range(n):
+                    S[i, j] = Z[j, i]
+            trsm(L, S, _I(1), _I(0), _I(0))   # L^-1 dA L^-T
             for i in range(n):
                 for j in range(n):
                     q = 0.0
@@ -360,7 +365,7 @@ def cholesky_tan(v, t, a, ans, D, batch, n):
                         for r in range(j + 1, i + 1):
                             q += L[i, r] * S[r, j]
                     Z[i, j] = q
-            store(t, (ans + s * n * n) * D + d, D, Z, False)
+            store(t, (ans + s * n * n) * D + d, D, Z, _I(0))
 
 
 # log|det A|:  d = sum_ij (A^-T)_ij dA_ij; the sign's tangent is 0
@@ -368,7 +373,7 @@ def cholesky_tan(v, t, a, ans, D, batch, n):
 def slogdet_tan(v, t, a, ans, D, batch, n, mode):
     if batch == 0:  # no scratch: n is unbounded by an empty batch's size
         return
-    A, W, piv = np.empty((n, n)), np.empty((n, n)), np.empty(n, np.int64)
+    A, W, piv = np.empty((n, n)), np.empty((n, n)), np.empty(n, PIVOT)
     for s in range(batch):
         inv_t(v, a, s, n, A, piv, W)
         for d in range(D):
