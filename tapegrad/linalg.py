@@ -13,7 +13,7 @@ import numpy as np
 
 from .errors import ShapeError, TapegradError, user_site
 from .ops import factor
-from .ops._record import broadcast_to, reshape_var, vars_of
+from .ops._record import broadcast_to, vars_of
 from .var import Var
 
 __all__ = ["cholesky", "inv", "logdet", "slogdet", "solve", "solve_triangular",
