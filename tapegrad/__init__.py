@@ -13,8 +13,8 @@ Record once, replay for thousands of steps::
 """
 __version__ = "0.1.0"  # before the imports: tapegrad._jit keys its cache directory on it
 
-from .errors import (BranchChanged, FeedError, GradcheckError, NonFiniteError, ShapeError,
-                     TapeFormatError, TapegradError)
+from .errors import (BranchChanged, FeedError, GradcheckError, LinAlgError, NonFiniteError,
+                     ShapeError, TapeFormatError, TapegradError)
 from .tape import Tape, current_tape
 from .var import Var
 from .ops import (abs, add, argmax, clip, concatenate, cos, cross_entropy, div, exp, leaky_relu, log,
@@ -22,7 +22,7 @@ from .ops import (abs, add, argmax, clip, concatenate, cos, cross_entropy, div, 
                   neg, pow, relu, reshape, sigmoid, sin, softmax, sqrt, square, stack, sub, sum,
                   tanh, transpose, where)
 
-from . import nn, optim
+from . import linalg, nn, optim
 from .ops import random
 from .ops.gather import expand_dims, repeat, squeeze, take
 from .ops.random import dropout

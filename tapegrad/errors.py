@@ -6,6 +6,8 @@ code that recorded the op, so an error in a model of a thousand ops points at on
 import os
 import sys
 
+import numpy as np
+
 _PKG_DIR = os.path.dirname(os.path.abspath(__file__))
 
 
@@ -27,6 +29,11 @@ class BranchChanged(TapegradError):
 
 class NonFiniteError(TapegradError, FloatingPointError):
     """``check_finite=True`` found NaN or Inf; names the first op that produced it."""
+
+
+class LinAlgError(TapegradError, np.linalg.LinAlgError):
+    """A singular matrix (``tg.linalg.solve``, ``inv``, ``solve_triangular``) or one that is
+    not positive definite (``cholesky``), when recorded or replayed."""
 
 
 class TapeFormatError(TapegradError, ValueError):

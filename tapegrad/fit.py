@@ -32,7 +32,8 @@ import time
 import numpy as np
 
 from ._jit import drop_stale_cache, jit, kernel
-from .errors import BranchChanged, FeedError, NonFiniteError, ShapeError, TapegradError
+from .errors import (BranchChanged, FeedError, LinAlgError, NonFiniteError, ShapeError,
+                     TapegradError)
 from .opcodes import N_IN, OP, OPS, OUT, X, Op
 from .optim import Optimizer, step_kernel
 from .sweep import NON_FINITE, OK, SOURCES, forward, reverse
@@ -398,7 +399,7 @@ def _prepare(loss, opt, data, batch_size, steps, reduce):
 
 # ------------------------------------------------------------------ many ranks
 _KINDS = {c.__name__: c for c in (NonFiniteError, FeedError, ShapeError, BranchChanged,
-                                  TapegradError)}
+                                  LinAlgError, TapegradError)}
 
 
 def _same_error(every, key):

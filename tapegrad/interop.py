@@ -8,6 +8,7 @@ too: use ``v.value`` or ``v.numpy()`` for the numbers).
 """
 import numpy as np
 
+from . import linalg as _linalg
 from . import ops
 from .errors import TapegradError, user_site
 
@@ -80,6 +81,14 @@ def _take(a, indices, axis=None, out=None, mode="raise"):
     return ops.take(a, indices, axis=axis)
 
 
+def _cholesky(a, upper=False):
+    if upper:
+        raise TapegradError(f"np.linalg.cholesky(..., upper=True) on a Var is not supported: "
+                            f"use tg.linalg.cholesky(a) (lower) and its transpose "
+                            f"({user_site()})")
+    return _linalg.cholesky(a)
+
+
 def _functions():
     return {
         np.sum: _axis_kw(ops.sum, "sum"), np.mean: _axis_kw(ops.mean, "mean"),
@@ -94,6 +103,8 @@ def _functions():
         np.shape: lambda a: a.shape,
         np.ndim: lambda a: a.ndim,
         np.size: lambda a, axis=None: (a.size if axis is None else a.shape[axis]),
+        np.linalg.solve: _linalg.solve, np.linalg.inv: _linalg.inv,
+        np.linalg.cholesky: _cholesky, np.linalg.slogdet: _linalg.slogdet,
     }
 
 

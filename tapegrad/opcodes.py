@@ -90,7 +90,12 @@ class Op(IntEnum):
     # gathers (tapegrad/ops/gather.py): y = indices stored as floats, checked on replay
     GATHER = 50      # x (A, n, B), y (m,) -> (A, m, B): out[a, j, b] = x[a, y[j], b]
     SCATTER_ADD = 51 # x (A, m, B), y (m,) -> (A, n, B): GATHER's transpose (duplicates add)
-    N_OPS = 52       # sentinel: the number of opcodes
+    # factorizations (tapegrad/ops/factor.py), over a batch of n x n matrices
+    SOLVE = 52       # x A, y B (batch, n, k) -> op(A)^-1 B; A0..A3 = batch, n, k, trans
+    CHOLESKY = 53    # x A -> lower L with L L^T = A (lower triangle read); A0 A1 = batch, n
+    TRISOLVE = 54    # x A triangular, y B -> op(A)^-1 B; batch, n, k, lower, trans, unit
+    SLOGDET = 55     # x A -> (batch, 2) [sign, log|det|] (A2 = 0) or (batch,) logdet (A2 = 1)
+    N_OPS = 56       # sentinel: the number of opcodes
 
 
 class OpSpec(NamedTuple):
@@ -153,6 +158,10 @@ OPS = {
     Op.GUARD: OpSpec("guard", 1, "expected", False),
     Op.GATHER: OpSpec("gather", 2, "A n B m"),
     Op.SCATTER_ADD: OpSpec("scatter_add", 2, "A n B m"),
+    Op.SOLVE: OpSpec("solve", 2, "batch n k trans"),
+    Op.CHOLESKY: OpSpec("cholesky", 1, "batch n"),
+    Op.TRISOLVE: OpSpec("trisolve", 2, "batch n k lower trans unit"),
+    Op.SLOGDET: OpSpec("slogdet", 1, "batch n mode"),
 }
 
 # the table as arrays, for the compiled passes over a tape (activity analysis, validation)

@@ -30,6 +30,8 @@ from .ops.elementwise import (abs_bwd, abs_fwd, add_bwd, add_fwd, compare_fwd, c
                               where_bwd, where_fwd)
 from .ops.immediate import (addc_bwd, addc_fwd, divc_bwd, divc_fwd, mulc_bwd, mulc_fwd,
                             rdivc_bwd, rdivc_fwd, rpowc_bwd, rpowc_fwd, rsubc_bwd, rsubc_fwd)
+from .ops.factor import (cholesky_bwd, cholesky_fwd, slogdet_bwd, slogdet_fwd, solve_bwd,
+                         solve_fwd, trisolve_bwd, trisolve_fwd)
 from .ops.linalg import matmul_bwd, matmul_fwd
 from .ops.gather import gather_bwd, gather_fwd, scatter_add_bwd, scatter_add_fwd
 from .ops.loss import cross_entropy_bwd, cross_entropy_fwd, onehot_fwd
@@ -41,6 +43,7 @@ from .ops.shape import (expand_bwd, expand_fwd, place_bwd, place_fwd, slice_bwd,
 
 OK, GUARD_FLIPPED, NON_FINITE, BAD_LABEL = 0, 1, 2, 3
 BAD_INDEX = 4  # a gather's index is not an integer in [-n, n)
+LINALG = 5     # a singular matrix (solve, trisolve) or one not positive definite (cholesky)
 
 
 @kernel
@@ -232,6 +235,18 @@ def forward(instr, imm, boff, bsize, val, mask, check_finite):
             if (val[x] != 0) != (a0 != 0):
                 return GUARD_FLIPPED, k
             continue
+        elif op == Op.SOLVE:
+            if not solve_fwd(val, np.int64(x), np.int64(y), np.int64(ans), a0, a1, a2, a3):
+                return LINALG, k
+        elif op == Op.CHOLESKY:
+            if not cholesky_fwd(val, np.int64(x), np.int64(ans), a0, a1):
+                return LINALG, k
+        elif op == Op.TRISOLVE:
+            if not trisolve_fwd(val, np.int64(x), np.int64(y), np.int64(ans), a0, a1, a2, a3, a4,
+                                a5):
+                return LINALG, k
+        elif op == Op.SLOGDET:
+            slogdet_fwd(val, np.int64(x), np.int64(ans), a0, a1, a2)
         if check_finite:
             for i in range(n):
                 if not math.isfinite(val[ans + i]):
@@ -287,6 +302,16 @@ def reverse(instr, imm, boff, bsize, val, grad, mask):
         elif op == Op.SCATTER_ADD:
             if mask[k] & 2 != 0 and not scatter_add_bwd(grad, val, x, y, ans, a0, a1, a2, a3):
                 return BAD_INDEX, k
+        elif op == Op.SOLVE:
+            solve_bwd(val, grad, np.int64(x), np.int64(y), np.int64(ans), a0, a1, a2, a3,
+                      mask[k] & 2 != 0, mask[k] & 4 != 0)
+        elif op == Op.CHOLESKY:
+            cholesky_bwd(val, grad, np.int64(x), np.int64(ans), a0, a1)
+        elif op == Op.TRISOLVE:
+            trisolve_bwd(val, grad, np.int64(x), np.int64(y), np.int64(ans), a0, a1, a2, a3, a4,
+                         a5, mask[k] & 2 != 0, mask[k] & 4 != 0)
+        elif op == Op.SLOGDET:
+            slogdet_bwd(val, grad, np.int64(x), np.int64(ans), a0, a1, a2)
     return OK, 0
 
 

@@ -30,9 +30,10 @@ from .ops.elementwise import add_fwd, neg_fwd, sub_fwd
 from .ops.immediate import divc_fwd, mulc_fwd
 from .ops.reduce import sum_fwd
 from .ops.shape import expand_fwd, place_fwd, slice_fwd, transpose_fwd, unslice_fwd
-from .ops.tangents import (binary_tan, cross_entropy_tan, log_softmax_tan, logsumexp_tan,
-                           matmul_tan, max_tan, softmax_tan, unary_tan, where_tan, zero_tan)
 from .ops.gather import gather_fwd, scatter_add_fwd
+from .ops.tangents import (binary_tan, cholesky_tan, cross_entropy_tan, log_softmax_tan,
+                           logsumexp_tan, matmul_tan, max_tan, slogdet_tan, softmax_tan,
+                           solve_tan, unary_tan, where_tan, zero_tan)
 from .sweep import BAD_INDEX, BAD_LABEL, OK, _offset
 
 MAX_TANGENT_ELEMENTS = 2 ** 23  # tangent arena elements per sweep (64 MB in float64)
@@ -112,6 +113,13 @@ def tangent(instr, imm, boff, bsize, val, tan, ndir, mask):
         elif op == Op.SCATTER_ADD:
             if not scatter_add_fwd(tan, val, tx, y, tans, a0, a1, a2 * Di, a3):
                 return BAD_INDEX, k
+        elif op == Op.SOLVE or op == Op.TRISOLVE:
+            solve_tan(val, tan, np.int64(x), np.int64(y), np.int64(ans), Di, a0, a1, a2,
+                      (a3, a4, a5), op == Op.TRISOLVE, dx, dy)
+        elif op == Op.CHOLESKY:
+            cholesky_tan(val, tan, np.int64(x), np.int64(ans), Di, a0, a1)
+        elif op == Op.SLOGDET:
+            slogdet_tan(val, tan, np.int64(x), np.int64(ans), Di, a0, a1, a2)
         # GUARD: no value, no tangent
     return OK, 0
 

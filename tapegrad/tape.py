@@ -35,8 +35,8 @@ from array import array
 
 import numpy as np
 
-from .errors import (BranchChanged, FeedError, NonFiniteError, ShapeError, TapegradError,
-                     UnknownNameError, site_id, site_text, user_site)
+from .errors import (BranchChanged, FeedError, LinAlgError, NonFiniteError, ShapeError,
+                     TapegradError, UnknownNameError, site_id, site_text, user_site)
 from .opcodes import A0, DIFFERENTIABLE, N_IN, OP, OPS, OUT, WIDTH, X, Op
 
 PARAM, INPUT, CONST, TEMP = 0, 1, 2, 3
@@ -333,11 +333,12 @@ class Tape:
         return self._new_buffer(shape, kind if kind != PARAM else TEMP, base=self._base_of(b))
 
     # ------------------------------------------------------------------ instructions
-    def _emit(self, op, inputs, shape, attrs=(), imm=0.0, out=None):
+    def _emit(self, op, inputs, shape, attrs=(), imm=0.0, out=None, check=False):
         """Append one instruction and return its output buffer. Its value is computed with
-        the next block (``_flush``); callers validate shapes first: nothing is appended for
-        an op that raises. An op of constants only is folded: evaluated now and its output
-        becomes a constant, with no instruction left on the tape."""
+        the next block (``_flush``), or at once when ``check`` (an op whose forward can fail,
+        as cross_entropy's: its error is raised here); callers validate shapes first: nothing
+        is appended for an op that raises. An op of constants only is folded: evaluated now
+        and its output becomes a constant, with no instruction left on the tape."""
         site = site_id()
         if attrs:
             for a in attrs:
@@ -377,7 +378,7 @@ class Tape:
         self._n += 1
         if self._sealed:
             self._dirty()
-        if fold or op == _CROSS_ENTROPY or len(self._psite) >= FLUSH_EVERY:
+        if fold or check or op == _CROSS_ENTROPY or len(self._psite) >= FLUSH_EVERY:
             k = self._n - 1
             status, at = self._flush(check=True)
             if status:
@@ -754,6 +755,12 @@ class Tape:
         if status == _sweep.BAD_INDEX:
             return FeedError(f"{op}: an index is not an integer in [-{self._instr[k, A0 + 1]}, "
                              f"{self._instr[k, A0 + 1]}) (recorded at {where})")
+        if status == _sweep.LINALG:
+            what = ("not positive definite" if self._instr[k, OP] == Op.CHOLESKY
+                    else "singular")
+            b = int(self._instr[k, X])
+            return LinAlgError(f"{op}: a matrix of %{b} {_fmt_shape(self._shape[b])} is {what} "
+                               f"(recorded at {where})")
         if status == _sweep.BAD_LABEL:
             return FeedError(f"{op}: a label is not an integer in [0, {self._instr[k, A0 + 1]}) "
                              f"(recorded at {where})")

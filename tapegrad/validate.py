@@ -39,6 +39,7 @@ REASONS = [
     "no validation rule",
     "a draw reads the 2-number counter (which tick writes in place)",
     "sizes do not match (A, n, B, m)",
+    "sizes do not match (batch, n, k) or a flag is not 0 or 1",
 ]
 _BIG = 2.0 ** 62  # no buffer is this large: a product beyond it matches no size
 
@@ -158,6 +159,17 @@ def check_instructions(instr, bsize, n_in):
         elif op == Op.SCATTER_ADD:  # A n B m: (A, m, B), (m,) -> (A, n, B)
             if i0 != _prod(a0, a3, a2, 1) or i1 != a3 or out != AnB:
                 return k, 18
+        elif op == Op.SOLVE or op == Op.TRISOLVE:  # batch n k trans | batch n k lower trans unit
+            if (i0 != _prod(a0, a1, a1, 1) or i1 != _prod(a0, a1, a2, 1) or out != i1
+                    or a3 > 1 or (op == Op.TRISOLVE and (a4 > 1 or a5 > 1))
+                    or (op == Op.SOLVE and (a4 != 0 or a5 != 0))):
+                return k, 19
+        elif op == Op.CHOLESKY:  # batch n
+            if i0 != _prod(a0, a1, a1, 1) or out != i0 or a2 != 0:
+                return k, 19
+        elif op == Op.SLOGDET:  # batch n mode: out (batch, 2) or (batch,)
+            if i0 != _prod(a0, a1, a1, 1) or a2 > 1 or out != _prod(a0, 2 - a2, 1, 1):
+                return k, 19
         else:
             return k, 16
     return -1, 0

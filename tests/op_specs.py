@@ -18,6 +18,7 @@ Rules for adding a spec:
 from typing import Callable, NamedTuple, Optional
 
 import numpy as np
+import scipy.linalg
 import scipy.special
 
 import tapegrad as tg
@@ -94,6 +95,20 @@ def each(*gens):
     return gen
 
 
+def spd(rng, shapes):
+    """Symmetric positive definite matrices (..., n, n), eigenvalues in about [1, 5]."""
+    out = []
+    for s in shapes:
+        r = rng.standard_normal(s)
+        out.append(r @ np.swapaxes(r, -1, -2) / s[-1] + np.eye(s[-1]))
+    return out
+
+
+def well_conditioned(rng, shapes):
+    """Square matrices (..., n, n) near 2 I: invertible, every triangle too."""
+    return [0.5 * rng.standard_normal(s) + 2.0 * np.eye(s[-1]) for s in shapes]
+
+
 # ---------------------------------------------------------------------------- references
 def np_sigmoid(x):
     return scipy.special.expit(x)
@@ -134,6 +149,36 @@ def _np_unslice(x):
     g = np.zeros_like(x)
     g[1:, ::-2] = 3 * x[1:, ::-2] ** 2
     return g
+
+
+def np_sym(a):
+    return (a + np.swapaxes(a, -1, -2)) / 2
+
+
+def np_solve_triangular(a, b, lower=True, trans=0, unit_diagonal=False):
+    """scipy.linalg.solve_triangular over broadcast stacks (b (M,) or (..., M, K))."""
+    if b.ndim == 1:
+        return np_solve_triangular(a, b[:, None], lower, trans, unit_diagonal)[..., 0]
+    batch = np.broadcast_shapes(a.shape[:-2], b.shape[:-2])
+    a = np.broadcast_to(a, batch + a.shape[-2:]).reshape(-1, *a.shape[-2:])
+    b = np.broadcast_to(b, batch + b.shape[-2:]).reshape(-1, *b.shape[-2:])
+    x = [scipy.linalg.solve_triangular(m, r, lower=lower, trans=trans,
+                                       unit_diagonal=unit_diagonal) for m, r in zip(a, b)]
+    return np.stack(x).reshape(batch + b.shape[-2:])
+
+
+def np_gp_nll(x, y):
+    """A Gaussian-process negative log marginal likelihood (up to a constant)."""
+    L = np.linalg.cholesky(x @ x.T + np.eye(x.shape[0]))
+    alpha = scipy.linalg.solve_triangular(L, y, lower=True)
+    return 0.5 * np.sum(alpha ** 2) + np.sum(np.log(np.diag(L)))
+
+
+def _tg_gp_nll(x, y):
+    L = tg.linalg.cholesky(x @ x.T + np.eye(x.shape[0]))
+    alpha = tg.linalg.solve_triangular(L, y, lower=True)
+    return 0.5 * (alpha ** 2).sum() + tg.log(L * np.eye(x.shape[0]) + (1 - np.eye(
+        x.shape[0]))).sum()
 
 
 # ---------------------------------------------------------------------------- guard helpers
@@ -450,6 +495,53 @@ SPECS = [
          lambda x: (np.arange(6.0).reshape(2, 3) - 2.5) @ x @ np.ones((4, 2)), [C((3, 4))]),
     Spec("matmul_self", (Op.MATMUL,), lambda x: x @ x, lambda x: x @ x,
          [C((3, 3), id="small"), C((33, 33), id="blas")]),
+    # ------------------------------------------------------------------ tg.linalg (ops/factor.py)
+    Spec("solve", (Op.SOLVE,), lambda a, b: tg.linalg.solve(a, b), np.linalg.solve,
+         [C((3, 3), (3,), id="vec"), C((3, 3), (3, 2), id="mat"),
+          C((2, 3, 3), (2, 3, 2), id="stack"), C((2, 3, 3), (3,), id="stack_vec"),
+          C((3, 3), (2, 3, 2), id="shared_a"), C((2, 1, 3, 3), (4, 3, 1), id="bcast"),
+          C((1, 1), (1,), id="1x1"), C((12, 12), (12, 3), id="12x12")],
+         each(well_conditioned, normal)),
+    Spec("inv", (Op.SOLVE,), lambda a: tg.linalg.inv(a), np.linalg.inv,
+         [C((3, 3)), C((2, 4, 4))], well_conditioned),
+    # only the lower triangle is read, and the gradient is that of a symmetric input: the
+    # same as cholesky((a + a^T) / 2)'s, whose finite differences the reference gives
+    Spec("cholesky", (Op.CHOLESKY,), lambda a: tg.linalg.cholesky(a),
+         lambda a: np.linalg.cholesky(np_sym(a)),
+         [C((3, 3)), C((2, 4, 4)), C((1, 1)), C((10, 10))], spd),
+    Spec("solve_triangular", (Op.TRISOLVE,),
+         lambda a, b, **kw: tg.linalg.solve_triangular(a, b, **kw), np_solve_triangular,
+         [C((3, 3), (3,), id="lower_vec", lower=True, trans=0, unit_diagonal=False),
+          C((3, 3), (3, 2), id="upper", lower=False, trans=0, unit_diagonal=False),
+          C((3, 3), (3, 2), id="lower_T", lower=True, trans=1, unit_diagonal=False),
+          C((3, 3), (3, 2), id="upper_T_unit", lower=False, trans="T", unit_diagonal=True),
+          C((4, 4), (4, 1), id="lower_unit", lower=True, trans=0, unit_diagonal=True),
+          C((2, 3, 3), (2, 3, 2), id="stack", lower=True, trans=0, unit_diagonal=False),
+          C((3, 3), (2, 3, 2), id="shared_a", lower=False, trans=1, unit_diagonal=False)],
+         each(well_conditioned, normal)),
+    Spec("triangular_solve_right_upper", (Op.TRISOLVE, Op.TRANSPOSE),
+         lambda a, b: tg.linalg.triangular_solve(a, b, upper=True, left=False),
+         lambda a, b: np.swapaxes(np.linalg.solve(np.swapaxes(np.triu(a), -1, -2),
+                                                  np.swapaxes(b, -1, -2)), -1, -2),
+         [C((3, 3), (2, 3)), C((2, 3, 3), (2, 4, 3))], each(well_conditioned, normal)),
+    Spec("triangular_solve_left", (Op.TRISOLVE,),
+         lambda a, b: tg.linalg.triangular_solve(a, b, unitriangular=True),
+         lambda a, b: np.linalg.solve(np.tril(a, -1) + np.eye(3), b),
+         [C((3, 3), (3, 2))], each(well_conditioned, normal)),
+    Spec("slogdet", (Op.SLOGDET, Op.SLICE), lambda a: tg.linalg.slogdet(a).logabsdet,
+         lambda a: np.linalg.slogdet(a).logabsdet,
+         [C((3, 3)), C((2, 3, 3)), C((1, 1)), C((8, 8))], well_conditioned),
+    Spec("slogdet_negative", (Op.SLOGDET, Op.SLICE), lambda a: tg.linalg.slogdet(a).logabsdet,
+         lambda a: np.linalg.slogdet(a).logabsdet, [C((3, 3))],
+         lambda rng, shapes: [-m for m in well_conditioned(rng, shapes)]),
+    Spec("slogdet_sign", (Op.SLOGDET, Op.SLICE), lambda a: tg.linalg.slogdet(a).sign,
+         lambda a: np.linalg.slogdet(a).sign, [C((3, 3)), C((2, 4, 4))],
+         lambda rng, shapes: [m * np.where(np.arange(m.shape[-1]) == 0, -1.0, 1.0)
+                              for m in well_conditioned(rng, shapes)], zero_grad=True),
+    Spec("logdet", (Op.SLOGDET,), lambda a: tg.linalg.logdet(a),
+         lambda a: np.linalg.slogdet(a).logabsdet, [C((3, 3)), C((2, 4, 4))], spd),
+    Spec("gp_nll", (Op.CHOLESKY, Op.TRISOLVE, Op.MATMUL), _tg_gp_nll, np_gp_nll,
+         [C((5, 2), (5,))]),
     # ------------------------------------------------------------------ losses
     Spec("cross_entropy", (Op.CROSS_ENTROPY,),
          lambda x, labels, reduction: tg.cross_entropy(x, labels, reduction=reduction),

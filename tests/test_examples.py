@@ -45,7 +45,7 @@ def has_module(name):
 def test_every_example_is_tested():
     tested = {"seed_mlp.py", "neuron.py", "ols.py", "mlp_vs_torch.py", "digits.py",
               "rnn_sincos.py", "grad_of_target.py", "replay_speed.py", "newton_rosenbrock.py",
-              "tanh_derivatives.py", "pinn_oscillator.py",
+              "tanh_derivatives.py", "pinn_oscillator.py", "gaussian_process.py",
               "data_parallel.py"}  # data_parallel.py: in test_dist.py (needs MPI)
     assert {p.name for p in EXAMPLES.glob("*.py")} == tested
     readme = (EXAMPLES / "README.md").read_text()
@@ -67,6 +67,20 @@ def test_tanh_derivatives(tmp_path):
                       out) < 1e-12
     if has_module("matplotlib"):
         assert (tmp_path / "tanh_derivatives.png").is_file()
+
+
+def test_gaussian_process(tmp_path):
+    out = run_example("gaussian_process.py", tmp_path, args=("--maxiter", "15"))
+    start, end = map(float, re.search(r"likelihood ([0-9.e+-]+) -> ([0-9.e+-]+)", out).groups())
+    assert end < start - 20
+    at_data, gap = map(float, re.search(r"at most ([0-9.]+) at the data, ([0-9.]+) in the gap",
+                                        out).groups())
+    assert gap > 2 * at_data
+    if has_module("autograd"):
+        assert number(r"difference of the likelihood ([0-9.e+-]+)", out) < 1e-10
+        assert number(r"of its gradient ([0-9.e+-]+)", out) < 1e-10
+    if has_module("matplotlib"):
+        assert (tmp_path / "gaussian_process.png").is_file()
 
 
 def test_pinn_oscillator(tmp_path):

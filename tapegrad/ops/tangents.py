@@ -24,8 +24,9 @@ import math
 
 import numpy as np
 
-from .._jit import kernel
+from .._jit import jit, kernel
 from ..opcodes import Op
+from .factor import PIVOT, _I, in_part, inv_t, load, lu, lu_solve, store, trsm
 from .linalg import _N, _T, gemm, use_blas
 
 
@@ -292,3 +293,97 @@ def cross_entropy_tan(v, t, x, y, ans, tx, tans, N, C, D):
             for d in range(D):
                 t[to + d] += p * t[trow + j * D + d]
     return True
+
+
+# ---------------------------------------------------------------------------- factorizations (factor.py)
+# Called (not inlined) from the sweep, as the forward kernels are. Value offsets a, b, ans are
+# int64; a matrix's direction d is read with factor.load(t, offset * D + d, D, ...).
+@jit
+def _sub_op_mul(M, X, R, trans, part):
+    """``R -= op(M) X`` with op(M) = M or M^T and M restricted to ``part`` (factor.in_part)."""
+    n, k = R.shape
+    for i in range(n):
+        for j in range(n):
+            f = M[i, j] if trans == 0 else M[j, i]
+            if f != 0 and (in_part(i, j, part) if trans == 0 else in_part(j, i, part)):
+                for c in range(k):
+                    R[i, c] -= f * X[j, c]
+
+
+# X = op(A)^-1 B:  dX = op(A)^-1 (dB - op(dA) X)  (TRISOLVE: dA on the triangle read)
+@jit
+def solve_tan(v, t, a, b, ans, D, batch, n, k, flags, tri, da, db):
+    if batch == 0:  # no scratch: n is unbounded by an empty batch's size
+        return
+    trans = flags[1] if tri else flags[0]
+    part = ((1 if flags[0] else 2) + (2 if flags[2] else 0)) if tri else 0
+    A, X, R, dA = np.empty((n, n)), np.empty((n, k)), np.empty((n, k)), np.empty((n, n))
+    piv = np.empty(n, PIVOT)
+    for s in range(batch):
+        ao, bo, xo = a + s * n * n, b + s * n * k, ans + s * n * k
+        load(v, ao, _I(1), A)
+        if not tri:
+            lu(A, piv)
+        load(v, xo, _I(1), X)
+        for d in range(D):
+            if db:
+                load(t, bo * D + d, D, R)
+            else:
+                R.fill(0.0)
+            if da:
+                load(t, ao * D + d, D, dA)
+                _sub_op_mul(dA, X, R, trans, part)
+            if tri:
+                trsm(A, R, flags[0], trans, flags[2])
+            else:
+                lu_solve(A, piv, R, trans)
+            store(t, xo * D + d, D, R, _I(0))
+
+
+# L = chol(A):  dL = L Phi(L^-1 sym(dA) L^-T)  (sym: the reverse rule's symmetric convention)
+@jit
+def cholesky_tan(v, t, a, ans, D, batch, n):
+    if batch == 0:  # no scratch: n is unbounded by an empty batch's size
+        return
+    L, S, Z = np.empty((n, n)), np.empty((n, n)), np.empty((n, n))
+    for s in range(batch):
+        load(v, ans + s * n * n, _I(1), L)
+        for d in range(D):
+            load(t, (a + s * n * n) * D + d, D, S)
+            for i in range(n):
+                for j in range(n):
+                    Z[i, j] = 0.5 * (S[i, j] + S[j, i])
+            trsm(L, Z, _I(1), _I(0), _I(0))   # L^-1 dA
+            for i in range(n):
+                for j in range(n):
+                    S[i, j] = Z[j, i]
+            trsm(L, S, _I(1), _I(0), _I(0))   # L^-1 dA L^-T
+            for i in range(n):
+                for j in range(n):
+                    q = 0.0
+                    if i >= j:  # (L Phi)[i, j], Phi = the lower triangle, halved diagonal
+                        q = 0.5 * L[i, j] * S[j, j]
+                        for r in range(j + 1, i + 1):
+                            q += L[i, r] * S[r, j]
+                    Z[i, j] = q
+            store(t, (ans + s * n * n) * D + d, D, Z, _I(0))
+
+
+# log|det A|:  d = sum_ij (A^-T)_ij dA_ij; the sign's tangent is 0
+@jit
+def slogdet_tan(v, t, a, ans, D, batch, n, mode):
+    if batch == 0:  # no scratch: n is unbounded by an empty batch's size
+        return
+    A, W, piv = np.empty((n, n)), np.empty((n, n)), np.empty(n, PIVOT)
+    for s in range(batch):
+        inv_t(v, a, s, n, A, piv, W)
+        for d in range(D):
+            q = 0.0
+            for i in range(n):
+                for j in range(n):
+                    q += W[i, j] * t[(a + s * n * n + i * n + j) * D + d]
+            if mode == 0:
+                t[(ans + 2 * s) * D + d] = 0.0
+                t[(ans + 2 * s + 1) * D + d] = q
+            else:
+                t[(ans + s) * D + d] = q
