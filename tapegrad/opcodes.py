@@ -87,7 +87,15 @@ class Op(IntEnum):
     RANDN = 48       # x: the counter -> out: N(0, 1); attributes as RAND
     # control
     GUARD = 49       # checks (x[0] != 0) == A0 on replay; no value, no gradient
-    N_OPS = 50       # sentinel: the number of opcodes
+    # convolution and pooling (tapegrad/ops/conv.py); attributes C O (H,W) (kh,kw) (sh,sw)
+    # (ph,pw), pairs packed as h | w << 15; the batch N is the x-shaped buffer's size / CHW
+    CONV2D = 50      # x (N, C, H, W), w (O, C, kh, kw) -> (N, O, Ho, Wo), cross-correlation
+    CONV2D_GRAD_X = 51   # g (N, O, Ho, Wo), w -> (N, C, H, W): CONV2D's transpose in x
+    CONV2D_GRAD_W = 52   # x, g (N, O, Ho, Wo) -> (O, C, kh, kw): CONV2D's transpose in w
+    # max pooling of (P, H, W) planes; attributes H W kh kw (sh,sw) (ph,pw)
+    MAX_POOL2D = 53      # x, h (P, H, W) -> (P, Ho, Wo): h at the argmax of each window of x
+    MAX_UNPOOL2D = 54    # x, g (P, Ho, Wo) -> (P, H, W): g added at those argmaxes
+    N_OPS = 55       # sentinel: the number of opcodes
 
 
 class OpSpec(NamedTuple):
@@ -148,6 +156,11 @@ OPS = {
     Op.RAND: OpSpec("rand", 1, "stream seed_lo seed_hi", False),
     Op.RANDN: OpSpec("randn", 1, "stream seed_lo seed_hi", False),
     Op.GUARD: OpSpec("guard", 1, "expected", False),
+    Op.CONV2D: OpSpec("conv2d", 2, "C O HW k stride pad"),
+    Op.CONV2D_GRAD_X: OpSpec("conv2d_grad_x", 2, "C O HW k stride pad"),
+    Op.CONV2D_GRAD_W: OpSpec("conv2d_grad_w", 2, "C O HW k stride pad"),
+    Op.MAX_POOL2D: OpSpec("max_pool2d", 2, "H W kh kw stride pad"),
+    Op.MAX_UNPOOL2D: OpSpec("max_unpool2d", 2, "H W kh kw stride pad"),
 }
 
 # the table as arrays, for the compiled passes over a tape (activity analysis, validation)

@@ -30,7 +30,8 @@ from .ops.elementwise import add_fwd, neg_fwd, sub_fwd
 from .ops.immediate import divc_fwd, mulc_fwd
 from .ops.reduce import sum_fwd
 from .ops.shape import expand_fwd, place_fwd, slice_fwd, transpose_fwd, unslice_fwd
-from .ops.tangents import (binary_tan, cross_entropy_tan, log_softmax_tan, logsumexp_tan,
+from .ops.tangents import (binary_tan, conv_tan, cross_entropy_tan, log_softmax_tan,
+                           logsumexp_tan,
                            matmul_tan, max_tan, softmax_tan, unary_tan, where_tan, zero_tan)
 from .sweep import BAD_LABEL, OK, _offset
 
@@ -105,6 +106,10 @@ def tangent(instr, imm, boff, bsize, val, tan, ndir, mask):
                 return BAD_LABEL, k
         elif op == Op.ONEHOT:
             zero_tan(tan, tans, n, D)
+        elif (op == Op.CONV2D or op == Op.CONV2D_GRAD_X or op == Op.CONV2D_GRAD_W
+              or op == Op.MAX_POOL2D or op == Op.MAX_UNPOOL2D):
+            conv_tan(op, val, tan, x, y, ans, D, np.int64(bsize[instr[k, X]]),
+                     np.int64(bsize[instr[k, Y]]), np.int64(n), a0, a1, a2, a3, a4, a5, dx, dy)
         # GUARD: no value, no tangent
     return OK, 0
 

@@ -26,6 +26,7 @@ import numpy as np
 
 from .._jit import kernel
 from ..opcodes import Op
+from .conv import conv_tangent
 from .linalg import BLAS_MIN, _N, _T, gemm
 
 
@@ -291,3 +292,11 @@ def cross_entropy_tan(v, t, x, y, ans, tx, tans, N, C, D):
             for d in range(D):
                 t[to + d] += p * t[trow + j * D + d]
     return True
+
+
+# ---------------------------------------------------------------------------- conv and pooling (conv.py)
+# each op is linear in each input: per direction, the op on (dx, y) + (x, dy); pools on dy
+# alone (no tangent through the choice of the argmax). nx, ny, nout: the buffers' sizes.
+@kernel
+def conv_tan(op, v, t, x, y, ans, D, nx, ny, nout, a0, a1, a2, a3, a4, a5, dx, dy):
+    conv_tangent(op, v, t, x, y, ans, D, nx, ny, nout, a0, a1, a2, a3, a4, a5, dx, dy)
