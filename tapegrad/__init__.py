@@ -25,7 +25,7 @@ from .ops import (abs, add, argmax, clip, concatenate, cos, cross_entropy, div, 
 from . import nn, optim
 from .ops import random
 from .ops.random import dropout
-from .ops.conv import avg_pool2d, conv1d, conv2d, max_pool2d
+from .ops import avg_pool2d, conv1d, conv2d, max_pool2d
 from .fit import fit
 from .forward import jacfwd, jvp
 from .functional import grad, value_and_grad

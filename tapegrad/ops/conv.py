@@ -323,8 +323,16 @@ def conv_xw(vx, x, vw, w, vo, o, acc, N, C, H, W, O, kh, kw, sh, sw, ph, pw):
         for oo in range(O):
             for p in range(P):
                 s[p] = 0
-            for q in range(Q):
-                wv = np.float64(vw[np.uint64(w + oo * Q + q)])
+            wr = np.uint64(w + oo * Q)
+            for q in range(0, Q - Q % 3, 3):  # three rows per pass: s stays in registers
+                w0, w1, w2 = (np.float64(vw[wr + np.uint64(q)]),
+                              np.float64(vw[wr + np.uint64(q + 1)]),
+                              np.float64(vw[wr + np.uint64(q + 2)]))
+                c0, c1, c2 = np.uint64(q * P), np.uint64((q + 1) * P), np.uint64((q + 2) * P)
+                for p in range(np.uint64(P)):
+                    s[p] = ((s[p] + w0 * col[c0 + p]) + w1 * col[c1 + p]) + w2 * col[c2 + p]
+            for q in range(Q - Q % 3, Q):
+                wv = np.float64(vw[wr + np.uint64(q)])
                 cq = np.uint64(q * P)
                 for p in range(np.uint64(P)):
                     s[p] += wv * col[cq + p]
