@@ -156,11 +156,11 @@ OPS = {
     Op.RAND: OpSpec("rand", 1, "stream seed_lo seed_hi", False),
     Op.RANDN: OpSpec("randn", 1, "stream seed_lo seed_hi", False),
     Op.GUARD: OpSpec("guard", 1, "expected", False),
-    Op.CONV2D: OpSpec("conv2d", 2, "C O HW k stride pad"),
-    Op.CONV2D_GRAD_X: OpSpec("conv2d_grad_x", 2, "C O HW k stride pad"),
-    Op.CONV2D_GRAD_W: OpSpec("conv2d_grad_w", 2, "C O HW k stride pad"),
-    Op.MAX_POOL2D: OpSpec("max_pool2d", 2, "H W kh kw stride pad"),
-    Op.MAX_UNPOOL2D: OpSpec("max_unpool2d", 2, "H W kh kw stride pad"),
+    Op.CONV2D: OpSpec("conv2d", 2, "C O HW2 k2 stride2 pad2"),
+    Op.CONV2D_GRAD_X: OpSpec("conv2d_grad_x", 2, "C O HW2 k2 stride2 pad2"),
+    Op.CONV2D_GRAD_W: OpSpec("conv2d_grad_w", 2, "C O HW2 k2 stride2 pad2"),
+    Op.MAX_POOL2D: OpSpec("max_pool2d", 2, "H W kh kw stride2 pad2"),
+    Op.MAX_UNPOOL2D: OpSpec("max_unpool2d", 2, "H W kh kw stride2 pad2"),
 }
 
 # the table as arrays, for the compiled passes over a tape (activity analysis, validation)

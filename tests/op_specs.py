@@ -142,7 +142,7 @@ def _np_unslice(x):
     return g
 
 
-# ---------------------------------------------------------------------------- convolution references
+# ---------------------------------------------------------------------------- conv references
 def _pair(v):
     return (v, v) if np.isscalar(v) else tuple(v)
 

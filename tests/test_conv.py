@@ -83,7 +83,7 @@ def test_max_pool_ties_go_to_the_first_maximum():
 @needs_torch
 def test_conv1d_matches_torch():
     rng = np.random.default_rng(2)
-    x0, w0, b0 = rng.standard_normal((3, 4, 11)), rng.standard_normal((5, 4, 3)), rng.standard_normal(5)
+    x0, w0, b0 = (rng.standard_normal(s) for s in ((3, 4, 11), (5, 4, 3), (5,)))
     tape = tg.Tape()
     x, w, b = tape.param(x0), tape.param(w0), tape.param(b0)
     y = tg.conv1d(x, w, b, stride=2, padding=1)
@@ -254,5 +254,6 @@ def test_listing_names_the_ops():
     tg.max_pool2d(tg.conv2d(x, np.ones((2, 1, 3, 3)), padding=1), 2)
     tape.forward()
     text = str(tape)
-    assert "conv2d" in text and "max_pool2d" in text
+    assert "conv2d %0, %1 {C=1 O=2 HW=4x4 k=3x3 stride=1x1 pad=1x1}" in text
+    assert "max_pool2d %3, %3 {H=4 W=4 kh=2 kw=2 stride=2x2 pad=0x0}" in text
     assert int(tape._instr[0, OP]) == Op.CONV2D and tape._instr[0, A0] == 1

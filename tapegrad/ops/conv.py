@@ -251,7 +251,7 @@ def _ceil_div(a, b):
 
 # col (C*kh*kw, Ho*Wo) <- the windows of one sample x (C, H, W) at offset xo of v (zeros
 # outside): row q = (c, a, b), column p = (i, j) holds x[c, i*sh + a - ph, j*sw + b - pw]
-@kernel
+@jit
 def _im2col(v, xo, col, C, H, W, kh, kw, sh, sw, ph, pw, Ho, Wo):
     P = Ho * Wo
     for c in range(C):
@@ -282,7 +282,7 @@ def _im2col(v, xo, col, C, H, W, kh, kw, sh, sw, ph, pw, Ho, Wo):
 
 
 # out (C, H, W) at offset xo of v += col (C*kh*kw, Ho*Wo): the transpose of _im2col
-@kernel
+@jit
 def _col2im(col, v, xo, C, H, W, kh, kw, sh, sw, ph, pw, Ho, Wo):
     P = Ho * Wo
     for c in range(C):
@@ -386,7 +386,7 @@ def conv_gw(vx, x, vg, g, vo, o, acc, N, C, H, W, O, kh, kw, sh, sw, ph, pw):
                 vo[np.uint64(o) + i] = 0
         for n in range(N):  # out.T (Q x O) (+)= col (Q x P) @ g.T (P x O), column-major
             _im2col(vx, x + n * C * H * W, col, C, H, W, kh, kw, sh, sw, ph, pw, Ho, Wo)
-            beta = 1.0 if acc or n > 0 else 0.0
+            beta = 1.0 if acc != 0 or n > 0 else 0.0
             gemm(_T, _N, Q, O, P, col, 0, P, vg, g + n * O * P, P, beta, vo, o)
         return
     # products summed over samples along p (vectorised), then over p once
@@ -498,38 +498,45 @@ def _run(op, va, a, vb, b, vo, o, acc, N, a0, a1, a2, a3, a4, a5):
         conv_gw(va, a, vb, b, vo, o, acc, N, C, H, W, O, kh, kw, sh, sw, ph, pw)
 
 
+# (every argument of the compiled functions is a runtime int64, never a literal or an enum
+# member: numba compiles one specialisation per distinct argument type, literals included)
 @kernel
 def conv_fwd(op, v, x, y, ans, nx, a0, a1, a2, a3, a4, a5):
+    op = np.int64(op)
     N = batch_of(op, nx, a0, a1, a2, a3, a4, a5)
-    _run(op, v, np.int64(x), v, np.int64(y), v, np.int64(ans), False, N, a0, a1, a2, a3, a4, a5)
+    _run(op, v, np.int64(x), v, np.int64(y), v, np.int64(ans), np.int64(0), N, a0, a1, a2, a3,
+         a4, a5)
 
 
 # the reverse rules: the cotangent G = g at ans; each input's gradient is one op of the family
 # (as the @vjp rules above), accumulated into g
 @kernel
 def conv_bwd(op, v, g, x, y, ans, nx, a0, a1, a2, a3, a4, a5, dx, dy):
-    N = batch_of(op, nx, a0, a1, a2, a3, a4, a5)
-    x, y, ans = np.int64(x), np.int64(y), np.int64(ans)
+    N = batch_of(np.int64(op), nx, a0, a1, a2, a3, a4, a5)
+    x, y, ans, acc = np.int64(x), np.int64(y), np.int64(ans), np.int64(1)
+    conv, grad_x = np.int64(Op.CONV2D), np.int64(Op.CONV2D_GRAD_X)
+    grad_w = np.int64(Op.CONV2D_GRAD_W)
+    pool, unpool = np.int64(Op.MAX_POOL2D), np.int64(Op.MAX_UNPOOL2D)
     if op == Op.CONV2D:             # x, w:  gx += GRAD_X(G, w),  gw += GRAD_W(x, G)
         if dx:
-            _run(Op.CONV2D_GRAD_X, g, ans, v, y, g, x, True, N, a0, a1, a2, a3, a4, a5)
+            _run(grad_x, g, ans, v, y, g, x, acc, N, a0, a1, a2, a3, a4, a5)
         if dy:
-            _run(Op.CONV2D_GRAD_W, v, x, g, ans, g, y, True, N, a0, a1, a2, a3, a4, a5)
+            _run(grad_w, v, x, g, ans, g, y, acc, N, a0, a1, a2, a3, a4, a5)
     elif op == Op.CONV2D_GRAD_X:    # g, w:  gg += CONV2D(G, w),  gw += GRAD_W(G, g)
         if dx:
-            _run(Op.CONV2D, g, ans, v, y, g, x, True, N, a0, a1, a2, a3, a4, a5)
+            _run(conv, g, ans, v, y, g, x, acc, N, a0, a1, a2, a3, a4, a5)
         if dy:
-            _run(Op.CONV2D_GRAD_W, g, ans, v, x, g, y, True, N, a0, a1, a2, a3, a4, a5)
+            _run(grad_w, g, ans, v, x, g, y, acc, N, a0, a1, a2, a3, a4, a5)
     elif op == Op.CONV2D_GRAD_W:    # x, g:  gx += GRAD_X(g, G),  gg += CONV2D(x, G)
         if dx:
-            _run(Op.CONV2D_GRAD_X, v, y, g, ans, g, x, True, N, a0, a1, a2, a3, a4, a5)
+            _run(grad_x, v, y, g, ans, g, x, acc, N, a0, a1, a2, a3, a4, a5)
         if dy:
-            _run(Op.CONV2D, v, x, g, ans, g, y, True, N, a0, a1, a2, a3, a4, a5)
+            _run(conv, v, x, g, ans, g, y, acc, N, a0, a1, a2, a3, a4, a5)
     elif op == Op.MAX_POOL2D:       # x, h:  gh += UNPOOL(x, G)
         if dy:
-            _run(Op.MAX_UNPOOL2D, v, x, g, ans, g, y, True, N, a0, a1, a2, a3, a4, a5)
+            _run(unpool, v, x, g, ans, g, y, acc, N, a0, a1, a2, a3, a4, a5)
     elif dy:                        # MAX_UNPOOL2D x, g:  gg += POOL(x, G)
-        _run(Op.MAX_POOL2D, v, x, g, ans, g, y, True, N, a0, a1, a2, a3, a4, a5)
+        _run(pool, v, x, g, ans, g, y, acc, N, a0, a1, a2, a3, a4, a5)
 
 
 # the tangent rule (tapegrad.ops.tangents): every op is linear in each input, so for each of
@@ -538,10 +545,13 @@ def conv_bwd(op, v, g, x, y, ans, nx, a0, a1, a2, a3, a4, a5, dx, dy):
 # result is copied back. ny, nout: the sizes of input y and of the output.
 @jit
 def conv_tangent(op, v, t, x, y, ans, D, nx, ny, nout, a0, a1, a2, a3, a4, a5, dx, dy):
+    op = np.int64(op)
     N = batch_of(op, nx, a0, a1, a2, a3, a4, a5)
     pool = op == Op.MAX_POOL2D or op == Op.MAX_UNPOOL2D
     dx = dx and not pool
     x, y, ans, D = np.int64(x), np.int64(y), np.int64(ans), np.int64(D)
+    zero = np.int64(0)
+    acc = np.int64(1) if dx else zero
     tx, ty, to = np.empty(nx if dx else 0, t.dtype), np.empty(ny, t.dtype), np.empty(nout, t.dtype)
     for d in range(D):
         for i in range(tx.size):
@@ -549,9 +559,9 @@ def conv_tangent(op, v, t, x, y, ans, D, nx, ny, nout, a0, a1, a2, a3, a4, a5, d
         for i in range(ny if dy else 0):
             ty[i] = t[(y + i) * D + d]
         if dx:
-            _run(op, tx, 0, v, y, to, 0, False, N, a0, a1, a2, a3, a4, a5)
+            _run(op, tx, zero, v, y, to, zero, zero, N, a0, a1, a2, a3, a4, a5)
         if dy:
-            _run(op, v, x, ty, 0, to, 0, dx, N, a0, a1, a2, a3, a4, a5)
+            _run(op, v, x, ty, zero, to, zero, acc, N, a0, a1, a2, a3, a4, a5)
         if not dx and not dy:
             to[:] = 0
         for i in range(nout):
@@ -559,7 +569,8 @@ def conv_tangent(op, v, t, x, y, ans, D, nx, ny, nout, a0, a1, a2, a3, a4, a5, d
 
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
-for _f in (conv_xw, conv_gx, conv_gw, pool_gather, pool_scatter, batch_of, _run, conv_tangent):
+for _f in (_im2col, _col2im, conv_xw, conv_gx, conv_gw, pool_gather, pool_scatter, batch_of, _run,
+           conv_tangent):
     drop_stale_cache(_f, [os.path.join(_HERE, "conv.py"), os.path.join(_HERE, "linalg.py"),
                           os.path.join(_HERE, "..", "_jit.py"),
                           os.path.join(_HERE, "..", "opcodes.py")])
