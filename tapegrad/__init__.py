@@ -26,6 +26,7 @@ from . import linalg, nn, optim
 from .ops import random
 from .ops.gather import expand_dims, repeat, squeeze, take
 from .ops.random import dropout
+from .ops import avg_pool2d, conv1d, conv2d, max_pool2d
 from .fit import fit
 from .forward import jacfwd, jvp
 from .functional import grad, value_and_grad

@@ -1,8 +1,10 @@
-"""Small building blocks: ``Linear`` and ``MLP`` with PyTorch's default initialisation.
+"""Small building blocks: ``Linear``, ``MLP`` and ``Conv2d`` with PyTorch's default
+initialisation.
 
-Weights are stored as ``(in_features, out_features)`` so a layer is ``x @ W + b``; they are
-drawn from U(-1/sqrt(in), 1/sqrt(in)) like ``torch.nn.Linear`` (its kaiming-uniform with
-a = sqrt(5) reduces to that bound), from the generator (or seed) ``rng``.
+Linear weights are stored as ``(in_features, out_features)`` so a layer is ``x @ W + b``; they
+are drawn from U(-1/sqrt(in), 1/sqrt(in)) like ``torch.nn.Linear`` (its kaiming-uniform with
+a = sqrt(5) reduces to that bound), from the generator (or seed) ``rng``. ``Conv2d`` keeps
+torch's ``(out_channels, in_channels, kh, kw)`` layout and bound 1/sqrt(in_channels*kh*kw).
 """
 import numpy as np
 
@@ -68,3 +70,33 @@ class MLP:
     @property
     def params(self):
         return [p for layer in self.layers for p in layer.params]
+
+
+class Conv2d:
+    """``y = conv2d(x, W, b, stride, padding)`` on NCHW (or CHW) inputs.
+
+    >>> conv = tg.nn.Conv2d(tape, 1, 8, 3, padding=1, rng=0)      # doctest: +SKIP
+    >>> h = tg.relu(conv(tape.input("x", shape=(64, 1, 8, 8))))   # doctest: +SKIP
+    """
+
+    def __init__(self, tape, in_channels, out_channels, kernel_size, stride=1, padding=0,
+                 bias=True, rng=None, name=None):
+        kh, kw = (kernel_size, kernel_size) if np.isscalar(kernel_size) else kernel_size
+        if min(in_channels, out_channels, kh, kw) < 1:
+            raise TapegradError(f"Conv2d({in_channels}, {out_channels}, {kernel_size}): sizes "
+                                f"must be >= 1")
+        rng = _rng(rng)
+        bound = 1.0 / np.sqrt(in_channels * kh * kw)
+        name = name or f"conv{len(tape.params)}"
+        self.W = tape.param(rng.uniform(-bound, bound, (out_channels, in_channels, kh, kw)),
+                            name=f"{name}.W")
+        self.b = (tape.param(rng.uniform(-bound, bound, out_channels), name=f"{name}.b")
+                  if bias else None)
+        self.stride, self.padding = stride, padding
+
+    def __call__(self, x):
+        return ops.conv2d(x, self.W, self.b, stride=self.stride, padding=self.padding)
+
+    @property
+    def params(self):
+        return [self.W] + ([self.b] if self.b is not None else [])

@@ -95,7 +95,15 @@ class Op(IntEnum):
     CHOLESKY = 53    # x A -> lower L with L L^T = A (lower triangle read); A0 A1 = batch, n
     TRISOLVE = 54    # x A triangular, y B -> op(A)^-1 B; batch, n, k, lower, trans, unit
     SLOGDET = 55     # x A -> (batch, 2) [sign, log|det|] (A2 = 0) or (batch,) logdet (A2 = 1)
-    N_OPS = 56       # sentinel: the number of opcodes
+    # convolution and pooling (tapegrad/ops/conv.py); attributes C O (H,W) (kh,kw) (sh,sw)
+    # (ph,pw), pairs packed as h | w << 15; the batch N is the x-shaped buffer's size / CHW
+    CONV2D = 56      # x (N, C, H, W), w (O, C, kh, kw) -> (N, O, Ho, Wo), cross-correlation
+    CONV2D_GRAD_X = 57   # g (N, O, Ho, Wo), w -> (N, C, H, W): CONV2D's transpose in x
+    CONV2D_GRAD_W = 58   # x, g (N, O, Ho, Wo) -> (O, C, kh, kw): CONV2D's transpose in w
+    # max pooling of (P, H, W) planes; attributes H W kh kw (sh,sw) (ph,pw)
+    MAX_POOL2D = 59      # x, h (P, H, W) -> (P, Ho, Wo): h at the argmax of each window of x
+    MAX_UNPOOL2D = 60    # x, g (P, Ho, Wo) -> (P, H, W): g added at those argmaxes
+    N_OPS = 61       # sentinel: the number of opcodes
 
 
 class OpSpec(NamedTuple):
@@ -162,6 +170,11 @@ OPS = {
     Op.CHOLESKY: OpSpec("cholesky", 1, "batch n"),
     Op.TRISOLVE: OpSpec("trisolve", 2, "batch n k lower trans unit"),
     Op.SLOGDET: OpSpec("slogdet", 1, "batch n mode"),
+    Op.CONV2D: OpSpec("conv2d", 2, "C O HW2 k2 stride2 pad2"),
+    Op.CONV2D_GRAD_X: OpSpec("conv2d_grad_x", 2, "C O HW2 k2 stride2 pad2"),
+    Op.CONV2D_GRAD_W: OpSpec("conv2d_grad_w", 2, "C O HW2 k2 stride2 pad2"),
+    Op.MAX_POOL2D: OpSpec("max_pool2d", 2, "H W kh kw stride2 pad2"),
+    Op.MAX_UNPOOL2D: OpSpec("max_unpool2d", 2, "H W kh kw stride2 pad2"),
 }
 
 # the table as arrays, for the compiled passes over a tape (activity analysis, validation)

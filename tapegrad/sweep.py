@@ -20,6 +20,7 @@ import numpy as np
 
 from ._jit import drop_stale_cache, jit, kernel
 from .opcodes import A0, OP, OUT, X, Y, Z, Op
+from .ops.conv import conv_bwd, conv_fwd
 from .ops.elementwise import (abs_bwd, abs_fwd, add_bwd, add_fwd, compare_fwd, cos_bwd,
                               cos_fwd, div_bwd, div_fwd, exp_bwd, exp_fwd, leaky_relu_bwd,
                               leaky_relu_fwd, log_bwd, log_fwd, maximum_bwd, maximum_fwd,
@@ -231,6 +232,9 @@ def forward(instr, imm, boff, bsize, val, mask, check_finite):
         elif op == Op.SCATTER_ADD:
             if not scatter_add_fwd(val, val, x, y, ans, a0, a1, a2, a3):
                 return BAD_INDEX, k
+        elif (op == Op.CONV2D or op == Op.CONV2D_GRAD_X or op == Op.CONV2D_GRAD_W
+              or op == Op.MAX_POOL2D or op == Op.MAX_UNPOOL2D):
+            conv_fwd(op, val, x, y, ans, np.int64(bsize[instr[k, X]]), a0, a1, a2, a3, a4, a5)
         elif op == Op.GUARD:
             if (val[x] != 0) != (a0 != 0):
                 return GUARD_FLIPPED, k
@@ -312,6 +316,10 @@ def reverse(instr, imm, boff, bsize, val, grad, mask):
                          a5, mask[k] & 2 != 0, mask[k] & 4 != 0)
         elif op == Op.SLOGDET:
             slogdet_bwd(val, grad, np.int64(x), np.int64(ans), a0, a1, a2)
+        elif (op == Op.CONV2D or op == Op.CONV2D_GRAD_X or op == Op.CONV2D_GRAD_W
+              or op == Op.MAX_POOL2D or op == Op.MAX_UNPOOL2D):
+            conv_bwd(op, val, grad, x, y, ans, np.int64(bsize[instr[k, X]]), a0, a1, a2, a3, a4,
+                     a5, mask[k] & 2 != 0, mask[k] & 4 != 0)
     return OK, 0
 
 

@@ -31,9 +31,9 @@ from .ops.immediate import divc_fwd, mulc_fwd
 from .ops.reduce import sum_fwd
 from .ops.shape import expand_fwd, place_fwd, slice_fwd, transpose_fwd, unslice_fwd
 from .ops.gather import gather_fwd, scatter_add_fwd
-from .ops.tangents import (binary_tan, cholesky_tan, cross_entropy_tan, log_softmax_tan,
-                           logsumexp_tan, matmul_tan, max_tan, slogdet_tan, softmax_tan,
-                           solve_tan, unary_tan, where_tan, zero_tan)
+from .ops.tangents import (binary_tan, cholesky_tan, conv_tan, cross_entropy_tan,
+                           log_softmax_tan, logsumexp_tan, matmul_tan, max_tan, slogdet_tan,
+                           softmax_tan, solve_tan, unary_tan, where_tan, zero_tan)
 from .sweep import BAD_INDEX, BAD_LABEL, OK, _offset
 
 MAX_TANGENT_ELEMENTS = 2 ** 23  # tangent arena elements per sweep (64 MB in float64)
@@ -120,6 +120,10 @@ def tangent(instr, imm, boff, bsize, val, tan, ndir, mask):
             cholesky_tan(val, tan, np.int64(x), np.int64(ans), Di, a0, a1)
         elif op == Op.SLOGDET:
             slogdet_tan(val, tan, np.int64(x), np.int64(ans), Di, a0, a1, a2)
+        elif (op == Op.CONV2D or op == Op.CONV2D_GRAD_X or op == Op.CONV2D_GRAD_W
+              or op == Op.MAX_POOL2D or op == Op.MAX_UNPOOL2D):
+            conv_tan(op, val, tan, x, y, ans, D, np.int64(bsize[instr[k, X]]),
+                     np.int64(bsize[instr[k, Y]]), np.int64(n), a0, a1, a2, a3, a4, a5, dx, dy)
         # GUARD: no value, no tangent
     return OK, 0
 

@@ -57,7 +57,12 @@ def _attrs(row, imm):
     if not spec or spec.startswith("sx"):
         return ""
     names = spec.split()
-    return " {" + " ".join(f"{n}={int(row[A0 + j])}" for j, n in enumerate(names[:N_ATTRS])) + "}"
+    return " {" + " ".join(_attr(n, int(row[A0 + j])) for j, n in enumerate(names[:N_ATTRS])) + "}"
+
+
+def _attr(name, v):
+    """``n=3``; a name ending in 2 is a pair packed as h | w << 15 (ops/conv.py): ``k=3x3``."""
+    return f"{name[:-1]}={v & 32767}x{v >> 15}" if name.endswith("2") else f"{name}={v}"
 
 
 def listing(tape):

@@ -40,6 +40,8 @@ REASONS = [
     "a draw reads the 2-number counter (which tick writes in place)",
     "sizes do not match (A, n, B, m)",
     "sizes do not match (batch, n, k) or a flag is not 0 or 1",
+    "bad convolution or pooling geometry",
+    "sizes do not match the convolution or pooling geometry",
 ]
 _BIG = 2.0 ** 62  # no buffer is this large: a product beyond it matches no size
 
@@ -170,9 +172,57 @@ def check_instructions(instr, bsize, n_in):
         elif op == Op.SLOGDET:  # batch n mode: out (batch, 2) or (batch,)
             if i0 != _prod(a0, a1, a1, 1) or a2 > 1 or out != _prod(a0, 2 - a2, 1, 1):
                 return k, 19
+        elif (op == Op.CONV2D or op == Op.CONV2D_GRAD_X or op == Op.CONV2D_GRAD_W
+              or op == Op.MAX_POOL2D or op == Op.MAX_UNPOOL2D):
+            r = _check_conv(op, out, i0, i1, a0, a1, a2, a3, a4, a5)
+            if r:
+                return k, r
         else:
             return k, 16
     return -1, 0
+
+
+@jit
+def _check_conv(op, out, i0, i1, a0, a1, a2, a3, a4, a5):
+    """0, or the reason an instruction of ``tapegrad.ops.conv`` is bad: its attributes (conv
+    C O (H,W) (kh,kw) (sh,sw) (ph,pw); pool H W kh kw (sh,sw) (ph,pw), pairs h | w << 15)
+    must give positive sizes, and its buffers the sizes they imply."""
+    pool = op == Op.MAX_POOL2D or op == Op.MAX_UNPOOL2D
+    if pool:
+        C, O, H, W, kh, kw = 1, 1, a0, a1, a2, a3
+        if H >= 32768 or W >= 32768 or kh >= 32768 or kw >= 32768:
+            return 20
+    else:
+        if a2 >= 2 ** 30 or a3 >= 2 ** 30:
+            return 20
+        C, O, H, W, kh, kw = a0, a1, a2 & 32767, a2 >> 15, a3 & 32767, a3 >> 15
+    if a4 >= 2 ** 30 or a5 >= 2 ** 30:
+        return 20
+    sh, sw, ph, pw = a4 & 32767, a4 >> 15, a5 & 32767, a5 >> 15
+    if (C < 1 or O < 1 or H < 1 or W < 1 or kh < 1 or kw < 1 or sh < 1 or sw < 1
+            or H + 2 * ph < kh or W + 2 * pw < kw
+            or (pool and (2 * ph > kh or 2 * pw > kw))):  # a pool window holds some of x
+        return 20
+    Ho, Wo = (H + 2 * ph - kh) // sh + 1, (W + 2 * pw - kw) // sw + 1
+    xsz = _prod(C, H, W, 1)
+    gsz = _prod(O, Ho, Wo, 1)
+    wsz = _prod(O, C, kh, kw)
+    xs = out if op == Op.CONV2D_GRAD_X else i0  # the x-shaped buffer gives the batch
+    if xsz < 1 or gsz < 1 or wsz < 1 or xs % xsz != 0:
+        return 21
+    N = xs // xsz
+    gs = _prod(N, gsz, 1, 1)
+    if op == Op.CONV2D:
+        ok = i1 == wsz and out == gs
+    elif op == Op.CONV2D_GRAD_X:
+        ok = i0 == gs and i1 == wsz
+    elif op == Op.CONV2D_GRAD_W:
+        ok = i1 == gs and out == wsz
+    elif op == Op.MAX_POOL2D:
+        ok = i1 == i0 and out == gs
+    else:
+        ok = i1 == gs and out == i0
+    return 0 if ok else 21
 
 
 def validate_tape_arrays(instr, imm, boff, bsize, shapes, arena_size):
@@ -223,6 +273,6 @@ def validate_tape_arrays(instr, imm, boff, bsize, shapes, arena_size):
 
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
-for _f in (_prod, check_buffers, check_instructions):
+for _f in (_prod, check_buffers, check_instructions, _check_conv):
     drop_stale_cache(_f, [os.path.join(_HERE, f) for f in ("validate.py", "opcodes.py",
                                                             "_jit.py")])

@@ -66,6 +66,12 @@ def wide(rng, shapes):
     return [2.0 * rng.standard_normal(s) for s in shapes]
 
 
+def small(rng, shapes):
+    """Normal with std 0.3: sums of many products (a convolution's gradients) stay near 1,
+    where central differences are accurate."""
+    return [0.3 * rng.standard_normal(s) for s in shapes]
+
+
 def positive(rng, shapes):
     return [rng.uniform(0.5, 2.0, s) for s in shapes]
 
@@ -179,6 +185,86 @@ def _tg_gp_nll(x, y):
     alpha = tg.linalg.solve_triangular(L, y, lower=True)
     return 0.5 * (alpha ** 2).sum() + tg.log(L * np.eye(x.shape[0]) + (1 - np.eye(
         x.shape[0]))).sum()
+# ---------------------------------------------------------------------------- conv references
+def _pair(v):
+    return (v, v) if np.isscalar(v) else tuple(v)
+
+
+def _windows(xp, a, b, Ho, Wo, sh, sw):
+    """xp[..., a + i*sh, b + j*sw] for i < Ho, j < Wo (a strided view)."""
+    return xp[..., a:a + sh * (Ho - 1) + 1:sh, b:b + sw * (Wo - 1) + 1:sw]
+
+
+def _geometry(x, kh, kw, stride, padding):
+    (sh, sw), (ph, pw) = _pair(stride), _pair(padding)
+    H, W = x.shape[-2:]
+    return sh, sw, ph, pw, (H + 2 * ph - kh) // sh + 1, (W + 2 * pw - kw) // sw + 1
+
+
+def np_conv2d(x, w, b=None, stride=1, padding=0):
+    """torch.nn.functional.conv2d by sums over the kernel offsets of padded windows."""
+    if x.ndim == 3:
+        return np_conv2d(x[None], w, b, stride, padding)[0]
+    O, C, kh, kw = w.shape
+    sh, sw, ph, pw, Ho, Wo = _geometry(x, kh, kw, stride, padding)
+    xp = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
+    out = np.zeros((x.shape[0], O, Ho, Wo))
+    for a in range(kh):
+        for c in range(kw):
+            out += np.einsum("nchw,oc->nohw", _windows(xp, a, c, Ho, Wo, sh, sw), w[:, :, a, c])
+    return out if b is None else out + b[None, :, None, None]
+
+
+def np_conv2d_grads(x, w, stride=1, padding=0):
+    """(d/dx, d/dw) of 0.5 * sum(conv2d(x, w)**2), flattened and concatenated."""
+    O, C, kh, kw = w.shape
+    sh, sw, ph, pw, Ho, Wo = _geometry(x, kh, kw, stride, padding)
+    G = np_conv2d(x, w, None, stride, padding)
+    xp = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
+    gxp, gw = np.zeros_like(xp), np.zeros_like(w)
+    for a in range(kh):
+        for c in range(kw):
+            _windows(gxp, a, c, Ho, Wo, sh, sw)[...] += np.einsum("nohw,oc->nchw", G,
+                                                                   w[:, :, a, c])
+            gw[:, :, a, c] = np.einsum("nohw,nchw->oc", G, _windows(xp, a, c, Ho, Wo, sh, sw))
+    gx = gxp[:, :, ph:ph + x.shape[2], pw:pw + x.shape[3]]
+    return np.concatenate([gx.reshape(-1), gw.reshape(-1)])
+
+
+def np_conv1d(x, w, b=None, stride=1, padding=0):
+    out = np_conv2d(x[..., None, :], w[:, :, None, :], b, (1, stride), (0, padding))
+    return out[..., 0, :]
+
+
+def _pool_windows(x, k, stride, padding, fill):
+    (kh, kw) = _pair(k)
+    sh, sw, ph, pw, Ho, Wo = _geometry(x, kh, kw, stride if stride is not None else k, padding)
+    pad = [(0, 0)] * (x.ndim - 2) + [(ph, ph), (pw, pw)]
+    xp = np.pad(x, pad, constant_values=fill)
+    return np.stack([_windows(xp, a, c, Ho, Wo, sh, sw) for a in range(kh) for c in range(kw)])
+
+
+def np_max_pool2d(x, k, stride=None, padding=0):
+    return _pool_windows(x, k, stride, padding, -np.inf).max(axis=0)
+
+
+def np_avg_pool2d(x, k, stride=None, padding=0):
+    return _pool_windows(x, k, stride, padding, 0.0).mean(axis=0)
+
+
+def np_max_pool2d_grad(x, k, stride=None, padding=0):
+    """d/dx of 0.5 * sum(max_pool2d(x)**2): each window's maximum added at its argmax."""
+    (kh, kw) = _pair(k)
+    sh, sw, ph, pw, Ho, Wo = _geometry(x, kh, kw, stride if stride is not None else k, padding)
+    g = np.zeros_like(x).reshape(-1, *x.shape[-2:])
+    for p, plane in enumerate(x.reshape(-1, *x.shape[-2:])):
+        for i in range(Ho):
+            for j in range(Wo):
+                r0, c0 = i * sh - ph, j * sw - pw
+                win = plane[max(r0, 0):r0 + kh, max(c0, 0):c0 + kw]
+                r, c = np.unravel_index(np.argmax(win), win.shape)
+                g[p, max(r0, 0) + r, max(c0, 0) + c] += win[r, c]
+    return g.reshape(x.shape)
 
 
 # ---------------------------------------------------------------------------- guard helpers
@@ -568,6 +654,57 @@ SPECS = [
           C((4, 3), (4, 3), id="sum", reduction="sum"),
           C((4, 3), (4, 3), id="none", reduction="none"),
           C((5,), (5,), id="1d_default", reduction="mean")]),
+    # ------------------------------------------------------------------ convolution, pooling
+    Spec("conv2d", (Op.CONV2D,),
+         lambda x, w, stride, padding: tg.conv2d(x, w, stride=stride, padding=padding),
+         lambda x, w, stride, padding: np_conv2d(x, w, None, stride, padding),
+         [C((2, 3, 5, 6), (4, 3, 3, 3), id="pad1", stride=1, padding=1),
+          C((2, 2, 7, 6), (3, 2, 3, 2), id="stride21_pad12", stride=(2, 1), padding=(1, 2)),
+          C((1, 1, 4, 4), (2, 1, 4, 4), id="full_kernel", stride=1, padding=0),
+          C((2, 3, 5, 5), (2, 3, 1, 1), id="1x1_stride2", stride=2, padding=0),
+          C((3, 5, 6), (2, 3, 3, 3), id="unbatched", stride=1, padding=1),
+          C((2, 8, 9, 9), (16, 8, 3, 3), id="blas", stride=1, padding=1)]),
+    Spec("conv2d_bias", (Op.CONV2D, Op.ADD),
+         lambda x, w, b, padding: tg.conv2d(x, w, b, padding=padding),
+         lambda x, w, b, padding: np_conv2d(x, w, b, 1, {"same": 1, "valid": 0}[padding]),
+         [C((2, 2, 4, 5), (3, 2, 3, 3), (3,), id="same", padding="same"),
+          C((2, 4, 4), (3, 2, 3, 3), (3,), id="unbatched_valid", padding="valid")]),
+    # the reverse rule records both transposes: a gradient as the value
+    Spec("conv2d_grads", (Op.CONV2D_GRAD_X, Op.CONV2D_GRAD_W),
+         lambda x, w, stride, padding: tg.concatenate([g.reshape(-1) for g in tg.gradients(
+             0.5 * (tg.conv2d(x, w, stride=stride, padding=padding) ** 2).sum(), [x, w])]),
+         np_conv2d_grads,
+         [C((2, 2, 5, 4), (3, 2, 3, 2), id="pad1", stride=1, padding=1),
+          C((1, 2, 6, 7), (2, 2, 2, 3), id="stride2", stride=2, padding=(0, 1)),
+          C((2, 8, 8, 9), (16, 8, 3, 3), id="blas", stride=1, padding=1)], small),
+    Spec("conv1d", (Op.CONV2D,),
+         lambda x, w, stride, padding: tg.conv1d(x, w, stride=stride, padding=padding),
+         lambda x, w, stride, padding: np_conv1d(x, w, None, stride, padding),
+         [C((2, 3, 9), (4, 3, 3), id="pad1", stride=1, padding=1),
+          C((3, 8), (2, 3, 4), id="unbatched_stride2", stride=2, padding=2)]),
+    Spec("conv1d_bias", (Op.CONV2D, Op.ADD), lambda x, w, b: tg.conv1d(x, w, b),
+         lambda x, w, b: np_conv1d(x, w, b), [C((2, 2, 6), (3, 2, 3), (3,))]),
+    Spec("avg_pool2d", (Op.CONV2D,),
+         lambda x, k, stride, padding: tg.avg_pool2d(x, k, stride=stride, padding=padding),
+         np_avg_pool2d,
+         [C((2, 3, 4, 6), id="k2", k=2, stride=None, padding=0),
+          C((2, 2, 5, 5), id="k3_s2_p1", k=3, stride=2, padding=1),
+          C((3, 5, 4), id="unbatched_k21", k=(2, 1), stride=(1, 2), padding=(1, 0))]),
+    Spec("max_pool2d", (Op.MAX_POOL2D,),
+         lambda x, k, stride, padding: tg.max_pool2d(x, k, stride=stride, padding=padding),
+         np_max_pool2d,
+         [C((2, 3, 4, 6), id="k2", k=2, stride=None, padding=0),
+          C((2, 2, 5, 5), id="k3_s2_p1", k=3, stride=2, padding=1),
+          C((2, 2, 5, 6), id="overlap", k=(3, 2), stride=1, padding=(1, 1)),
+          C((3, 5, 4), id="unbatched", k=2, stride=(1, 2), padding=0)], distinct),
+    # max_pool2d's reverse rule records MAX_UNPOOL2D, and that one's MAX_POOL2D of a cotangent
+    Spec("max_pool2d_grad", (Op.MAX_UNPOOL2D, Op.MAX_POOL2D),
+         lambda x, k, stride, padding: tg.gradients(
+             0.5 * (tg.max_pool2d(x, k, stride=stride, padding=padding) ** 2).sum(), [x])[0],
+         np_max_pool2d_grad,
+         [C((2, 2, 4, 4), id="k2", k=2, stride=None, padding=0),
+          C((1, 2, 5, 5), id="k3_s2_p1", k=3, stride=2, padding=1),
+          C((1, 1, 4, 5), id="overlap", k=2, stride=1, padding=0)], distinct),
     # ------------------------------------------------------------------ guard
     Spec("guard_branch", (Op.GUARD, Op.GT, Op.SUM, Op.MULC), _guard_branch,
          lambda x: np.where(x.sum() > 0, 2.0 * x, -3.0 * x), [C((2, 3)), C((4,))], positive),

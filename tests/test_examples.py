@@ -45,7 +45,7 @@ def has_module(name):
 def test_every_example_is_tested():
     tested = {"seed_mlp.py", "neuron.py", "ols.py", "mlp_vs_torch.py", "digits.py",
               "rnn_sincos.py", "grad_of_target.py", "replay_speed.py", "newton_rosenbrock.py",
-              "tanh_derivatives.py", "pinn_oscillator.py", "gaussian_process.py",
+              "tanh_derivatives.py", "pinn_oscillator.py", "gaussian_process.py", "cnn_digits.py",
               "data_parallel.py"}  # data_parallel.py: in test_dist.py (needs MPI)
     assert {p.name for p in EXAMPLES.glob("*.py")} == tested
     readme = (EXAMPLES / "README.md").read_text()
@@ -136,6 +136,19 @@ def test_digits(tmp_path):
         return
     assert number(r"test accuracy: ([0-9.]+)", out) > 0.9
     assert (tmp_path / "digits_confusion.png").stat().st_size > 0
+
+
+def test_cnn_digits(tmp_path):
+    out = run_example("cnn_digits.py", tmp_path, args=("--fast",))
+    if not has_module("sklearn"):
+        assert "scikit-learn is not installed" in out
+        return
+    assert number(r"test accuracy: ([0-9.]+)", out) > 0.9
+    if has_module("torch"):  # same weights, same batches: the same losses (float32 rounding)
+        assert number(r"max relative loss difference (\S+)", out) < 1e-5
+        assert "PyTorch eager" in out
+    else:
+        assert "PyTorch is not installed" in out
 
 
 def test_rnn_sincos(tmp_path):

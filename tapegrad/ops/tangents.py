@@ -26,6 +26,7 @@ import numpy as np
 
 from .._jit import jit, kernel
 from ..opcodes import Op
+from .conv import conv_tangent
 from .factor import PIVOT, _I, in_part, inv_t, load, lu, lu_solve, store, trsm
 from .linalg import _N, _T, gemm, use_blas
 
@@ -387,3 +388,9 @@ def slogdet_tan(v, t, a, ans, D, batch, n, mode):
                 t[(ans + 2 * s + 1) * D + d] = q
             else:
                 t[(ans + s) * D + d] = q
+# ---------------------------------------------------------------------------- conv and pooling (conv.py)
+# each op is linear in each input: per direction, the op on (dx, y) + (x, dy); pools on dy
+# alone (no tangent through the choice of the argmax). nx, ny, nout: the buffers' sizes.
+@kernel
+def conv_tan(op, v, t, x, y, ans, D, nx, ny, nout, a0, a1, a2, a3, a4, a5, dx, dy):
+    conv_tangent(op, v, t, x, y, ans, D, nx, ny, nout, a0, a1, a2, a3, a4, a5, dx, dy)
