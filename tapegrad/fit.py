@@ -69,11 +69,13 @@ def allreduce_prefix(allreduce, handles, grad, n):
 
 
 @jit
-def train_steps(instr, imm, boff, bsize, val, grad, fmask, rmask, zero, loss_b, data, cols,
-                idx, batch, kind, starts, stops, state, hyper, t0, losses,
+def train_steps(instr, imm, boff, bsize, val, grad, fmask, rmask, zero, n_clear, loss_b, data,
+                cols, idx, batch, kind, starts, stops, state, hyper, t0, losses,
                 seed, n_params, nranks, allreduce, handles):
-    """Run ``losses.size`` steps; step s uses samples ``idx[s*batch:(s+1)*batch]``; ``zero``
-    lists the gradient ranges the reverse sweep uses; the reverse sweep starts from ``seed``
+    """Run ``losses.size`` steps; step s uses samples ``idx[s*batch:(s+1)*batch]``. The
+    reverse sweeps of the first ``n_clear`` steps zero each output gradient once read
+    (``sweep.reverse``'s ``clear``), so ``zero`` lists only the gradient ranges they leave: the
+    ones to zero before each reverse sweep. The reverse sweep starts from ``seed``
     (1/R for a mean over R ranks). With ``nranks > 1`` the gradient prefix ``[0, n_params)``
     is summed over the ranks by ``allreduce`` (``tapegrad.dist.Link``). Returns
     ``(status, instruction or MPI error code, steps done)``."""
@@ -94,7 +96,8 @@ def train_steps(instr, imm, boff, bsize, val, grad, fmask, rmask, zero, loss_b, 
             for r in range(zero.shape[0]):
                 grad[zero[r, 0]:zero[r, 1]] = 0
             grad[lo] = seed
-            status, k = reverse(instr, imm, boff, bsize, val, grad, rmask)
+            status, k = reverse(instr, imm, boff, bsize, val, grad, rmask,
+                                1 if s < n_clear else 0)
         if nranks > 1:
             if status != OK:
                 grad[starts[0]] = np.nan  # so every rank stops at this step
@@ -316,10 +319,10 @@ def fit(loss, opt, data=None, batch_size=None, steps=None, shuffle=True, seed=0,
     if R > 1:  # every rank raises the same error, or none does
         seed = _agree(link, problem, tape, opt, steps, batch, n, shuffle, seed, reduce)
     rmask = tape._reverse_mask(loss._b)
-    zero = tape._grad_ranges(rmask)
+    zero = tape._grad_ranges(rmask, cleared=True)  # the sweeps zero the rest as they go
     starts, stops = opt.ranges()
     weight = 1.0 / R if reduce == "mean" else 1.0
-    tape._grad[:] = 0  # afterwards every .grad is that of the last step
+    tape._grad[:] = 0  # the last step does not clear: then every .grad is that of that step
     order = _Order(n, shuffle, seed)
     losses = np.full(steps, np.nan)
     bar = _Bar(steps, rank == 0 and (sys.stderr.isatty() if progress is None else bool(progress)))
@@ -332,7 +335,8 @@ def fit(loss, opt, data=None, batch_size=None, steps=None, shuffle=True, seed=0,
             t = time.perf_counter()
             status, k, ran = train_steps(
                 tape._instr, tape._imm, tape._boff, tape._bsize, tape._val, tape._grad, fmask,
-                rmask, zero, loss._b, packed, cols, ids, batch, opt.kind, starts, stops,
+                rmask, zero, m if done + m < steps else m - 1, loss._b, packed, cols, ids,
+                batch, opt.kind, starts, stops,
                 opt.state, opt.hyper, opt.t, losses[done:done + m], weight, tape._n_params,
                 R, link.allreduce, link.handles)
             dt = time.perf_counter() - t
@@ -343,8 +347,8 @@ def fit(loss, opt, data=None, batch_size=None, steps=None, shuffle=True, seed=0,
             done += ran
             if status != OK:
                 step_ids = ids[ran * batch:(ran + 1) * batch]
-                err = _failure(link, tape, loss, fmask, rmask, zero, weight, status, k, done,
-                               names, step_ids, losses)
+                err = _failure(link, tape, loss, fmask, rmask, tape._grad_ranges(rmask), weight,
+                               status, k, done, names, step_ids, losses)
                 for what in ("values", "grads"):  # half-done: forward / backward first
                     tape._broken[what] = f"{type(err).__name__}: {err}"
                 raise err
@@ -541,7 +545,8 @@ def _first_bad_gradient(tape, loss, rmask, zero, weight):
         for a, b in zero:
             grad[a:b] = 0
         grad[lo] = weight
-        sweep.reverse(tape._instr, tape._imm, tape._boff, tape._bsize, tape._val, grad, mask)
+        sweep.reverse(tape._instr, tape._imm, tape._boff, tape._bsize, tape._val, grad, mask,
+                      0)
         return any(not np.isfinite(grad[a:b]).all() for a, b in zero)
 
     if not bad_after(0):

@@ -10,6 +10,10 @@ Both trust the tape arrays: ``Tape._seal`` and ``Tape.load`` validate every inde
 ``mask[k]`` says which instructions to run: forward runs ``mask[k] != 0``; reverse runs
 ``mask[k] & 1`` and reads bit ``2 << j`` as "input j needs a gradient" (used where skipping
 an input's gradient saves real work, as in matmul).
+With ``clear`` (``tg.fit``'s steps) the reverse sweep zeroes each instruction's output
+gradient once its rule has read it -- no later rule reads it -- so the next step needs only
+the leaves' gradients zeroed, not the whole arena (PLACE excepted: several instructions write
+parts of one output; ``Tape._grad_ranges(cleared=True)`` keeps those).
 Both return ``(status, k)``: ``OK`` or the failure found at instruction ``k``.
 """
 import glob
@@ -259,7 +263,7 @@ def forward(instr, imm, boff, bsize, val, mask, check_finite):
 
 
 @jit
-def reverse(instr, imm, boff, bsize, val, grad, mask):
+def reverse(instr, imm, boff, bsize, val, grad, mask, clear):
     for k in range(instr.shape[0] - 1, -1, -1):
         if mask[k] & 1 == 0:
             continue
@@ -320,6 +324,9 @@ def reverse(instr, imm, boff, bsize, val, grad, mask):
               or op == Op.MAX_POOL2D or op == Op.MAX_UNPOOL2D):
             conv_bwd(op, val, grad, x, y, ans, np.int64(bsize[instr[k, X]]), a0, a1, a2, a3, a4,
                      a5, mask[k] & 2 != 0, mask[k] & 4 != 0)
+        if clear and op != Op.PLACE:  # consumed: zero again for the next step (tg.fit)
+            for i in range(n):
+                grad[ans + i] = 0
     return OK, 0
 
 

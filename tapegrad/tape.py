@@ -527,14 +527,20 @@ class Tape:
             self._varied = varied  # completed by the pass: every buffer with a gradient
         return mask
 
-    def _grad_ranges(self, rmask):
+    def _grad_ranges(self, rmask, cleared=False):
         """Disjoint ``(start, stop)`` rows of the gradient arena that a reverse sweep with
         ``rmask`` reads or accumulates into, plus the parameter prefix (an optimizer reads
-        every parameter's gradient): the only part ``tg.fit`` must zero between steps."""
-        rows = self._instr[np.flatnonzero(rmask)]
+        every parameter's gradient): the only part ``tg.fit`` must zero between steps.
+        ``cleared``: without the outputs of the instructions the sweep runs, which a sweep
+        with ``clear`` zeroes itself (PLACE's excepted)."""
+        run = np.flatnonzero(rmask)
+        rows = self._instr[run]
         n_in = N_IN[rows[:, OP]]
         bufs = [rows[:, OUT]] + [rows[n_in > j, X + j] for j in range(3)]
         b = np.concatenate(bufs).astype(np.int64)
+        if cleared:
+            ran = rows[(rmask[run] & 1 != 0) & (rows[:, OP] != Op.PLACE), OUT].astype(np.int64)
+            b = np.setdiff1d(self._base[b], self._base[ran])
         start = np.concatenate(([0], self._boff[b]))
         stop = np.concatenate(([self._n_params], self._boff[b] + self._bsize[self._base[b]]))
         keep = stop > start
@@ -662,7 +668,7 @@ class Tape:
         else:
             self._view(self._grad, b)[...] = seed
         status, k = _sweep.reverse(self._instr, self._imm, self._boff, self._bsize, self._val,
-                                  self._grad, self._reverse_mask(b))
+                                  self._grad, self._reverse_mask(b), 0)
         if status:
             raise self._failed(status, k, "grads")
         if self._broken:

@@ -39,7 +39,7 @@ def op_profile(tape, loss, reps=200):
         return lambda: sweep.forward(*args, mask, False)
 
     def rev(mask):
-        return lambda: sweep.reverse(*args, tape._grad, mask)
+        return lambda: sweep.reverse(*args, tape._grad, mask, 0)
 
     empty = np.zeros_like(fm)
     base = _cpu_us(fwd(empty), reps)

@@ -92,7 +92,7 @@ def _tg_kernel(name, x):
     y.grad[...] = 1.0
     args = (tape._instr, tape._imm, tape._boff, tape._bsize, tape._val)
     fwd = lambda: sweep.forward(*args, fmask, False)  # noqa: E731
-    bwd = lambda: sweep.reverse(*args, tape._grad, rmask)  # noqa: E731
+    bwd = lambda: sweep.reverse(*args, tape._grad, rmask, 0)  # noqa: E731
     return fwd, bwd, y
 
 
