@@ -77,7 +77,8 @@ class Op(IntEnum):
     SOFTMAX = 41     # -> (A, n, B)
     LOG_SOFTMAX = 42 # -> (A, n, B)
     # linear algebra
-    MATMUL = 43      # batch of (M, K) @ (K, N); A0..A5 = batch, M, K, N, sx, sy
+    MATMUL = 43      # batch of (M, K) @ (K, N); A0..A5 = batch, M, K, N, sx, sy; sx, sy =
+                     # stride (0: shared by the batch) | transposed << 1 (stored (K, M) / (N, K))
     # losses
     CROSS_ENTROPY = 44  # x (N, C) logits, y (N,) labels stored as floats -> (N,) losses
     ONEHOT = 45      # y (N,) labels (floats) -> (N, C) one-hot rows; no gradient

@@ -33,7 +33,7 @@ REASONS = [
     "placement does not fit its output",
     "sizes do not match (A, M, N, B)",
     "max over an empty axis",
-    "stride flags must be 0 or 1",
+    "stride flags must be 0 to 3 (stride | transposed << 1)",
     "sizes do not match (batch, M, K, N)",
     "sizes do not match (N, C)",
     "no validation rule",
@@ -142,11 +142,11 @@ def check_instructions(instr, bsize, n_in):
         elif op == Op.SOFTMAX or op == Op.LOG_SOFTMAX:
             if i0 != out or out != AnB:
                 return k, 8
-        elif op == Op.MATMUL:  # batch M K N sx sy
-            if (a4 != 0 and a4 != 1) or (a5 != 0 and a5 != 1):
+        elif op == Op.MATMUL:  # batch M K N sx sy (stride | transposed << 1)
+            if a4 < 0 or a4 > 3 or a5 < 0 or a5 > 3:
                 return k, 13
-            if (i0 != _prod(a0 if a4 == 1 else 1, a1, a2, 1)
-                    or i1 != _prod(a0 if a5 == 1 else 1, a2, a3, 1)
+            if (i0 != _prod(a0 if a4 & 1 == 1 else 1, a1, a2, 1)
+                    or i1 != _prod(a0 if a5 & 1 == 1 else 1, a2, a3, 1)
                     or out != _prod(a0, a1, a3, 1)):
                 return k, 14
         elif op == Op.CROSS_ENTROPY:  # N C

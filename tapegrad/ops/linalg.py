@@ -112,6 +112,9 @@ def use_blas(v, batch, M, K, N):
 # compile time grows faster than their size, and a call costs nanoseconds next to a product.
 @kernel
 def matmul_fwd(v, x, y, ans, batch, M, K, N, sx, sy):
+    if (sx | sy) > 1:  # a transposed operand (the recorded reverse rule's products)
+        flagged_matmul_fwd(v, x, y, ans, batch, M, K, N, sx, sy)
+        return
     if not use_blas(v, batch, M, K, N):
         small_matmul_fwd(v, x, y, ans, batch, M, K, N, sx, sy)
         return
@@ -124,6 +127,9 @@ def matmul_fwd(v, x, y, ans, batch, M, K, N, sx, sy):
 # dx / dy: whether x / y need a gradient at all
 @kernel
 def matmul_bwd(v, g, x, y, ans, batch, M, K, N, sx, sy, dx, dy):
+    if (sx | sy) > 1:
+        flagged_matmul_bwd(v, g, x, y, ans, batch, M, K, N, sx, sy, dx, dy)
+        return
     if not use_blas(v, batch, M, K, N):
         small_matmul_bwd(v, g, x, y, ans, batch, M, K, N, sx, sy, dx, dy)
         return
@@ -199,23 +205,95 @@ def small_matmul_bwd(v, g, x, y, ans, batch, M, K, N, sx, sy, dx, dy):
                         g[row + n] += xv * g[z + n]
 
 
+# A transposed operand: bit 2 of its stride attribute (sx, sy = stride | transposed << 1) says
+# X is stored as (K, M) (Y as (N, K)) and used transposed, as BLAS's "t" flag does. Only the
+# recorded reverse rule makes such products (the gradients need X^T and Y^T: no TRANSPOSE
+# copies); the stride attributes of the user's products are 0 or 1. X_eff[m, k] sits at
+# x + m*xm + k*xk, with (xm, xk) = (K, 1), or (1, M) when transposed; Y_eff[k, n] likewise.
+@jit
+def flagged_matmul_fwd(v, x, y, ans, batch, M, K, N, sx, sy):
+    ta, tb, sx, sy = sx >> 1, sy >> 1, sx & 1, sy & 1
+    blas = use_blas(v, batch, M, K, N)
+    xm, xk = (1, M) if ta else (K, 1)
+    yk, yn = (1, K) if tb else (N, 1)
+    for t in range(batch):
+        xo, yo, zo = x + t * sx * M * K, y + t * sy * K * N, ans + t * M * N
+        if blas:  # Z.T = Y_eff.T @ X_eff.T, column-major
+            gemm(_T if tb else _N, _T if ta else _N, N, M, K, v, yo, K if tb else N, v, xo,
+                 M if ta else K, 0.0, v, zo)
+            continue
+        for m in range(M):
+            for n in range(N):
+                s = 0.0  # float64 in either arena
+                for kk in range(K):
+                    s += v[xo + m * xm + kk * xk] * v[yo + kk * yk + n * yn]
+                v[zo + m * N + n] = s
+
+
+@jit
+def flagged_matmul_bwd(v, g, x, y, ans, batch, M, K, N, sx, sy, dx, dy):
+    ta, tb, sx, sy = sx >> 1, sy >> 1, sx & 1, sy & 1
+    blas = use_blas(v, batch, M, K, N)
+    xm, xk = (1, M) if ta else (K, 1)
+    yk, yn = (1, K) if tb else (N, 1)
+    for t in range(batch):
+        xo, yo, zo = x + t * sx * M * K, y + t * sy * K * N, ans + t * M * N
+        if blas:
+            if dx and ta:  # GX (K x M) += Y_eff @ G.T:  GX.T = G @ Y_eff.T
+                gemm(_T, _T if tb else _N, M, K, N, g, zo, N, v, yo, K if tb else N, 1.0, g, xo)
+            elif dx:       # GX (M x K) += G @ Y_eff.T:  GX.T = Y_eff @ G.T
+                gemm(_N if tb else _T, _N, K, M, N, v, yo, K if tb else N, g, zo, N, 1.0, g, xo)
+            if dy and tb:  # GY (N x K) += G.T @ X_eff:  GY.T = X_eff.T @ G
+                gemm(_T if ta else _N, _T, K, N, M, v, xo, M if ta else K, g, zo, N, 1.0, g, yo)
+            elif dy:       # GY (K x N) += X_eff.T @ G:  GY.T = G.T @ X_eff
+                gemm(_N, _N if ta else _T, N, K, M, g, zo, N, v, xo, M if ta else K, 1.0, g, yo)
+            continue
+        if dx:  # gX_eff[m, k] += sum_n G[m, n] Y_eff[k, n]
+            for m in range(M):
+                for kk in range(K):
+                    s = 0.0
+                    for n in range(N):
+                        s += g[zo + m * N + n] * v[yo + kk * yk + n * yn]
+                    i = xo + m * xm + kk * xk
+                    g[i] = g[i] + s
+        if dy:  # gY_eff[k, n] += sum_m X_eff[m, k] G[m, n]
+            for kk in range(K):
+                for n in range(N):
+                    s = 0.0
+                    for m in range(M):
+                        s += v[xo + m * xm + kk * xk] * g[zo + m * N + n]
+                    i = yo + kk * yk + n * yn
+                    g[i] = g[i] + s
+
+
+def _product(x, y, batch, M, K, N, fx, fy):
+    """One MATMUL of ``x`` and ``y`` with the given attributes (``fx``, ``fy``: stride |
+    transposed << 1) -> (batch, M, N)."""
+    tape = x.tape
+    return Var(tape, tape._emit(Op.MATMUL, [x._b, y._b], (batch, M, N),
+                                (batch, M, K, N, fx, fy)))
+
+
 @vjp(Op.MATMUL)
 def matmul_vjp(r, g):
     """gX = g @ Y^T, gY = X^T @ g per batch entry, summed over the batch for an operand
-    shared by it (stride 0)."""
+    shared by it (stride 0) -- products with transposed operands, no TRANSPOSE copies."""
     from .reduce import sum as _sum
-    from .shape import transpose
-    batch, M, K, N, sx, sy = r.a
-    X = reshape_var(r.x, ((batch,) if sx else ()) + (M, K))
-    Y = reshape_var(r.y, ((batch,) if sy else ()) + (K, N))
-    G = reshape_var(g, (batch, M, N))
+    batch, M, K, N, fx, fy = r.a
+    sx, ta, sy, tb = fx & 1, fx >> 1, fy & 1, fy >> 1
     gx = gy = None
     if r.need[0]:
-        gx = matmul(G, transpose(Y, (0, 2, 1)) if sy else Y.T)
+        if ta:  # X stored (K, M): its gradient is Y_eff @ G^T
+            gx = _product(r.y, g, batch, K, N, M, sy | tb << 1, 1 | 1 << 1)
+        else:   # G @ Y_eff^T
+            gx = _product(g, r.y, batch, M, N, K, 1, sy | (1 - tb) << 1)
         if not sx:
             gx = _sum(gx, axis=0)
     if r.need[1]:
-        gy = matmul(transpose(X, (0, 2, 1)) if sx else X.T, G)
+        if tb:  # Y stored (N, K): its gradient is G^T @ X_eff
+            gy = _product(g, r.x, batch, N, M, K, 1 | 1 << 1, sx | ta << 1)
+        else:   # X_eff^T @ G
+            gy = _product(r.x, g, batch, K, M, N, sx | (1 - ta) << 1, 1)
         if not sy:
             gy = _sum(gy, axis=0)
     return gx, gy

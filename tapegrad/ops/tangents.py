@@ -232,6 +232,9 @@ def log_softmax_tan(v, t, ans, tx, tans, A, n, B, D, acc):
 # Value offsets x, y, ans as in matmul_fwd (int64); BLAS where linalg.use_blas says so.
 @kernel
 def matmul_tan(v, t, x, y, ans, D, batch, M, K, N, sx, sy, dx, dy):
+    if (sx | sy) > 1:  # a transposed operand (linalg.flagged_matmul_fwd)
+        flagged_matmul_tan(v, t, x, y, ans, np.int64(D), batch, M, K, N, sx, sy, dx, dy)
+        return
     Di = np.int64(D)
     ND = N * Di
     for b in range(batch):
@@ -270,6 +273,28 @@ def matmul_tan(v, t, x, y, ans, D, batch, M, K, N, sx, sy, dx, dy):
                     trow = _u((yo + kk * N) * Di)
                     for q in range(_u(ND)):
                         t[z + q] += a * t[trow + q]
+
+
+# dZ[m, n] = sum_k dX_eff[m, k] Y_eff[k, n] + X_eff[m, k] dY_eff[k, n], operands at the
+# strides of linalg.flagged_matmul_fwd; plain loops (the recorded reverse rule's products)
+@jit
+def flagged_matmul_tan(v, t, x, y, ans, D, batch, M, K, N, sx, sy, dx, dy):
+    ta, tb, sx, sy = sx >> 1, sy >> 1, sx & 1, sy & 1
+    xm, xk = (1, M) if ta else (K, 1)
+    yk, yn = (1, K) if tb else (N, 1)
+    for b in range(batch):
+        xo, yo, zo = x + b * sx * M * K, y + b * sy * K * N, ans + b * M * N
+        for m in range(M):
+            for n in range(N):
+                for d in range(D):
+                    s = 0.0
+                    for kk in range(K):
+                        xi, yi = xo + m * xm + kk * xk, yo + kk * yk + n * yn
+                        if dx:
+                            s += t[xi * D + d] * v[yi]
+                        if dy:
+                            s += v[xi] * t[yi * D + d]
+                    t[(zo + m * N + n) * D + d] = s
 
 
 # ---------------------------------------------------------------------------- losses (loss.py)
