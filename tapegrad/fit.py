@@ -296,6 +296,10 @@ def fit(loss, opt, data=None, batch_size=None, steps=None, shuffle=True, seed=0,
     losses of the steps applied, and ``opt.t`` counts exactly those (alone; on several ranks
     Ctrl-C raises, and mpi4py ends the job).
 
+    Afterwards every Var's ``.grad`` is that of the last step (after Ctrl-C: the parameters'
+    and inputs'; intermediate gradients are zero, as each step's reverse sweep clears them
+    once read).
+
     >>> hist = tg.fit(loss, opt, {"x": X, "y": Y}, batch_size=32, steps=1000)  # doctest: +SKIP
     """
     from .var import Var
