@@ -205,8 +205,8 @@ def small_matmul_bwd(v, g, x, y, ans, batch, M, K, N, sx, sy, dx, dy):
                         g[row + n] += xv * g[z + n]
 
 
-# A transposed operand: bit 2 of its stride attribute (sx, sy = stride | transposed << 1) says
-# X is stored as (K, M) (Y as (N, K)) and used transposed, as BLAS's "t" flag does. Only the
+# A transposed operand: the 2 bit of its stride attribute (sx, sy = stride | transposed << 1)
+# says X is stored as (K, M) (Y as (N, K)) and used transposed, as BLAS's "t" flag does. Only the
 # recorded reverse rule makes such products (the gradients need X^T and Y^T: no TRANSPOSE
 # copies); the stride attributes of the user's products are 0 or 1. X_eff[m, k] sits at
 # x + m*xm + k*xk, with (xm, xk) = (K, 1), or (1, M) when transposed; Y_eff[k, n] likewise.
