@@ -151,6 +151,33 @@ def _load_scipy_blas_single_threaded():
 _load_scipy_blas_single_threaded()
 
 
+_checked = set()     # dispatchers already looked at by announce_compile
+_announced = False
+
+
+def announce_compile(*dispatchers):
+    """One line on stderr, once per process, before a call that will compile (not load from
+    numba's cache) one of ``dispatchers``: a cold first run takes a minute or more, which
+    should not pass in silence. Each dispatcher is looked at once (a set lookup after that)."""
+    global _announced
+    for d in dispatchers:
+        if d in _checked:
+            continue
+        _checked.add(d)
+        if _announced or not isinstance(d, Dispatcher) or d.signatures:
+            continue
+        cache_file = getattr(getattr(d, "_cache", None), "_cache_file", None)
+        try:
+            cached = cache_file is not None and bool(cache_file._load_index())
+        except Exception:  # numba's internals changed: say nothing rather than fail
+            cached = True
+        if not cached:
+            _announced = True
+            sys.stderr.write("tapegrad: compiling the replay kernels (first run only: about a "
+                             "minute on 2 cores; later runs load them from numba's cache) ...\n")
+            sys.stderr.flush()
+
+
 def drop_stale_cache(dispatcher, files):
     """Make ``dispatcher``'s on-disk cache entries valid only for the present content of
     ``files``.

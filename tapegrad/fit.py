@@ -31,7 +31,7 @@ import time
 
 import numpy as np
 
-from ._jit import drop_stale_cache, jit, kernel
+from ._jit import announce_compile, drop_stale_cache, jit, kernel
 from .errors import (BranchChanged, FeedError, LinAlgError, NonFiniteError, ShapeError,
                      TapegradError)
 from .opcodes import N_IN, OP, OPS, OUT, X, Op
@@ -337,6 +337,7 @@ def fit(loss, opt, data=None, batch_size=None, steps=None, shuffle=True, seed=0,
             m = min(chunk, steps - done)
             ids = order.take(m * R * batch).reshape(m, R, batch)[:, rank].ravel()
             t = time.perf_counter()
+            announce_compile(train_steps)
             status, k, ran = train_steps(
                 tape._instr, tape._imm, tape._boff, tape._bsize, tape._val, tape._grad, fmask,
                 rmask, zero, m if done + m < steps else m - 1, loss._b, packed, cols, ids,

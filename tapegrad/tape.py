@@ -35,6 +35,7 @@ from array import array
 
 import numpy as np
 
+from ._jit import announce_compile
 from .errors import (BranchChanged, FeedError, LinAlgError, NonFiniteError, ShapeError,
                      TapegradError, UnknownNameError, site_id, site_text, user_site)
 from .opcodes import A0, DIFFERENTIABLE, N_IN, OP, OPS, OUT, WIDTH, X, Op
@@ -428,6 +429,7 @@ class Tape:
         k0, k1 = self._done, self._nf
         if k0 < k1 and evaluate:
             nb = self._nbf
+            announce_compile(_sweep.forward)
             status, k = _sweep.forward(self._instr[k0:k1], self._imm[k0:k1], self._boff[:nb],
                                       self._bsize[:nb], self._val, _ones(k1 - k0), False)
             if status:
@@ -473,6 +475,7 @@ class Tape:
         if self._grad.shape[0] != max(total, 1):
             self._grad = np.zeros(max(total, 1), self.dtype)
         self._n_params = self._param_elems
+        announce_compile(_validate.check_instructions)
         _validate.validate_tape_arrays(instr, self._imm, self._boff, bsize, None, max(total, 1))
         self._layout += 1
         self._sealed = True
@@ -575,6 +578,7 @@ class Tape:
                                            for v in outputs])
             if self._unfed:
                 self._refuse_unfed("forward()", mask)
+            announce_compile(_sweep.forward)
             status, k = _sweep.forward(self._instr, self._imm, self._boff, self._bsize,
                                       self._val, mask, bool(check_finite))
             if status:
@@ -667,6 +671,7 @@ class Tape:
             self._grad[self._boff[b]] = 1.0
         else:
             self._view(self._grad, b)[...] = seed
+        announce_compile(_sweep.reverse)
         status, k = _sweep.reverse(self._instr, self._imm, self._boff, self._bsize, self._val,
                                   self._grad, self._reverse_mask(b), 0)
         if status:

@@ -127,8 +127,17 @@ def test_installed_package_caches_outside_site_packages_and_reinstalls_editable(
     env = _env(PYTHONPATH=None, XDG_CACHE_HOME=xdg)
 
     _pip_install(py, str(_copy_source(tmp_path / "src")))
-    out = _run([py, _script(tmp_path, "tiny.py", TINY_REPLAY)], cwd=work, env=env)
+    tiny = _script(tmp_path, "tiny.py", TINY_REPLAY)
+    cold = subprocess.run([py, tiny], cwd=work, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert cold.returncode == 0, cold.stderr
+    out = cold.stdout
     assert "value 11.0" in out and str(site) in out, out
+    assert cold.stderr.count("tapegrad: compiling the replay kernels") == 1, cold.stderr
+    warm = subprocess.run([py, tiny], cwd=work, env=env, capture_output=True, text=True,
+                          timeout=300)   # loads what the first run cached: says nothing
+    assert warm.returncode == 0 and "value 11.0" in warm.stdout, warm.stderr
+    assert "compiling" not in warm.stderr, warm.stderr
     compiled = [p for p in (site / "tapegrad").rglob("*") if p.suffix in (".nbi", ".nbc")]
     assert compiled == [], f"numba cache files inside site-packages: {compiled}"
     user = list((xdg / "tapegrad").rglob("sweep.forward-*.nbi"))
