@@ -64,5 +64,5 @@ def test_opprofile_covers_every_instruction_of_the_tape():
     assert sum(r[1] for r in rows) == len(tape)
     names = {r[0] for r in rows}
     assert {"matmul", "leaky_relu", "sum"} <= names
-    assert all(r[2] >= 0 and r[3] >= 0 for r in rows) and whole[0] > 0
+    assert all(r[2] >= 0 and r[3] >= 0 for r in rows) and len(whole) == 2  # (no timings)
     assert "(1, 1, 64, 64)" in next(r[4] for r in rows if r[0] == "matmul")
