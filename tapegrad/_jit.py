@@ -97,6 +97,18 @@ def _cache_class():
 
 
 _FunctionCache = _cache_class()
+
+
+def generated_dir():
+    """Where ``tapegrad.sweep`` writes the interpreter modules it generates (numba caches
+    their code beside them, in ``__pycache__``): under ``NUMBA_CACHE_DIR`` when set, in
+    ``user_cache_dir()`` for an installed tapegrad, else in the checkout's
+    ``tapegrad/__pycache__``."""
+    if os.environ.get("NUMBA_CACHE_DIR"):
+        return os.path.join(os.environ["NUMBA_CACHE_DIR"], "tapegrad_generated")
+    if INSTALLED:
+        return os.path.join(user_cache_dir(), "generated")
+    return os.path.join(PACKAGE_DIR, "__pycache__", "generated")
 _warned = set()
 
 
@@ -173,8 +185,9 @@ def announce_compile(*dispatchers):
             cached = True
         if not cached:
             _announced = True
-            sys.stderr.write("tapegrad: compiling the replay kernels (first run only: about a "
-                             "minute on 2 cores; later runs load them from numba's cache) ...\n")
+            sys.stderr.write("tapegrad: compiling the replay kernels for this tape's ops (first "
+                             "run only: seconds, up to a minute for many ops; later runs load "
+                             "them from numba's cache) ...\n")
             sys.stderr.flush()
 
 

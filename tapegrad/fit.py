@@ -23,7 +23,6 @@ import functools
 import hashlib
 import math
 import operator
-import os
 import signal
 import sys
 import threading
@@ -31,12 +30,12 @@ import time
 
 import numpy as np
 
-from ._jit import announce_compile, drop_stale_cache, jit, kernel
+from ._jit import announce_compile, kernel
 from .errors import (BranchChanged, FeedError, LinAlgError, NonFiniteError, ShapeError,
                      TapegradError)
 from .opcodes import N_IN, OP, OPS, OUT, X, Op
 from .optim import Optimizer, step_kernel
-from .sweep import NON_FINITE, OK, SOURCES, forward, reverse
+from .sweep import NON_FINITE, OK
 
 LOSS_NOT_FINITE, GRAD_NOT_FINITE, MPI_FAILED = 100, 101, 102
 _MAX_COUNT = 1 << 30  # elements per MPI call (its count is a C int)
@@ -68,16 +67,19 @@ def allreduce_prefix(allreduce, handles, grad, n):
     return 0
 
 
-@jit
+# The template of the compiled step loop: ``tapegrad.sweep`` pastes this function's text into
+# each interpreter module it generates, where ``forward`` and ``reverse`` are that module's
+# sweeps, and compiles it there (``tape._interpreters().train_steps``). Never called as is.
 def train_steps(instr, imm, boff, bsize, val, grad, fmask, rmask, zero, n_clear, loss_b, data,
                 cols, idx, batch, kind, starts, stops, state, hyper, t0, losses,
-                seed, n_params, nranks, allreduce, handles):
+                seed, n_params, nranks, allreduce, handles, check_finite):
     """Run ``losses.size`` steps; step s uses samples ``idx[s*batch:(s+1)*batch]``. The
     reverse sweeps of the first ``n_clear`` steps zero each output gradient once read
     (``sweep.reverse``'s ``clear``), so ``zero`` lists only the gradient ranges they leave: the
     ones to zero before each reverse sweep. The reverse sweep starts from ``seed``
     (1/R for a mean over R ranks). With ``nranks > 1`` the gradient prefix ``[0, n_params)``
-    is summed over the ranks by ``allreduce`` (``tapegrad.dist.Link``). Returns
+    is summed over the ranks by ``allreduce`` (``tapegrad.dist.Link``). ``check_finite`` (0:
+    an argument, not a literal, so the forward sweep compiles once for every caller). Returns
     ``(status, instruction or MPI error code, steps done)``."""
     lo = boff[loss_b]
     for s in range(losses.shape[0]):
@@ -87,7 +89,7 @@ def train_steps(instr, imm, boff, bsize, val, grad, fmask, rmask, zero, n_clear,
                 off, c0, f = cols[j, 0], cols[j, 1], cols[j, 2]
                 for q in range(f):
                     val[off + r * f + q] = data[row, c0 + q]
-        status, k = forward(instr, imm, boff, bsize, val, fmask, False)
+        status, k = forward(instr, imm, boff, bsize, val, fmask, check_finite)
         if status == OK:
             losses[s] = val[lo]
             if not math.isfinite(val[lo]):
@@ -110,10 +112,6 @@ def train_steps(instr, imm, boff, bsize, val, grad, fmask, rmask, zero, n_clear,
             return GRAD_NOT_FINITE, 0, s
         step_kernel(kind, val, grad, starts, stops, state, hyper, t0 + s + 1)
     return OK, 0, losses.shape[0]
-
-
-drop_stale_cache(train_steps, SOURCES + [__file__, os.path.join(os.path.dirname(__file__),
-                                                                 "optim.py")])
 
 
 class _Order:
@@ -326,6 +324,7 @@ def fit(loss, opt, data=None, batch_size=None, steps=None, shuffle=True, seed=0,
     zero = tape._grad_ranges(rmask, cleared=True)  # the sweeps zero the rest as they go
     starts, stops = opt.ranges()
     weight = 1.0 / R if reduce == "mean" else 1.0
+    interp = tape._interpreters()
     tape._grad[:] = 0  # the last step does not clear: then every .grad is that of that step
     order = _Order(n, shuffle, seed)
     losses = np.full(steps, np.nan)
@@ -337,13 +336,13 @@ def fit(loss, opt, data=None, batch_size=None, steps=None, shuffle=True, seed=0,
             m = min(chunk, steps - done)
             ids = order.take(m * R * batch).reshape(m, R, batch)[:, rank].ravel()
             t = time.perf_counter()
-            announce_compile(train_steps)
-            status, k, ran = train_steps(
+            announce_compile(interp.train_steps)
+            status, k, ran = interp.train_steps(
                 tape._instr, tape._imm, tape._boff, tape._bsize, tape._val, tape._grad, fmask,
                 rmask, zero, m if done + m < steps else m - 1, loss._b, packed, cols, ids,
                 batch, opt.kind, starts, stops,
                 opt.state, opt.hyper, opt.t, losses[done:done + m], weight, tape._n_params,
-                R, link.allreduce, link.handles)
+                R, link.allreduce, link.handles, 0)
             dt = time.perf_counter() - t
             nxt = max(1, min(chunk * 4, int(chunk * 0.1 / dt) if dt > 0 else chunk * 4))
             if R > 1:
@@ -503,7 +502,6 @@ def _explain_non_finite(tape, loss, fmask, rmask, zero, weight, names, rows):
     parameters before it): which input holds NaN/Inf, the first op whose value is NaN/Inf,
     or else the first op of the reverse sweep whose gradient is. Returns (text, whether this
     rank's shard is the cause)."""
-    from . import sweep
     val = tape._val
     lo = int(tape._boff[loss._b])
     parts = []
@@ -519,7 +517,8 @@ def _explain_non_finite(tape, loss, fmask, rmask, zero, weight, names, rows):
             if name in fed and len(i) and rows.size:
                 where += f" (data[{name!r}] row {int(rows[i[0]])})"
             parts.append(where)
-    s, k = sweep.forward(tape._instr, tape._imm, tape._boff, tape._bsize, val, fmask, True)
+    s, k = tape._interpreters().forward(tape._instr, tape._imm, tape._boff, tape._bsize, val,
+                                        fmask, 1)
     if s == NON_FINITE:
         parts.append("first op to produce NaN/Inf: " + str(tape._status_error(s, k)))
     elif not parts:
@@ -541,7 +540,7 @@ def _first_bad_gradient(tape, loss, rmask, zero, weight):
     """The first instruction, in reverse-sweep order, after which the gradient arena holds a
     NaN/Inf: found by bisection over reverse sweeps cut short (gradients only accumulate, so
     once non-finite they stay so). None if the full reverse sweep is finite."""
-    from . import sweep
+    reverse = tape._interpreters().reverse
     grad, lo = tape._grad, int(tape._boff[loss._b])
 
     def bad_after(j):  # run the reverse sweep over instructions n-1 .. j
@@ -550,8 +549,7 @@ def _first_bad_gradient(tape, loss, rmask, zero, weight):
         for a, b in zero:
             grad[a:b] = 0
         grad[lo] = weight
-        sweep.reverse(tape._instr, tape._imm, tape._boff, tape._bsize, tape._val, grad, mask,
-                      0)
+        reverse(tape._instr, tape._imm, tape._boff, tape._bsize, tape._val, grad, mask, 0)
         return any(not np.isfinite(grad[a:b]).all() for a, b in zero)
 
     if not bad_after(0):

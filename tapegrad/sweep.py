@@ -1,11 +1,23 @@
-"""The compiled interpreters: one forward sweep (instructions 0..n) and one reverse sweep
-(n..0), each a loop with one branch per opcode family that calls the op's inlined kernel
-(``tapegrad.ops.*``: ``<op>_fwd`` / ``<op>_bwd``) with the arenas and the buffers' offsets.
-Offsets go to the kernels as np.uint64 (vectorisable loops) and attributes as int64; no
-array views are made per instruction (each would cost reference counting), except for
+"""The compiled interpreters: a forward sweep (instructions 0..n), a reverse sweep (n..0) and
+``tg.fit``'s step loop, each a loop with one branch per opcode that calls the op's inlined
+kernel (``tapegrad.ops.*``: ``<op>_fwd`` / ``<op>_bwd``) with the arenas and the buffers'
+offsets. Offsets go to the kernels as np.uint64 (vectorisable loops) and attributes as int64;
+no array views are made per instruction (each would cost reference counting), except for
 matrix products.
 
-Both trust the tape arrays: ``Tape._seal`` and ``Tape.load`` validate every index first.
+**Generated per opcode set.** The branches are rows of two tables, ``FORWARD`` and
+``REVERSE`` (opcode -> the source of its branch), and ``interpreter(ops)`` writes a module
+holding only the rows of ``ops`` -- the opcodes a tape uses -- then compiles it with numba's
+disk cache. Each branch costs a fraction of a second of compile, so a tape of seven opcodes
+compiles in a small part of the time of all sixty (issue 11; DESIGN.md's facts). The module's
+file is named by a hash of its text and of every source its kernels come from, so an edited
+kernel gets a fresh file and a fresh cache entry, never stale code. ``for_ops(ops, dtype)``
+chooses: the interpreter of every opcode when it is already compiled or in the disk cache,
+otherwise the one of these opcodes -- and the full one once a process has compiled
+``MAX_SPECIALISED`` specialised ones (a test suite, a session that records many different
+tapes), so compile time stays bounded.
+
+Both sweeps trust the tape arrays: ``Tape._seal`` and ``Tape.load`` validate every index first.
 
 ``mask[k]`` says which instructions to run: forward runs ``mask[k] != 0``; reverse runs
 ``mask[k] & 1`` and reads bit ``2 << j`` as "input j needs a gradient" (used where skipping
@@ -14,15 +26,25 @@ With ``clear`` (``tg.fit``'s steps) the reverse sweep zeroes each instruction's 
 gradient once its rule has read it -- no later rule reads it -- so the next step needs only
 the leaves' gradients zeroed, not the whole arena (PLACE excepted: several instructions write
 parts of one output; ``Tape._grad_ranges(cleared=True)`` keeps those).
-Both return ``(status, k)``: ``OK`` or the failure found at instruction ``k``.
+Both return ``(status, k)``: ``OK`` or the failure found at instruction ``k``. Flags are
+passed as integers, never as Python literals (a literal compiles a second specialisation).
 """
+import atexit
 import glob
+import hashlib
+import importlib
+import importlib.util
+import inspect
 import math
 import os
+import shutil
+import sys
+import tempfile
+import threading
 
 import numpy as np
 
-from ._jit import drop_stale_cache, jit, kernel
+from ._jit import generated_dir, jit, kernel
 from .opcodes import A0, OP, OUT, X, Y, Z, Op
 from .ops.conv import conv_bwd, conv_fwd
 from .ops.elementwise import (abs_bwd, abs_fwd, add_bwd, add_fwd, compare_fwd, cos_bwd,
@@ -49,6 +71,7 @@ from .ops.shape import (expand_bwd, expand_fwd, place_bwd, place_fwd, slice_bwd,
 OK, GUARD_FLIPPED, NON_FINITE, BAD_LABEL = 0, 1, 2, 3
 BAD_INDEX = 4  # a gather's index is not an integer in [-n, n)
 LINALG = 5     # a singular matrix (solve, trisolve) or one not positive definite (cholesky)
+UNKNOWN_OP = 6  # an opcode this interpreter was not generated for (a bug: never expected)
 
 
 @kernel
@@ -57,281 +80,335 @@ def _offset(boff, b):
     return np.uint64(boff[b]) if b >= 0 else np.uint64(0)
 
 
-@kernel
-def unary_fwd(op, v, x, ans, n, k):
-    if op == Op.NEG:
-        neg_fwd(v, x, ans, n, k)
-    elif op == Op.EXP:
-        exp_fwd(v, x, ans, n, k)
-    elif op == Op.LOG:
-        log_fwd(v, x, ans, n, k)
-    elif op == Op.SQRT:
-        sqrt_fwd(v, x, ans, n, k)
-    elif op == Op.SIN:
-        sin_fwd(v, x, ans, n, k)
-    elif op == Op.COS:
-        cos_fwd(v, x, ans, n, k)
-    elif op == Op.TANH:
-        tanh_fwd(v, x, ans, n, k)
-    elif op == Op.SIGMOID:
-        sigmoid_fwd(v, x, ans, n, k)
-    elif op == Op.RELU:
-        relu_fwd(v, x, ans, n, k)
-    elif op == Op.LEAKY_RELU:
-        leaky_relu_fwd(v, x, ans, n, k)
-    elif op == Op.ABS:
-        abs_fwd(v, x, ans, n, k)
-    elif op == Op.SQUARE:
-        square_fwd(v, x, ans, n, k)
-    elif op == Op.POWC:
-        powc_fwd(v, x, ans, n, k)
-    elif op == Op.ADDC:
-        addc_fwd(v, x, ans, n, k)
-    elif op == Op.MULC:
-        mulc_fwd(v, x, ans, n, k)
-    elif op == Op.RSUBC:
-        rsubc_fwd(v, x, ans, n, k)
-    elif op == Op.DIVC:
-        divc_fwd(v, x, ans, n, k)
-    elif op == Op.RDIVC:
-        rdivc_fwd(v, x, ans, n, k)
-    else:
-        rpowc_fwd(v, x, ans, n, k)
 
 
-@kernel
-def unary_bwd(op, v, g, x, ans, n, k):
-    if op == Op.NEG:
-        neg_bwd(v, g, x, ans, n, k)
-    elif op == Op.EXP:
-        exp_bwd(v, g, x, ans, n, k)
-    elif op == Op.LOG:
-        log_bwd(v, g, x, ans, n, k)
-    elif op == Op.SQRT:
-        sqrt_bwd(v, g, x, ans, n, k)
-    elif op == Op.SIN:
-        sin_bwd(v, g, x, ans, n, k)
-    elif op == Op.COS:
-        cos_bwd(v, g, x, ans, n, k)
-    elif op == Op.TANH:
-        tanh_bwd(v, g, x, ans, n, k)
-    elif op == Op.SIGMOID:
-        sigmoid_bwd(v, g, x, ans, n, k)
-    elif op == Op.RELU:
-        relu_bwd(v, g, x, ans, n, k)
-    elif op == Op.LEAKY_RELU:
-        leaky_relu_bwd(v, g, x, ans, n, k)
-    elif op == Op.ABS:
-        abs_bwd(v, g, x, ans, n, k)
-    elif op == Op.SQUARE:
-        square_bwd(v, g, x, ans, n, k)
-    elif op == Op.POWC:
-        powc_bwd(v, g, x, ans, n, k)
-    elif op == Op.ADDC:
-        addc_bwd(v, g, x, ans, n, k)
-    elif op == Op.MULC:
-        mulc_bwd(v, g, x, ans, n, k)
-    elif op == Op.RSUBC:
-        rsubc_bwd(v, g, x, ans, n, k)
-    elif op == Op.DIVC:
-        divc_bwd(v, g, x, ans, n, k)
-    elif op == Op.RDIVC:
-        rdivc_bwd(v, g, x, ans, n, k)
-    else:
-        rpowc_bwd(v, g, x, ans, n, k)
+# ------------------------------------------------------------------ the branch tables
+# One row per opcode: the source of its branch. A branch may use the arenas ``val`` and
+# ``grad``, the offsets ``x y z ans`` (np.uint64) of its inputs and output, the output's size
+# ``n``, the attributes ``a0 .. a5`` (int64), ``imm[k]``, ``mask[k]``, ``k``, ``bsize``,
+# ``instr`` and every kernel imported above; it may ``return STATUS, k``.
+FORWARD = {
+    Op.NEG: "neg_fwd(val, x, ans, n, imm[k])",
+    Op.EXP: "exp_fwd(val, x, ans, n, imm[k])",
+    Op.LOG: "log_fwd(val, x, ans, n, imm[k])",
+    Op.SQRT: "sqrt_fwd(val, x, ans, n, imm[k])",
+    Op.SIN: "sin_fwd(val, x, ans, n, imm[k])",
+    Op.COS: "cos_fwd(val, x, ans, n, imm[k])",
+    Op.TANH: "tanh_fwd(val, x, ans, n, imm[k])",
+    Op.SIGMOID: "sigmoid_fwd(val, x, ans, n, imm[k])",
+    Op.RELU: "relu_fwd(val, x, ans, n, imm[k])",
+    Op.LEAKY_RELU: "leaky_relu_fwd(val, x, ans, n, imm[k])",
+    Op.ABS: "abs_fwd(val, x, ans, n, imm[k])",
+    Op.SQUARE: "square_fwd(val, x, ans, n, imm[k])",
+    Op.POWC: "powc_fwd(val, x, ans, n, imm[k])",
+    Op.ADDC: "addc_fwd(val, x, ans, n, imm[k])",
+    Op.MULC: "mulc_fwd(val, x, ans, n, imm[k])",
+    Op.RSUBC: "rsubc_fwd(val, x, ans, n, imm[k])",
+    Op.DIVC: "divc_fwd(val, x, ans, n, imm[k])",
+    Op.RDIVC: "rdivc_fwd(val, x, ans, n, imm[k])",
+    Op.RPOWC: "rpowc_fwd(val, x, ans, n, imm[k])",
+    Op.ADD: "add_fwd(val, x, y, ans, n)",
+    Op.SUB: "sub_fwd(val, x, y, ans, n)",
+    Op.MUL: "mul_fwd(val, x, y, ans, n)",
+    Op.DIV: "div_fwd(val, x, y, ans, n)",
+    Op.POW: "pow_fwd(val, x, y, ans, n)",
+    Op.MAXIMUM: "maximum_fwd(val, x, y, ans, n)",
+    Op.MINIMUM: "minimum_fwd(val, x, y, ans, n)",
+    **{c: "compare_fwd(op, val, x, y, ans, n)"
+       for c in (Op.GT, Op.GE, Op.LT, Op.LE, Op.EQ, Op.NE)},
+    Op.WHERE: "where_fwd(val, x, y, z, ans, n)",
+    Op.EXPAND: "expand_fwd(val, x, ans, a0, a1, a2)",
+    Op.SLICE: "slice_fwd(val, x, ans, a0, a1, a2, a3, a4, a5)",
+    Op.PLACE: "place_fwd(val, x, ans, a0, a1, a2, a3, a4)",
+    Op.UNSLICE: "unslice_fwd(val, x, ans, a0, a1, a2, a3, a4, a5)",
+    Op.TRANSPOSE: "transpose_fwd(val, x, ans, a0, a1, a2, a3)",
+    Op.SUM: "sum_fwd(val, x, ans, a0, a1, a2)",
+    Op.MAX: "max_fwd(val, x, ans, a0, a1, a2)",
+    Op.LOGSUMEXP: "logsumexp_fwd(val, x, ans, a0, a1, a2)",
+    Op.SOFTMAX: "softmax_fwd(val, x, ans, a0, a1, a2)",
+    Op.LOG_SOFTMAX: "log_softmax_fwd(val, x, ans, a0, a1, a2)",
+    Op.MATMUL: "matmul_fwd(val, np.int64(x), np.int64(y), np.int64(ans), a0, a1, a2, a3, a4, a5)",
+    Op.CROSS_ENTROPY: """
+        if not cross_entropy_fwd(val, x, y, ans, a0, a1):
+            return BAD_LABEL, k""",
+    Op.ONEHOT: """
+        if not onehot_fwd(val, x, ans, a0, a1):
+            return BAD_LABEL, k""",
+    Op.TICK: "tick_fwd(val, x)",
+    Op.RAND: "rand_fwd(val, x, ans, n, a0, a1, a2, False)",
+    Op.RANDN: "rand_fwd(val, x, ans, n, a0, a1, a2, True)",
+    Op.GUARD: """
+        if (val[x] != 0) != (a0 != 0):
+            return GUARD_FLIPPED, k
+        continue""",
+    Op.GATHER: """
+        if not gather_fwd(val, val, x, y, ans, a0, a1, a2, a3):
+            return BAD_INDEX, k""",
+    Op.SCATTER_ADD: """
+        if not scatter_add_fwd(val, val, x, y, ans, a0, a1, a2, a3):
+            return BAD_INDEX, k""",
+    Op.SOLVE: """
+        if not solve_fwd(val, np.int64(x), np.int64(y), np.int64(ans), a0, a1, a2, a3):
+            return LINALG, k""",
+    Op.CHOLESKY: """
+        if not cholesky_fwd(val, np.int64(x), np.int64(ans), a0, a1):
+            return LINALG, k""",
+    Op.TRISOLVE: """
+        if not trisolve_fwd(val, np.int64(x), np.int64(y), np.int64(ans), a0, a1, a2, a3, a4,
+                            a5):
+            return LINALG, k""",
+    Op.SLOGDET: "slogdet_fwd(val, np.int64(x), np.int64(ans), a0, a1, a2)",
+    **{c: "conv_fwd(op, val, x, y, ans, np.int64(bsize[instr[k, X]]), a0, a1, a2, a3, a4, a5)"
+       for c in (Op.CONV2D, Op.CONV2D_GRAD_X, Op.CONV2D_GRAD_W, Op.MAX_POOL2D,
+                 Op.MAX_UNPOOL2D)},
+}
+
+_GX, _GY = "mask[k] & 2 != 0", "mask[k] & 4 != 0"  # input x / y needs a gradient
+REVERSE = {
+    Op.NEG: "neg_bwd(val, grad, x, ans, n, imm[k])",
+    Op.EXP: "exp_bwd(val, grad, x, ans, n, imm[k])",
+    Op.LOG: "log_bwd(val, grad, x, ans, n, imm[k])",
+    Op.SQRT: "sqrt_bwd(val, grad, x, ans, n, imm[k])",
+    Op.SIN: "sin_bwd(val, grad, x, ans, n, imm[k])",
+    Op.COS: "cos_bwd(val, grad, x, ans, n, imm[k])",
+    Op.TANH: "tanh_bwd(val, grad, x, ans, n, imm[k])",
+    Op.SIGMOID: "sigmoid_bwd(val, grad, x, ans, n, imm[k])",
+    Op.RELU: "relu_bwd(val, grad, x, ans, n, imm[k])",
+    Op.LEAKY_RELU: "leaky_relu_bwd(val, grad, x, ans, n, imm[k])",
+    Op.ABS: "abs_bwd(val, grad, x, ans, n, imm[k])",
+    Op.SQUARE: "square_bwd(val, grad, x, ans, n, imm[k])",
+    Op.POWC: "powc_bwd(val, grad, x, ans, n, imm[k])",
+    Op.ADDC: "addc_bwd(val, grad, x, ans, n, imm[k])",
+    Op.MULC: "mulc_bwd(val, grad, x, ans, n, imm[k])",
+    Op.RSUBC: "rsubc_bwd(val, grad, x, ans, n, imm[k])",
+    Op.DIVC: "divc_bwd(val, grad, x, ans, n, imm[k])",
+    Op.RDIVC: "rdivc_bwd(val, grad, x, ans, n, imm[k])",
+    Op.RPOWC: "rpowc_bwd(val, grad, x, ans, n, imm[k])",
+    Op.ADD: "add_bwd(val, grad, x, y, ans, n)",
+    Op.SUB: "sub_bwd(val, grad, x, y, ans, n)",
+    Op.MUL: "mul_bwd(val, grad, x, y, ans, n)",
+    Op.DIV: "div_bwd(val, grad, x, y, ans, n)",
+    Op.POW: "pow_bwd(val, grad, x, y, ans, n)",
+    Op.MAXIMUM: "maximum_bwd(val, grad, x, y, ans, n)",
+    Op.MINIMUM: "minimum_bwd(val, grad, x, y, ans, n)",
+    Op.WHERE: "where_bwd(val, grad, x, y, z, ans, n)",
+    Op.EXPAND: "expand_bwd(grad, x, ans, a0, a1, a2)",
+    Op.SLICE: "slice_bwd(grad, x, ans, a0, a1, a2, a3, a4, a5)",
+    Op.PLACE: "place_bwd(grad, x, ans, a0, a1, a2, a3, a4)",
+    Op.UNSLICE: "unslice_bwd(grad, x, ans, a0, a1, a2, a3, a4, a5)",
+    Op.TRANSPOSE: "transpose_bwd(grad, x, ans, a0, a1, a2, a3)",
+    Op.SUM: "sum_bwd(val, grad, x, ans, a0, a1, a2)",
+    Op.MAX: "max_bwd(val, grad, x, ans, a0, a1, a2)",
+    Op.LOGSUMEXP: "logsumexp_bwd(val, grad, x, ans, a0, a1, a2)",
+    Op.SOFTMAX: "softmax_bwd(val, grad, x, ans, a0, a1, a2)",
+    Op.LOG_SOFTMAX: "log_softmax_bwd(val, grad, x, ans, a0, a1, a2)",
+    Op.MATMUL: f"""
+        matmul_bwd(val, grad, np.int64(x), np.int64(y), np.int64(ans), a0, a1, a2, a3, a4,
+                   a5, {_GX}, {_GY})""",
+    Op.CROSS_ENTROPY: """
+        if not cross_entropy_bwd(val, grad, x, y, ans, a0, a1):
+            return BAD_LABEL, k""",
+    Op.GATHER: f"""
+        if {_GX} and not gather_bwd(grad, val, x, y, ans, a0, a1, a2, a3):
+            return BAD_INDEX, k""",
+    Op.SCATTER_ADD: f"""
+        if {_GX} and not scatter_add_bwd(grad, val, x, y, ans, a0, a1, a2, a3):
+            return BAD_INDEX, k""",
+    Op.SOLVE: f"""
+        solve_bwd(val, grad, np.int64(x), np.int64(y), np.int64(ans), a0, a1, a2, a3,
+                  {_GX}, {_GY})""",
+    Op.CHOLESKY: "cholesky_bwd(val, grad, np.int64(x), np.int64(ans), a0, a1)",
+    Op.TRISOLVE: f"""
+        trisolve_bwd(val, grad, np.int64(x), np.int64(y), np.int64(ans), a0, a1, a2, a3, a4,
+                     a5, {_GX}, {_GY})""",
+    Op.SLOGDET: "slogdet_bwd(val, grad, np.int64(x), np.int64(ans), a0, a1, a2)",
+    **{c: f"""
+        conv_bwd(op, val, grad, x, y, ans, np.int64(bsize[instr[k, X]]), a0, a1, a2, a3, a4,
+                 a5, {_GX}, {_GY})"""
+       for c in (Op.CONV2D, Op.CONV2D_GRAD_X, Op.CONV2D_GRAD_W, Op.MAX_POOL2D,
+                 Op.MAX_UNPOOL2D)},
+}
+# no gradient: comparisons, ONEHOT, the random draws and TICK, GUARD (never in a reverse mask)
+for _op in (Op.GT, Op.GE, Op.LT, Op.LE, Op.EQ, Op.NE, Op.ONEHOT, Op.TICK, Op.RAND, Op.RANDN,
+            Op.GUARD):
+    REVERSE[_op] = "pass"
+ALL_OPS = frozenset(int(o) for o in Op if o != Op.N_OPS)
+assert set(FORWARD) == set(REVERSE) == ALL_OPS, "every opcode needs a row in both tables"
+# (and in tapegrad.tangent.TANGENT: checked by tests/test_codegen.py)
 
 
-@kernel
-def binary_fwd(op, v, x, y, ans, n):
-    if op == Op.ADD:
-        add_fwd(v, x, y, ans, n)
-    elif op == Op.SUB:
-        sub_fwd(v, x, y, ans, n)
-    elif op == Op.MUL:
-        mul_fwd(v, x, y, ans, n)
-    elif op == Op.DIV:
-        div_fwd(v, x, y, ans, n)
-    elif op == Op.POW:
-        pow_fwd(v, x, y, ans, n)
-    elif op == Op.MAXIMUM:
-        maximum_fwd(v, x, y, ans, n)
-    elif op == Op.MINIMUM:
-        minimum_fwd(v, x, y, ans, n)
-    else:
-        compare_fwd(op, v, x, y, ans, n)
-
-
-@kernel
-def binary_bwd(op, v, g, x, y, ans, n):
-    if op == Op.ADD:
-        add_bwd(v, g, x, y, ans, n)
-    elif op == Op.SUB:
-        sub_bwd(v, g, x, y, ans, n)
-    elif op == Op.MUL:
-        mul_bwd(v, g, x, y, ans, n)
-    elif op == Op.DIV:
-        div_bwd(v, g, x, y, ans, n)
-    elif op == Op.POW:
-        pow_bwd(v, g, x, y, ans, n)
-    elif op == Op.MAXIMUM:
-        maximum_bwd(v, g, x, y, ans, n)
-    elif op == Op.MINIMUM:
-        minimum_bwd(v, g, x, y, ans, n)
-    # comparisons have no gradient
-
-
-@jit
-def forward(instr, imm, boff, bsize, val, mask, check_finite):
-    for k in range(instr.shape[0]):
-        if mask[k] == 0:
-            continue
+# ------------------------------------------------------------------ the loops around them
+_PREAMBLE = """
         op = instr[k, OP]
         ans, n = np.uint64(boff[instr[k, OUT]]), np.uint64(bsize[instr[k, OUT]])
         x, y, z = _offset(boff, instr[k, X]), _offset(boff, instr[k, Y]), _offset(boff, instr[k, Z])
         a0, a1, a2 = np.int64(instr[k, A0]), np.int64(instr[k, A0 + 1]), np.int64(instr[k, A0 + 2])
-        a3, a4, a5 = np.int64(instr[k, A0 + 3]), np.int64(instr[k, A0 + 4]), np.int64(instr[k, A0 + 5])
-        if op < Op.ADD:
-            unary_fwd(op, val, x, ans, n, imm[k])
-        elif op < Op.WHERE:
-            binary_fwd(op, val, x, y, ans, n)
-        elif op == Op.WHERE:
-            where_fwd(val, x, y, z, ans, n)
-        elif op == Op.EXPAND:
-            expand_fwd(val, x, ans, a0, a1, a2)
-        elif op == Op.SLICE:
-            slice_fwd(val, x, ans, a0, a1, a2, a3, a4, a5)
-        elif op == Op.PLACE:
-            place_fwd(val, x, ans, a0, a1, a2, a3, a4)
-        elif op == Op.UNSLICE:
-            unslice_fwd(val, x, ans, a0, a1, a2, a3, a4, a5)
-        elif op == Op.TRANSPOSE:
-            transpose_fwd(val, x, ans, a0, a1, a2, a3)
-        elif op == Op.SUM:
-            sum_fwd(val, x, ans, a0, a1, a2)
-        elif op == Op.MAX:
-            max_fwd(val, x, ans, a0, a1, a2)
-        elif op == Op.LOGSUMEXP:
-            logsumexp_fwd(val, x, ans, a0, a1, a2)
-        elif op == Op.SOFTMAX:
-            softmax_fwd(val, x, ans, a0, a1, a2)
-        elif op == Op.LOG_SOFTMAX:
-            log_softmax_fwd(val, x, ans, a0, a1, a2)
-        elif op == Op.MATMUL:
-            matmul_fwd(val, np.int64(x), np.int64(y), np.int64(ans), a0, a1, a2, a3, a4, a5)
-        elif op == Op.CROSS_ENTROPY:
-            if not cross_entropy_fwd(val, x, y, ans, a0, a1):
-                return BAD_LABEL, k
-        elif op == Op.ONEHOT:
-            if not onehot_fwd(val, x, ans, a0, a1):
-                return BAD_LABEL, k
-        elif op == Op.TICK:
-            tick_fwd(val, x)
-        elif op == Op.RAND:
-            rand_fwd(val, x, ans, n, a0, a1, a2, False)
-        elif op == Op.RANDN:
-            rand_fwd(val, x, ans, n, a0, a1, a2, True)
-        elif op == Op.GATHER:
-            if not gather_fwd(val, val, x, y, ans, a0, a1, a2, a3):
-                return BAD_INDEX, k
-        elif op == Op.SCATTER_ADD:
-            if not scatter_add_fwd(val, val, x, y, ans, a0, a1, a2, a3):
-                return BAD_INDEX, k
-        elif (op == Op.CONV2D or op == Op.CONV2D_GRAD_X or op == Op.CONV2D_GRAD_W
-              or op == Op.MAX_POOL2D or op == Op.MAX_UNPOOL2D):
-            conv_fwd(op, val, x, y, ans, np.int64(bsize[instr[k, X]]), a0, a1, a2, a3, a4, a5)
-        elif op == Op.GUARD:
-            if (val[x] != 0) != (a0 != 0):
-                return GUARD_FLIPPED, k
-            continue
-        elif op == Op.SOLVE:
-            if not solve_fwd(val, np.int64(x), np.int64(y), np.int64(ans), a0, a1, a2, a3):
-                return LINALG, k
-        elif op == Op.CHOLESKY:
-            if not cholesky_fwd(val, np.int64(x), np.int64(ans), a0, a1):
-                return LINALG, k
-        elif op == Op.TRISOLVE:
-            if not trisolve_fwd(val, np.int64(x), np.int64(y), np.int64(ans), a0, a1, a2, a3, a4,
-                                a5):
-                return LINALG, k
-        elif op == Op.SLOGDET:
-            slogdet_fwd(val, np.int64(x), np.int64(ans), a0, a1, a2)
+        a3, a4, a5 = np.int64(instr[k, A0 + 3]), np.int64(instr[k, A0 + 4]), np.int64(instr[k, A0 + 5])"""
+
+_FORWARD_LOOP = """
+@jit
+def forward(instr, imm, boff, bsize, val, mask, check_finite):
+    for k in range(instr.shape[0]):
+        if mask[k] == 0:
+            continue{preamble}
+{branches}
+        else:
+            return UNKNOWN_OP, k
         if check_finite:
             for i in range(n):
                 if not math.isfinite(val[ans + i]):
                     return NON_FINITE, k
     return OK, 0
+"""
 
-
+_REVERSE_LOOP = """
 @jit
 def reverse(instr, imm, boff, bsize, val, grad, mask, clear):
     for k in range(instr.shape[0] - 1, -1, -1):
         if mask[k] & 1 == 0:
-            continue
-        op = instr[k, OP]
-        ans, n = np.uint64(boff[instr[k, OUT]]), np.uint64(bsize[instr[k, OUT]])
-        x, y, z = _offset(boff, instr[k, X]), _offset(boff, instr[k, Y]), _offset(boff, instr[k, Z])
-        a0, a1, a2 = np.int64(instr[k, A0]), np.int64(instr[k, A0 + 1]), np.int64(instr[k, A0 + 2])
-        a3, a4, a5 = np.int64(instr[k, A0 + 3]), np.int64(instr[k, A0 + 4]), np.int64(instr[k, A0 + 5])
-        if op < Op.ADD:
-            unary_bwd(op, val, grad, x, ans, n, imm[k])
-        elif op < Op.WHERE:
-            binary_bwd(op, val, grad, x, y, ans, n)
-        elif op == Op.WHERE:
-            where_bwd(val, grad, x, y, z, ans, n)
-        elif op == Op.EXPAND:
-            expand_bwd(grad, x, ans, a0, a1, a2)
-        elif op == Op.SLICE:
-            slice_bwd(grad, x, ans, a0, a1, a2, a3, a4, a5)
-        elif op == Op.PLACE:
-            place_bwd(grad, x, ans, a0, a1, a2, a3, a4)
-        elif op == Op.UNSLICE:
-            unslice_bwd(grad, x, ans, a0, a1, a2, a3, a4, a5)
-        elif op == Op.TRANSPOSE:
-            transpose_bwd(grad, x, ans, a0, a1, a2, a3)
-        elif op == Op.SUM:
-            sum_bwd(val, grad, x, ans, a0, a1, a2)
-        elif op == Op.MAX:
-            max_bwd(val, grad, x, ans, a0, a1, a2)
-        elif op == Op.LOGSUMEXP:
-            logsumexp_bwd(val, grad, x, ans, a0, a1, a2)
-        elif op == Op.SOFTMAX:
-            softmax_bwd(val, grad, x, ans, a0, a1, a2)
-        elif op == Op.LOG_SOFTMAX:
-            log_softmax_bwd(val, grad, x, ans, a0, a1, a2)
-        elif op == Op.MATMUL:
-            matmul_bwd(val, grad, np.int64(x), np.int64(y), np.int64(ans), a0, a1, a2, a3, a4,
-                       a5, mask[k] & 2 != 0, mask[k] & 4 != 0)
-        elif op == Op.CROSS_ENTROPY:
-            if not cross_entropy_bwd(val, grad, x, y, ans, a0, a1):
-                return BAD_LABEL, k
-        elif op == Op.GATHER:
-            if mask[k] & 2 != 0 and not gather_bwd(grad, val, x, y, ans, a0, a1, a2, a3):
-                return BAD_INDEX, k
-        elif op == Op.SCATTER_ADD:
-            if mask[k] & 2 != 0 and not scatter_add_bwd(grad, val, x, y, ans, a0, a1, a2, a3):
-                return BAD_INDEX, k
-        elif op == Op.SOLVE:
-            solve_bwd(val, grad, np.int64(x), np.int64(y), np.int64(ans), a0, a1, a2, a3,
-                      mask[k] & 2 != 0, mask[k] & 4 != 0)
-        elif op == Op.CHOLESKY:
-            cholesky_bwd(val, grad, np.int64(x), np.int64(ans), a0, a1)
-        elif op == Op.TRISOLVE:
-            trisolve_bwd(val, grad, np.int64(x), np.int64(y), np.int64(ans), a0, a1, a2, a3, a4,
-                         a5, mask[k] & 2 != 0, mask[k] & 4 != 0)
-        elif op == Op.SLOGDET:
-            slogdet_bwd(val, grad, np.int64(x), np.int64(ans), a0, a1, a2)
-        elif (op == Op.CONV2D or op == Op.CONV2D_GRAD_X or op == Op.CONV2D_GRAD_W
-              or op == Op.MAX_POOL2D or op == Op.MAX_UNPOOL2D):
-            conv_bwd(op, val, grad, x, y, ans, np.int64(bsize[instr[k, X]]), a0, a1, a2, a3, a4,
-                     a5, mask[k] & 2 != 0, mask[k] & 4 != 0)
+            continue{preamble}
+{branches}
+        else:
+            return UNKNOWN_OP, k
         if clear and op != Op.PLACE:  # consumed: zero again for the next step (tg.fit)
             for i in range(n):
                 grad[ans + i] = 0
     return OK, 0
+"""
+
+
+def _branches(table, ops):
+    out = [] if ops else ["        if op < 0:  # no opcodes: every instruction is unknown\n            pass"]
+    for op in sorted(ops):
+        code = table[op].strip("\n")
+        if "\n" not in code:
+            code = "            " + code.strip()
+        else:  # a block: written at the 8-space indent of the tables, one level deeper here
+            code = "\n".join("    " + line for line in code.split("\n"))
+        out.append(f"        {'elif' if out else 'if'} op == {op}:  # {Op(op).name}\n{code}")
+    return "\n".join(out)
+
+
+def source(ops):
+    """The text of the module holding the interpreters of the opcodes ``ops``: ``forward``,
+    ``reverse``, ``tangent`` (forward mode, rows from ``tapegrad.tangent.TANGENT``) and
+    ``train_steps`` (``tg.fit``'s loop, whose text is ``tapegrad.fit``'s)."""
+    fit = importlib.import_module("tapegrad.fit")  # (tapegrad.fit is also the function)
+    tangent = importlib.import_module("tapegrad.tangent")
+    ops = sorted(int(o) for o in ops)
+    names = " ".join(Op(o).name for o in ops) if len(ops) < len(ALL_OPS) else "(all)"
+    steps = inspect.getsource(fit.train_steps)
+    return "\n".join([
+        f'"""tapegrad\'s interpreters for the opcodes {names}.',
+        f"Generated by tapegrad.sweep from the sources with digest {_digest()}: do not edit."
+        f'"""',
+        "import importlib",
+        "for _m in ('fit', 'tangent', 'sweep'):",
+        "    globals().update({k: v for k, v in vars(importlib.import_module('tapegrad.' + _m))"
+        ".items() if not k.startswith('__')})",
+        _FORWARD_LOOP.format(preamble=_PREAMBLE, branches=_branches(FORWARD, ops)),
+        _REVERSE_LOOP.format(preamble=_PREAMBLE, branches=_branches(REVERSE, ops)),
+        tangent.LOOP.format(preamble=_PREAMBLE, branches=_branches(tangent.TANGENT, ops)),
+        "\n@jit\n" + steps])
 
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 SOURCES = sorted(glob.glob(os.path.join(_HERE, "ops", "*.py"))) + [
-    os.path.join(_HERE, f) for f in ("sweep.py", "_jit.py", "opcodes.py")]
-drop_stale_cache(forward, SOURCES)
-drop_stale_cache(reverse, SOURCES)
+    os.path.join(_HERE, f) for f in ("sweep.py", "_jit.py", "opcodes.py", "fit.py", "optim.py",
+                                     "tangent.py")]
+_digest_value = None
+
+
+def _digest():
+    """sha256 of every file whose code the interpreters compile (inlined kernels, called
+    functions, the loop templates), read once per process."""
+    global _digest_value
+    if _digest_value is None:
+        h = hashlib.sha256()
+        for f in sorted(SOURCES):
+            with open(f, "rb") as fh:
+                h.update(fh.read())
+        _digest_value = h.hexdigest()[:16]
+    return _digest_value
+
+
+_modules = {}            # frozenset of opcodes -> generated module
+_lock = threading.Lock()
+MAX_SPECIALISED = 4      # specialised interpreters a process compiles before using the full one
+
+
+def interpreter(ops):
+    """The module of interpreters for the opcodes ``ops`` (generated, written and imported
+    once per process; numba compiles each function on its first call, or loads it from the
+    disk cache)."""
+    key = frozenset(int(o) for o in ops)
+    mod = _modules.get(key)
+    if mod is not None:
+        return mod
+    with _lock:
+        mod = _modules.get(key)
+        if mod is None:
+            mod = _modules[key] = _load(source(key))
+    return mod
+
+
+_scratch = []
+
+
+def _scratch_dir():
+    """A directory for this process's generated modules when the cache locations are not
+    writable (removed at exit; numba then compiles them in every process)."""
+    if not _scratch:
+        _scratch.append(tempfile.mkdtemp(prefix="tapegrad-"))
+        atexit.register(shutil.rmtree, _scratch[0], True)
+    return _scratch[0]
+
+
+def _load(text):
+    """Write ``text`` to its file (named by its hash) unless there, and import it."""
+    name = "tg_sweep_" + hashlib.sha256(text.encode()).hexdigest()[:20]
+    path = None
+    for where in (generated_dir(), None):
+        try:
+            d = where or _scratch_dir()
+            os.makedirs(d, exist_ok=True)
+            path = os.path.join(d, name + ".py")
+            if not os.path.exists(path):  # written whole, then renamed: readers never see half
+                tmp = f"{path}.{os.getpid()}.{threading.get_ident()}.tmp"
+                with open(tmp, "w") as fh:
+                    fh.write(text)
+                os.replace(tmp, path)
+            break
+        except OSError:
+            continue
+    spec = importlib.util.spec_from_file_location("tapegrad._generated." + name, path)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _ready(dispatcher, dtype):
+    """Whether ``dispatcher`` runs float ``dtype`` arenas without compiling: compiled in this
+    process, or in numba's disk cache."""
+    want = f"array({np.dtype(dtype).name}, 1d, C)"
+    if any(str(sig[4]) == want for sig in getattr(dispatcher, "signatures", ())):
+        return True
+    try:
+        index = dispatcher._cache._cache_file._load_index()
+        return any(str(key[0][4]) == want for key in index)
+    except Exception:  # no cache (NUMBA_DISABLE_JIT, unwritable) or numba's internals changed
+        return False
+
+
+def for_ops(ops, dtype):
+    """The interpreters to run a tape of opcodes ``ops`` with ``dtype`` arenas: the full set's
+    when they are ready (compiled or cached) or when this process has already generated
+    ``MAX_SPECIALISED`` others, else those of exactly ``ops``."""
+    full = interpreter(ALL_OPS)
+    key = frozenset(int(o) for o in ops)
+    if key == ALL_OPS or key in _modules:
+        return _modules.get(key, full)
+    if _ready(full.forward, dtype) or len(_modules) > MAX_SPECIALISED:
+        return full
+    return interpreter(key)

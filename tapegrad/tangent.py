@@ -15,17 +15,20 @@ without a tangent path (comparisons, guards, ONEHOT, anything that depends only 
 constants) never run, so their outputs keep the zero tangent. Like the other sweeps it
 trusts the tape arrays, which ``Tape._seal`` has validated.
 
+The sweep is generated per opcode set with the value sweeps (``tapegrad.sweep``) from the
+table ``TANGENT`` below: one row per opcode, the source of its branch.
+
 ``tangents(ys, seeds)`` runs it on a tape; ``tapegrad.forward`` builds ``tg.jvp`` and
 ``tg.jacfwd`` on it.
 """
-import glob
 import os
 
 import numpy as np
 
-from ._jit import drop_stale_cache, jit
+from ._jit import announce_compile, drop_stale_cache, jit
 from .errors import ShapeError, TapegradError, user_site
 from .opcodes import A0, DIFFERENTIABLE, N_IN, OP, OUT, X, Y, Z, Op
+# the kernels and rules the rows of TANGENT call (in the generated sweep)
 from .ops.elementwise import add_fwd, neg_fwd, sub_fwd
 from .ops.immediate import divc_fwd, mulc_fwd
 from .ops.reduce import sum_fwd
@@ -34,15 +37,76 @@ from .ops.gather import gather_fwd, scatter_add_fwd
 from .ops.tangents import (binary_tan, cholesky_tan, conv_tan, cross_entropy_tan,
                            log_softmax_tan, logsumexp_tan, matmul_tan, max_tan, slogdet_tan,
                            softmax_tan, solve_tan, unary_tan, where_tan, zero_tan)
-from .sweep import BAD_INDEX, BAD_LABEL, OK, _offset
 
 MAX_TANGENT_ELEMENTS = 2 ** 23  # tangent arena elements per sweep (64 MB in float64)
 
 
+# One row per opcode: the source of its branch in the tangent sweep (``tapegrad.sweep``
+# generates the sweep with the rows of a tape's opcodes, beside the value sweeps). A row may
+# use the arenas ``val`` and ``tan``, the value offsets ``x y z ans`` and the tangent offsets
+# ``tx ty tz tans`` (np.uint64), the output size ``n``, the directions ``D`` (np.uint64) and
+# ``Di`` (int64), ``dx`` / ``dy`` (input x / y carries a tangent), the attributes ``a0 ..
+# a5``, ``imm[k]``, the scratch ``acc`` and every rule imported above.
+_UNARY = "unary_tan(op, val, tan, x, ans, tx, tans, n, D, imm[k])"
+_BINARY = "binary_tan(op, val, tan, x, y, ans, tx, ty, tans, n, D, dx, dy)"
+_CONV = """
+        conv_tan(op, val, tan, x, y, ans, D, np.int64(bsize[instr[k, X]]),
+                 np.int64(bsize[instr[k, Y]]), np.int64(n), a0, a1, a2, a3, a4, a5, dx, dy)"""
+_SOLVE = """
+        solve_tan(val, tan, np.int64(x), np.int64(y), np.int64(ans), Di, a0, a1, a2,
+                  (a3, a4, a5), op == Op.TRISOLVE, dx, dy)"""
+TANGENT = {
+    # linear elementwise ops: their forward kernels on the tangents, n*D numbers
+    Op.NEG: "neg_fwd(tan, tx, tans, n * D, 0.0)",
+    Op.RSUBC: "neg_fwd(tan, tx, tans, n * D, 0.0)",
+    Op.ADDC: "mulc_fwd(tan, tx, tans, n * D, 1.0)",
+    Op.MULC: "mulc_fwd(tan, tx, tans, n * D, imm[k])",
+    Op.DIVC: "divc_fwd(tan, tx, tans, n * D, imm[k])",
+    **{op: _UNARY for op in (Op.EXP, Op.LOG, Op.SQRT, Op.SIN, Op.COS, Op.TANH, Op.SIGMOID,
+                             Op.RELU, Op.LEAKY_RELU, Op.ABS, Op.SQUARE, Op.POWC, Op.RDIVC,
+                             Op.RPOWC)},
+    Op.ADD: "add_fwd(tan, tx, ty, tans, n * D)",
+    Op.SUB: "sub_fwd(tan, tx, ty, tans, n * D)",
+    **{op: _BINARY for op in (Op.MUL, Op.DIV, Op.POW, Op.MAXIMUM, Op.MINIMUM)},
+    **{op: "zero_tan(tan, tans, n, D)" for op in (Op.GT, Op.GE, Op.LT, Op.LE, Op.EQ, Op.NE,
+                                                  Op.ONEHOT)},
+    Op.WHERE: "where_tan(val, tan, x, ty, tz, tans, n, D)",
+    # linear ops: the forward kernel on the tangents, seen as (A, n, B*D)
+    Op.EXPAND: "expand_fwd(tan, tx, tans, a0, a1, a2 * Di)",
+    Op.SLICE: "slice_fwd(tan, tx, tans, a0, a1, a2 * Di, a3, a4, a5)",
+    Op.PLACE: "place_fwd(tan, tx, tans, a0, a1, a2 * Di, a3, a4)",
+    Op.UNSLICE: "unslice_fwd(tan, tx, tans, a0, a1, a2 * Di, a3, a4, a5)",
+    Op.TRANSPOSE: "transpose_fwd(tan, tx, tans, a0, a1, a2, a3 * Di)",
+    Op.SUM: "sum_fwd(tan, tx, tans, a0, a1, a2 * Di)",
+    Op.MAX: "max_tan(val, tan, x, ans, tx, tans, a0, a1, a2, D)",
+    Op.LOGSUMEXP: "logsumexp_tan(val, tan, x, ans, tx, tans, a0, a1, a2, D)",
+    Op.SOFTMAX: "softmax_tan(val, tan, ans, tx, tans, a0, a1, a2, D, acc)",
+    Op.LOG_SOFTMAX: "log_softmax_tan(val, tan, ans, tx, tans, a0, a1, a2, D, acc)",
+    Op.MATMUL: """
+        matmul_tan(val, tan, np.int64(x), np.int64(y), np.int64(ans), D, a0, a1, a2, a3,
+                   a4, a5, dx, dy)""",
+    Op.CROSS_ENTROPY: """
+        if not cross_entropy_tan(val, tan, x, y, ans, tx, tans, a0, a1, D):
+            return BAD_LABEL, k""",
+    Op.GATHER: """
+        if not gather_fwd(tan, val, tx, y, tans, a0, a1, a2 * Di, a3):  # linear in x
+            return BAD_INDEX, k""",
+    Op.SCATTER_ADD: """
+        if not scatter_add_fwd(tan, val, tx, y, tans, a0, a1, a2 * Di, a3):
+            return BAD_INDEX, k""",
+    Op.SOLVE: _SOLVE,
+    Op.TRISOLVE: _SOLVE,
+    Op.CHOLESKY: "cholesky_tan(val, tan, np.int64(x), np.int64(ans), Di, a0, a1)",
+    Op.SLOGDET: "slogdet_tan(val, tan, np.int64(x), np.int64(ans), Di, a0, a1, a2)",
+    **{op: _CONV for op in (Op.CONV2D, Op.CONV2D_GRAD_X, Op.CONV2D_GRAD_W, Op.MAX_POOL2D,
+                            Op.MAX_UNPOOL2D)},
+    # no tangent path (the mask never runs them): the draws, the counter, guards
+    **{op: "pass" for op in (Op.TICK, Op.RAND, Op.RANDN, Op.GUARD)},
+}
+
+LOOP = """
 @jit
 def tangent(instr, imm, boff, bsize, val, tan, ndir, mask):
-    """The tangent sweep: ``ndir`` directions per value in ``tan`` (``ndir * len(val)``
-    elements, directions innermost: see ``tapegrad.ops.tangents``)."""
     D = np.uint64(ndir)
     Di = np.int64(ndir)
     acc = np.zeros(ndir, np.float64)  # scratch of the normalisations
@@ -50,82 +114,13 @@ def tangent(instr, imm, boff, bsize, val, tan, ndir, mask):
         m = mask[k]
         if m & 1 == 0:
             continue
-        dx, dy = m & 2 != 0, m & 4 != 0
-        op = instr[k, OP]
-        ans, n = np.uint64(boff[instr[k, OUT]]), np.uint64(bsize[instr[k, OUT]])
-        x, y, z = _offset(boff, instr[k, X]), _offset(boff, instr[k, Y]), _offset(boff, instr[k, Z])
+        dx, dy = m & 2 != 0, m & 4 != 0{preamble}
         tx, ty, tz, tans = x * D, y * D, z * D, ans * D
-        a0, a1, a2 = np.int64(instr[k, A0]), np.int64(instr[k, A0 + 1]), np.int64(instr[k, A0 + 2])
-        a3, a4, a5 = np.int64(instr[k, A0 + 3]), np.int64(instr[k, A0 + 4]), np.int64(instr[k, A0 + 5])
-        # linear elementwise ops: their forward kernels on the tangents, n*D numbers
-        if op == Op.NEG or op == Op.RSUBC:
-            neg_fwd(tan, tx, tans, n * D, 0.0)
-        elif op == Op.ADDC:
-            mulc_fwd(tan, tx, tans, n * D, 1.0)
-        elif op == Op.MULC:
-            mulc_fwd(tan, tx, tans, n * D, imm[k])
-        elif op == Op.DIVC:
-            divc_fwd(tan, tx, tans, n * D, imm[k])
-        elif op < Op.ADD:
-            unary_tan(op, val, tan, x, ans, tx, tans, n, D, imm[k])
-        elif op == Op.ADD:
-            add_fwd(tan, tx, ty, tans, n * D)
-        elif op == Op.SUB:
-            sub_fwd(tan, tx, ty, tans, n * D)
-        elif op < Op.GT:
-            binary_tan(op, val, tan, x, y, ans, tx, ty, tans, n, D, dx, dy)
-        elif op < Op.WHERE:  # comparisons
-            zero_tan(tan, tans, n, D)
-        elif op == Op.WHERE:
-            where_tan(val, tan, x, ty, tz, tans, n, D)
-        # linear ops: the forward kernel on the tangents, seen as (A, n, B*D)
-        elif op == Op.EXPAND:
-            expand_fwd(tan, tx, tans, a0, a1, a2 * Di)
-        elif op == Op.SLICE:
-            slice_fwd(tan, tx, tans, a0, a1, a2 * Di, a3, a4, a5)
-        elif op == Op.PLACE:
-            place_fwd(tan, tx, tans, a0, a1, a2 * Di, a3, a4)
-        elif op == Op.UNSLICE:
-            unslice_fwd(tan, tx, tans, a0, a1, a2 * Di, a3, a4, a5)
-        elif op == Op.TRANSPOSE:
-            transpose_fwd(tan, tx, tans, a0, a1, a2, a3 * Di)
-        elif op == Op.SUM:
-            sum_fwd(tan, tx, tans, a0, a1, a2 * Di)
-        elif op == Op.MAX:
-            max_tan(val, tan, x, ans, tx, tans, a0, a1, a2, D)
-        elif op == Op.LOGSUMEXP:
-            logsumexp_tan(val, tan, x, ans, tx, tans, a0, a1, a2, D)
-        elif op == Op.SOFTMAX:
-            softmax_tan(val, tan, ans, tx, tans, a0, a1, a2, D, acc)
-        elif op == Op.LOG_SOFTMAX:
-            log_softmax_tan(val, tan, ans, tx, tans, a0, a1, a2, D, acc)
-        elif op == Op.MATMUL:
-            matmul_tan(val, tan, np.int64(x), np.int64(y), np.int64(ans), D, a0, a1, a2, a3,
-                       a4, a5, dx, dy)
-        elif op == Op.CROSS_ENTROPY:
-            if not cross_entropy_tan(val, tan, x, y, ans, tx, tans, a0, a1, D):
-                return BAD_LABEL, k
-        elif op == Op.ONEHOT:
-            zero_tan(tan, tans, n, D)
-        elif op == Op.GATHER:  # linear in x: the kernel on the tangents, indices from val
-            if not gather_fwd(tan, val, tx, y, tans, a0, a1, a2 * Di, a3):
-                return BAD_INDEX, k
-        elif op == Op.SCATTER_ADD:
-            if not scatter_add_fwd(tan, val, tx, y, tans, a0, a1, a2 * Di, a3):
-                return BAD_INDEX, k
-        elif op == Op.SOLVE or op == Op.TRISOLVE:
-            solve_tan(val, tan, np.int64(x), np.int64(y), np.int64(ans), Di, a0, a1, a2,
-                      (a3, a4, a5), op == Op.TRISOLVE, dx, dy)
-        elif op == Op.CHOLESKY:
-            cholesky_tan(val, tan, np.int64(x), np.int64(ans), Di, a0, a1)
-        elif op == Op.SLOGDET:
-            slogdet_tan(val, tan, np.int64(x), np.int64(ans), Di, a0, a1, a2)
-        elif (op == Op.CONV2D or op == Op.CONV2D_GRAD_X or op == Op.CONV2D_GRAD_W
-              or op == Op.MAX_POOL2D or op == Op.MAX_UNPOOL2D):
-            conv_tan(op, val, tan, x, y, ans, D, np.int64(bsize[instr[k, X]]),
-                     np.int64(bsize[instr[k, Y]]), np.int64(n), a0, a1, a2, a3, a4, a5, dx, dy)
-        # GUARD: no value, no tangent
+{branches}
+        else:
+            return UNKNOWN_OP, k
     return OK, 0
+"""
 
 
 @jit
@@ -150,10 +145,8 @@ def tangent_mask(instr, n_in, differentiable, base, varied, needed):
 
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
-SOURCES = sorted(glob.glob(os.path.join(_HERE, "ops", "*.py"))) + [
-    os.path.join(_HERE, f) for f in ("tangent.py", "sweep.py", "_jit.py", "opcodes.py")]
-drop_stale_cache(tangent, SOURCES)
-drop_stale_cache(tangent_mask, SOURCES)
+drop_stale_cache(tangent_mask, [os.path.join(_HERE, f) for f in ("tangent.py", "_jit.py",
+                                                                 "opcodes.py")])
 
 
 # -------------------------------------------------------------------------------- on a tape
@@ -169,6 +162,8 @@ def _mask(tape, outs, seeded):
 def _run(tape, tan, ndir, mask):
     """The tangent sweep over ``tape``'s current values; ``tan`` (flat, ``ndir * len(val)``
     elements) holds the seeds and zeros elsewhere."""
+    tangent = tape._interpreters().tangent
+    announce_compile(tangent)
     status, k = tangent(tape._instr, tape._imm, tape._boff, tape._bsize, tape._val,
                         tan[: ndir * tape._val.shape[0]], np.int64(ndir), mask)
     if status:

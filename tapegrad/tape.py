@@ -296,7 +296,7 @@ class Tape:
 
     def _site(self, k):
         """``file:line`` that recorded instruction ``k``."""
-        self._flush()
+        self._flush(evaluate=False)  # the rows only: an error names a site while flushing
         return site_text(int(self._src[k]))
 
     def _check_name(self, name):
@@ -383,13 +383,18 @@ class Tape:
             k = self._n - 1
             status, at = self._flush(check=True)
             if status:
-                self._n = self._nf = self._done = k  # the failing op is the last one
+                self._drop_from(k)  # the failing op is the last one
                 raise self._status_error(status, k)
             if fold:
-                self._n = self._nf = self._done = k
+                self._drop_from(k)
                 self._kind[out] = CONST
                 self._in_order = False
         return out
+
+    def _drop_from(self, k):
+        """Forget instructions ``k..``: evaluated and folded into a constant, or failed."""
+        self._n = self._nf = self._done = k
+        self._opset_n = min(self.__dict__.get("_opset_n", 0), k)  # row k will be another op
 
     def _flush_buffers(self):
         p = self._pbuf
@@ -429,9 +434,10 @@ class Tape:
         k0, k1 = self._done, self._nf
         if k0 < k1 and evaluate:
             nb = self._nbf
-            announce_compile(_sweep.forward)
-            status, k = _sweep.forward(self._instr[k0:k1], self._imm[k0:k1], self._boff[:nb],
-                                      self._bsize[:nb], self._val, _ones(k1 - k0), False)
+            forward = self._interpreters().forward
+            announce_compile(forward)
+            status, k = forward(self._instr[k0:k1], self._imm[k0:k1], self._boff[:nb],
+                                self._bsize[:nb], self._val, _ones(k1 - k0), 0)
             if status:
                 if not check:
                     raise self._status_error(status, k0 + k)
@@ -439,6 +445,19 @@ class Tape:
                 return status, k0 + k
             self._done = k1
         return 0, 0
+
+    def _interpreters(self):
+        """The compiled interpreters for the opcodes of the instructions flushed so far
+        (``tapegrad.sweep.for_ops``), looked up again only when new opcodes appear."""
+        d = self.__dict__
+        seen, n = d.get("_opset", frozenset()), d.get("_opset_n", 0)
+        if n < self._nf or "_interp" not in d:
+            if n < self._nf:
+                seen = seen | frozenset(np.unique(self._instr[n:self._nf, OP]).tolist())
+            if seen != d.get("_opset") or "_interp" not in d:
+                self._interp = _sweep.for_ops(seen, self.dtype)
+            self._opset, self._opset_n = seen, self._nf
+        return self._interp
 
     def _dirty(self):
         self._sealed = False
@@ -578,9 +597,10 @@ class Tape:
                                            for v in outputs])
             if self._unfed:
                 self._refuse_unfed("forward()", mask)
-            announce_compile(_sweep.forward)
-            status, k = _sweep.forward(self._instr, self._imm, self._boff, self._bsize,
-                                      self._val, mask, bool(check_finite))
+            forward = self._interpreters().forward
+            announce_compile(forward)
+            status, k = forward(self._instr, self._imm, self._boff, self._bsize, self._val,
+                                mask, 1 if check_finite else 0)
             if status:
                 raise self._failed(status, k, "values")
             if outputs is None:
@@ -671,9 +691,10 @@ class Tape:
             self._grad[self._boff[b]] = 1.0
         else:
             self._view(self._grad, b)[...] = seed
-        announce_compile(_sweep.reverse)
-        status, k = _sweep.reverse(self._instr, self._imm, self._boff, self._bsize, self._val,
-                                  self._grad, self._reverse_mask(b), 0)
+        reverse = self._interpreters().reverse
+        announce_compile(reverse)
+        status, k = reverse(self._instr, self._imm, self._boff, self._bsize, self._val,
+                            self._grad, self._reverse_mask(b), 0)
         if status:
             raise self._failed(status, k, "grads")
         if self._broken:

@@ -15,7 +15,7 @@ import os
 
 import numpy as np
 
-from ._jit import drop_stale_cache, jit
+from ._jit import drop_stale_cache, jit, kernel
 from .errors import TapeFormatError
 from .opcodes import A0, N_IN, OP, OPS, OUT, WIDTH, X, Op
 
@@ -46,7 +46,7 @@ REASONS = [
 _BIG = 2.0 ** 62  # no buffer is this large: a product beyond it matches no size
 
 
-@jit
+@kernel
 def _prod(a, b, c, d):
     """a*b*c*d of non-negative ints, or -1 if it exceeds 2**62 (then it matches no size)."""
     if float(a) * float(b) * float(c) * float(d) >= _BIG:
@@ -174,15 +174,34 @@ def check_instructions(instr, bsize, n_in):
                 return k, 19
         elif (op == Op.CONV2D or op == Op.CONV2D_GRAD_X or op == Op.CONV2D_GRAD_W
               or op == Op.MAX_POOL2D or op == Op.MAX_UNPOOL2D):
-            r = _check_conv(op, out, i0, i1, a0, a1, a2, a3, a4, a5)
-            if r:
-                return k, r
+            continue  # check_conv_instructions, compiled only for tapes that hold these
         else:
             return k, 16
     return -1, 0
 
 
+_CONV_OPS = (Op.CONV2D, Op.CONV2D_GRAD_X, Op.CONV2D_GRAD_W, Op.MAX_POOL2D, Op.MAX_UNPOOL2D)
+assert _CONV_OPS == tuple(range(Op.CONV2D, Op.CONV2D + 5)), "numbered in a row"
+
+
 @jit
+def check_conv_instructions(instr, bsize):
+    """``(k, reason)`` of the first bad convolution or pooling instruction, ``(-1, 0)`` if all
+    are good; run after ``check_instructions`` (which checked every buffer index)."""
+    for k in range(instr.shape[0]):
+        op = np.int64(instr[k, OP])
+        if (op == Op.CONV2D or op == Op.CONV2D_GRAD_X or op == Op.CONV2D_GRAD_W
+                or op == Op.MAX_POOL2D or op == Op.MAX_UNPOOL2D):
+            r = _check_conv(op, bsize[instr[k, OUT]], bsize[instr[k, X]], bsize[instr[k, X + 1]],
+                            np.int64(instr[k, A0]), np.int64(instr[k, A0 + 1]),
+                            np.int64(instr[k, A0 + 2]), np.int64(instr[k, A0 + 3]),
+                            np.int64(instr[k, A0 + 4]), np.int64(instr[k, A0 + 5]))
+            if r:
+                return k, r
+    return -1, 0
+
+
+@kernel
 def _check_conv(op, out, i0, i1, a0, a1, a2, a3, a4, a5):
     """0, or the reason an instruction of ``tapegrad.ops.conv`` is bad: its attributes (conv
     C O (H,W) (kh,kw) (sh,sw) (ph,pw); pool H W kh kw (sh,sw) (ph,pw), pairs h | w << 15)
@@ -258,7 +277,11 @@ def validate_tape_arrays(instr, imm, boff, bsize, shapes, arena_size):
                                       f"{bsize[b]}")
     if n == 0:
         return
-    k, reason = check_instructions(np.ascontiguousarray(instr), bsize, N_IN)
+    instr = np.ascontiguousarray(instr)
+    k, reason = check_instructions(instr, bsize, N_IN)
+    ops = instr[:, OP]
+    if k < 0 and ((ops >= _CONV_OPS[0]) & (ops <= _CONV_OPS[-1])).any():
+        k, reason = check_conv_instructions(instr, bsize)
     if k >= 0:
         row = [int(v) for v in instr[k]]
         op = row[OP]
@@ -273,6 +296,6 @@ def validate_tape_arrays(instr, imm, boff, bsize, shapes, arena_size):
 
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
-for _f in (_prod, check_buffers, check_instructions, _check_conv):
+for _f in (check_buffers, check_instructions, check_conv_instructions):
     drop_stale_cache(_f, [os.path.join(_HERE, f) for f in ("validate.py", "opcodes.py",
                                                             "_jit.py")])

@@ -140,9 +140,10 @@ def test_installed_package_caches_outside_site_packages_and_reinstalls_editable(
     assert "compiling" not in warm.stderr, warm.stderr
     compiled = [p for p in (site / "tapegrad").rglob("*") if p.suffix in (".nbi", ".nbc")]
     assert compiled == [], f"numba cache files inside site-packages: {compiled}"
-    user = list((xdg / "tapegrad").rglob("sweep.forward-*.nbi"))
+    user = list((xdg / "tapegrad").rglob("tg_sweep_*.forward-*.nbi"))  # sweep.py's modules
     assert len(user) == 1, list(xdg.rglob("*"))
-    assert user[0].parent.name.startswith(f"{tapegrad.__version__}-py")
+    assert user[0].relative_to(xdg / "tapegrad").parts[0].startswith(
+        f"{tapegrad.__version__}-py")
 
     _pip(py, "uninstall", "-y", "-q", "tapegrad")
     assert not (site / "tapegrad").exists(), list((site / "tapegrad").rglob("*"))
@@ -247,13 +248,16 @@ def test_unwritable_cache_locations_run_uncached_with_one_warning(tmp_path):
 
 def test_a_source_checkout_caches_in_tree():
     assert not _jit.INSTALLED   # the tests run from a checkout (or an editable install)
-    from tapegrad.sweep import forward
+    from tapegrad import sweep
+    from tapegrad.validate import check_instructions
     where = os.environ.get("NUMBA_CACHE_DIR")
-    path = pathlib.Path(forward.stats.cache_path)
+    path = pathlib.Path(check_instructions.stats.cache_path)
+    generated = pathlib.Path(sweep.interpreter([]).forward.stats.cache_path)
     if where:
-        assert pathlib.Path(where) in path.parents
+        assert pathlib.Path(where) in path.parents and pathlib.Path(where) in generated.parents
     else:
         assert path == ROOT / "tapegrad" / "__pycache__"
+        assert generated == ROOT / "tapegrad" / "__pycache__" / "generated" / "__pycache__"
 
 
 def test_user_cache_dir_follows_xdg(monkeypatch, tmp_path):

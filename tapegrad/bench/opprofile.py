@@ -28,15 +28,15 @@ def _cpu_us(f, reps, rounds=5):
 def op_profile(tape, loss, reps=200):
     """Rows ``(name, count, fwd_us, rev_us, note)`` per opcode of ``tape``, largest first,
     and the whole sweeps' ``(fwd_us, rev_us)``."""
-    from tapegrad import sweep
     from tapegrad.opcodes import A0, OP, Op
     tape.forward()
     loss.backward()
     fm, rm = tape._forward_mask([loss._b]), tape._reverse_mask(loss._b)
     args = (tape._instr, tape._imm, tape._boff, tape._bsize, tape._val)
+    sweep = tape._interpreters()
 
     def fwd(mask):
-        return lambda: sweep.forward(*args, mask, False)
+        return lambda: sweep.forward(*args, mask, 0)
 
     def rev(mask):
         return lambda: sweep.reverse(*args, tape._grad, mask, 0)

@@ -1,0 +1,108 @@
+"""The interpreters generated per opcode set (tapegrad/sweep.py): a module holds the branches
+of exactly the opcodes asked for, replays bit for bit as the interpreter of every opcode does,
+refuses an opcode it was not generated for, is named by its text (an edited kernel gets a
+new module and a new cache entry), and a process falls back to the full interpreter once it
+has generated ``MAX_SPECIALISED`` others."""
+import re
+
+import numpy as np
+import pytest
+
+import tapegrad as tg
+from tapegrad import sweep
+from tapegrad.opcodes import OP, Op
+
+
+def _model(dtype=np.float64):
+    tape = tg.Tape(dtype=dtype)
+    rng = np.random.default_rng(0)
+    w = tape.param(rng.normal(size=(3, 4)), name="w")
+    b = tape.param(rng.normal(size=4), name="b")
+    x = tape.input("x", value=rng.normal(size=(5, 3)))
+    h = tg.tanh(x @ w + b)
+    loss = (h * h).mean() + 0.5 * tg.sigmoid(h).sum()
+    return tape, loss
+
+
+def _opset(tape):
+    tape._seal()
+    return frozenset(np.unique(tape._instr[:, OP]).tolist())
+
+
+def test_a_module_holds_the_branches_of_its_opcodes_only():
+    text = sweep.source({Op.MUL, Op.CROSS_ENTROPY})
+    fwd = text.split("def forward")[1].split("def reverse")[0]
+    rev = text.split("def reverse")[1].split("def tangent")[0]
+    for part in (fwd, rev):
+        assert re.findall(r"op == (\d+):", part) == [str(int(Op.MUL)), str(int(Op.CROSS_ENTROPY))]
+    assert "mul_fwd(" in fwd and "cross_entropy_fwd(" in fwd and "tanh_fwd(" not in fwd
+    assert "def train_steps" in text   # tg.fit's loop, calling this module's sweeps
+    tan = text.split("def tangent")[1].split("def train_steps")[0]
+    assert re.findall(r"op == (\d+):", tan) == [str(int(Op.MUL)), str(int(Op.CROSS_ENTROPY))]
+
+
+def test_every_opcode_has_its_three_rows():
+    from tapegrad.tangent import TANGENT
+    assert set(sweep.FORWARD) == set(sweep.REVERSE) == set(TANGENT) == sweep.ALL_OPS
+    assert sweep.ALL_OPS == {int(o) for o in Op if o != Op.N_OPS}
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_specialised_and_full_interpreters_agree_bit_for_bit(dtype):
+    results = []
+    for ops in ("own", sweep.ALL_OPS):
+        tape, loss = _model(dtype)
+        mod = sweep.interpreter(_opset(tape) if ops == "own" else ops)
+        tape._interp, tape._opset, tape._opset_n = mod, _opset(tape), tape._nf
+        assert tape._interpreters() is mod
+        tape.forward()
+        loss.backward()
+        results.append((tape._val.copy(), tape._grad.copy()))
+    (v1, g1), (v2, g2) = results
+    assert np.array_equal(v1, v2) and np.array_equal(g1, g2)
+    assert np.abs(g1).sum() > 0
+
+
+def test_an_opcode_outside_the_module_is_refused_not_skipped():
+    tape, loss = _model()
+    ops = _opset(tape)
+    mod = sweep.interpreter(ops - {int(Op.TANH)})
+    mask = np.ones(len(tape), np.uint8)
+    status, k = mod.forward(tape._instr, tape._imm, tape._boff, tape._bsize, tape._val, mask, 0)
+    assert status == sweep.UNKNOWN_OP and tape._instr[k, OP] == Op.TANH
+    status, k = mod.reverse(tape._instr, tape._imm, tape._boff, tape._bsize, tape._val,
+                            tape._grad, mask, 0)
+    assert status == sweep.UNKNOWN_OP and tape._instr[k, OP] == Op.TANH
+
+
+def test_the_tape_picks_up_opcodes_recorded_later():
+    tape, loss = _model()
+    tape.forward()
+    before = tape._interpreters()
+    z = tg.exp(loss) * 2.0
+    assert float(z.value) == pytest.approx(2 * np.exp(float(loss.value)))
+    assert int(Op.EXP) in tape._opset
+    with open(tape._interpreters().__file__) as fh:
+        assert "exp_fwd(" in fh.read()
+    assert before.__file__ != tape._interpreters().__file__ or int(Op.EXP) in _opset(tape)
+
+
+def test_module_name_follows_its_text(monkeypatch):
+    ops = {Op.ADD}
+    a = sweep.source(ops)
+    monkeypatch.setattr(sweep, "_digest_value", "0" * 16)  # as if a kernel had changed
+    b = sweep.source(ops)
+    assert a != b
+    assert sweep._load(a).__name__ != sweep._load(b).__name__
+
+
+def test_a_process_falls_back_to_the_full_interpreter(monkeypatch):
+    monkeypatch.setattr(sweep, "MAX_SPECIALISED", 0)
+    monkeypatch.setattr(sweep, "_ready", lambda d, dtype: False)
+    ops = {Op.ADD, Op.SUB, Op.DIVC, Op.ABS}   # a set no other test asks for
+    assert sweep.for_ops(ops, np.float64) is sweep.interpreter(sweep.ALL_OPS)
+    monkeypatch.setattr(sweep, "MAX_SPECIALISED", 10 ** 6)
+    assert sweep.for_ops(ops, np.float64) is sweep.interpreter(ops)
+    monkeypatch.setattr(sweep, "_ready", lambda d, dtype: True)   # the full one is cached
+    other = {Op.ADD, Op.SUB, Op.DIVC, Op.SIN}
+    assert sweep.for_ops(other, np.float64) is sweep.interpreter(sweep.ALL_OPS)
