@@ -494,8 +494,8 @@ class Tape:
         if self._grad.shape[0] != max(total, 1):
             self._grad = np.zeros(max(total, 1), self.dtype)
         self._n_params = self._param_elems
-        announce_compile(_validate.check_instructions)
-        _validate.validate_tape_arrays(instr, self._imm, self._boff, bsize, None, max(total, 1))
+        _validate.validate_tape_arrays(instr, self._imm, self._boff, bsize, None, max(total, 1),
+                                       self._interpreters())
         self._layout += 1
         self._sealed = True
 

@@ -37,13 +37,16 @@ def test_a_module_holds_the_branches_of_its_opcodes_only():
         assert re.findall(r"op == (\d+):", part) == [str(int(Op.MUL)), str(int(Op.CROSS_ENTROPY))]
     assert "mul_fwd(" in fwd and "cross_entropy_fwd(" in fwd and "tanh_fwd(" not in fwd
     assert "def train_steps" in text   # tg.fit's loop, calling this module's sweeps
-    tan = text.split("def tangent")[1].split("def train_steps")[0]
-    assert re.findall(r"op == (\d+):", tan) == [str(int(Op.MUL)), str(int(Op.CROSS_ENTROPY))]
+    tan = text.split("def tangent")[1].split("def check_instructions")[0]
+    check = text.split("def check_instructions")[1].split("def train_steps")[0]
+    for part in (tan, check):
+        assert re.findall(r"op == (\d+):", part) == [str(int(Op.MUL)), str(int(Op.CROSS_ENTROPY))]
 
 
 def test_every_opcode_has_its_three_rows():
     from tapegrad.tangent import TANGENT
-    assert set(sweep.FORWARD) == set(sweep.REVERSE) == set(TANGENT) == sweep.ALL_OPS
+    from tapegrad.validate import CHECKS
+    assert set(sweep.FORWARD) == set(sweep.REVERSE) == set(TANGENT) == set(CHECKS) == sweep.ALL_OPS
     assert sweep.ALL_OPS == {int(o) for o in Op if o != Op.N_OPS}
 
 
@@ -73,6 +76,16 @@ def test_an_opcode_outside_the_module_is_refused_not_skipped():
     status, k = mod.reverse(tape._instr, tape._imm, tape._boff, tape._bsize, tape._val,
                             tape._grad, mask, 0)
     assert status == sweep.UNKNOWN_OP and tape._instr[k, OP] == Op.TANH
+
+
+def test_validation_refuses_an_opcode_outside_the_module():
+    from tapegrad.validate import N_IN
+    tape, loss = _model()
+    ops = _opset(tape)
+    mod = sweep.interpreter(ops - {int(Op.TANH)})
+    k, reason = mod.check_instructions(tape._instr, tape._bsize, N_IN)
+    assert reason == 1 and tape._instr[k, OP] == Op.TANH   # "unknown opcode"
+    assert sweep.interpreter(ops).check_instructions(tape._instr, tape._bsize, N_IN) == (-1, 0)
 
 
 def test_the_tape_picks_up_opcodes_recorded_later():
