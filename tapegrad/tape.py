@@ -522,10 +522,12 @@ class Tape:
             self._boff, self._bsize = self._boff[:nb], self._bsize[:nb]
             self._bsite = self._bsite[:nb]
         instr, bsize = self._instr, self._bsize
-        base = np.arange(nb, dtype=np.int64)
         if self._alias:
+            base = np.arange(nb, dtype=np.int64)
             base[np.fromiter(self._alias.keys(), np.int64, len(self._alias))] = \
                 np.fromiter(self._alias.values(), np.int64, len(self._alias))
+        else:
+            base = _identity(nb)  # shared, never written: every buffer is a root
         if not self._in_order:
             self._relayout(base)
         self._base = base
@@ -585,9 +587,11 @@ class Tape:
         mask = self._rev_masks.get(seed)
         if mask is None:
             varied = np.zeros(max(self._nbuf, 1), np.uint8)
-            leaves = self._params + sorted(self._requires_grad)
+            leaves = self._params
+            if self._requires_grad:
+                leaves = leaves + sorted(self._requires_grad)
             if leaves:
-                varied[self._base[leaves]] = 1
+                varied[leaves] = 1  # parameters and inputs are root buffers
             mask = self._rev_masks[seed] = _activity.reverse_mask(
                 self._instr, N_IN, DIFFERENTIABLE, self._base, varied, seed)
             self._varied = varied  # completed by the pass: every buffer with a gradient
@@ -633,7 +637,8 @@ class Tape:
         """
         with self.lock:
             self._seal(evaluate=outputs is not None)
-            self._feed(feeds)
+            if feeds:
+                self._feed(feeds)
             if outputs is None:
                 mask = self._all_mask()
             else:
@@ -719,7 +724,7 @@ class Tape:
         if self._unfed:
             self._refuse_unfed("backward()", self._forward_mask([b]))
         if grad_output is None:
-            if self._bsize[b] != 1:
+            if _size(self._shape[b], "") != 1:
                 raise TapegradError(f"backward() of {var._describe()} needs grad_output: only "
                                     f"a Var of size 1 has an implicit gradient of 1 "
                                     f"({user_site()})")
@@ -958,6 +963,18 @@ def _as_ints(items, code):
 def _as_floats(items):
     """A list of Python floats as a read-only float64 ndarray."""
     return np.frombuffer(struct.pack(f"{len(items)}d", *items), np.float64)
+
+
+_IDENTITY = np.arange(FLUSH_EVERY, dtype=np.int64)
+
+
+def _identity(m):
+    """The int64 array ``0 .. m-1`` (a view of a shared array, grown as needed: never write
+    into it)."""
+    global _IDENTITY
+    if _IDENTITY.shape[0] < m:
+        _IDENTITY = np.arange(max(m, 2 * _IDENTITY.shape[0]), dtype=np.int64)
+    return _IDENTITY[:m]
 
 
 def _ones(m):
