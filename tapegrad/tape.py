@@ -31,6 +31,7 @@ import copy
 import operator
 import os
 import threading
+import _thread
 import struct
 
 import numpy as np
@@ -51,6 +52,8 @@ _GUARD = int(Op.GUARD)                  # never folded
 _PAD_IN = ((-1, -1, -1), (-1, -1), (-1,), ())
 _SIZES = {(): 1}             # shape -> number of elements, for shapes already seen
 _new_object = object.__new__
+_F64 = np.dtype(np.float64)
+_INT_DTYPES = {"i": np.dtype(np.int32), "q": np.dtype(np.int64)}
 
 # the arrays of an empty tape (never written: the first append reallocates)
 _EMPTY_INSTR = np.zeros((0, WIDTH), np.int32)
@@ -119,7 +122,7 @@ class Tape:
     """
 
     def __init__(self, dtype=np.float64, seed=None):
-        dtype = np.dtype(dtype)
+        dtype = _F64 if dtype is np.float64 else np.dtype(dtype)
         if dtype not in (np.float64, np.float32):
             raise TapegradError(f"Tape(dtype={dtype}): only float64 and float32 are supported")
         if seed is not None and (not isinstance(seed, (int, np.integer))
@@ -165,7 +168,7 @@ class Tape:
         self._requires_grad = set()
         self._varied = None       # after a reverse sweep: uint8 per root buffer, 1 if it has a
                                   # gradient (depends on a param or a requires_grad input)
-        self.lock = threading.RLock()  # held by every replay; hold it to make several atomic
+        self.lock = _thread.RLock()  # held by every replay; hold it to make several atomic
         self._broken = {}         # "values"/"grads" -> error of the replay that left them half-done
         self._unfed = set()       # inputs never fed nor given a value (tg.fit refuses them)
 
@@ -460,6 +463,8 @@ class Tape:
     def _flush(self, check=False, evaluate=True):
         """Move pending rows into the arrays and (``evaluate``) run every instruction not
         yet evaluated, in one compiled call. Returns the sweep's ``(status, k)``."""
+        if self._done == self._n and not self._pbuf:  # nothing pending (a sealed tape read)
+            return 0, 0
         self._flush_buffers()
         if self._pimm:
             k0, m = self._nf, len(self._pimm)
@@ -590,8 +595,11 @@ class Tape:
             leaves = self._params
             if self._requires_grad:
                 leaves = leaves + sorted(self._requires_grad)
-            if leaves:
-                varied[leaves] = 1  # parameters and inputs are root buffers
+            if len(leaves) > 8:  # parameters and inputs are root buffers
+                varied[leaves] = 1
+            else:
+                for b in leaves:
+                    varied[b] = 1
             mask = self._rev_masks[seed] = _activity.reverse_mask(
                 self._instr, N_IN, DIFFERENTIABLE, self._base, varied, seed)
             self._varied = varied  # completed by the pass: every buffer with a gradient
@@ -788,7 +796,7 @@ class Tape:
                 else:
                     r.__dict__[key] = v
             r._grad = np.zeros_like(self._grad)
-            r.lock = threading.RLock()
+            r.lock = _thread.RLock()
             r._origin = self
         return r
 
@@ -956,13 +964,12 @@ _ONES = np.ones(FLUSH_EVERY, np.uint8)
 def _as_ints(items, code):
     """A flat list of Python ints as a read-only int32 (``"i"``) or int64 (``"q"``) ndarray
     (``struct`` packs a list about twice as fast as ``array.fromlist`` or ``np.array``)."""
-    return np.frombuffer(struct.pack(f"{len(items)}{code}", *items),
-                         np.int32 if code == "i" else np.int64)
+    return np.frombuffer(struct.pack(f"{len(items)}{code}", *items), _INT_DTYPES[code])
 
 
 def _as_floats(items):
     """A list of Python floats as a read-only float64 ndarray."""
-    return np.frombuffer(struct.pack(f"{len(items)}d", *items), np.float64)
+    return np.frombuffer(struct.pack(f"{len(items)}d", *items), _F64)
 
 
 _IDENTITY = np.arange(FLUSH_EVERY, dtype=np.int64)
