@@ -51,36 +51,58 @@ class UnknownNameError(TapegradError, KeyError):
         return str(self.args[0]) if self.args else ""
 
 
-_inside = {}      # code filename -> is it a file of the tapegrad package?
-_site_index = {}  # (id(code), line) -> site id
+class _InPackage(dict):
+    """code filename -> is it a file of the tapegrad package (computed once per file)."""
+
+    def __missing__(self, filename):
+        inside = self[filename] = os.path.abspath(filename).startswith(_PKG_DIR + os.sep)
+        return inside
+
+
+_inside = _InPackage()
 _sites = ["<unknown>"]  # site id -> (code, line), or the text itself (loaded tapes)
+_by_code = {}           # id(code) -> {f_lasti: site id}; the code object is kept in _sites
+_last = (None, None)    # the code object of the latest site and its dict: a loop recording
+                        # from one function finds its sites without hashing the code (one
+                        # tuple, replaced whole, so threads recording at once never mix them)
+_by_text = {}           # a loaded site's text -> site id
+_getframe = sys._getframe
 
 
 def site_id():
     """A small integer naming the innermost caller outside the tapegrad package.
 
     Recording keeps this per instruction and per buffer; the ``file:line`` text is made only
-    when an error message or a listing needs it (``site_text``). The code object is kept
-    alive in ``_sites``, so its ``id`` stays unique. The walk starts at the caller's caller:
-    the caller (``Tape._emit`` or ``_new_buffer``) is always inside the package.
+    when an error message or a listing needs it (``site_text``). A site is a call site: the
+    code object and the offset of its call instruction (``f_lasti``: reading it is cheap,
+    computing ``f_lineno`` is not, so the line is computed once per site). The walk starts
+    at the caller of site_id's caller: that caller (``Tape._emit``, ``_rec``,
+    ``_new_buffer``) is a private method, always called from inside the package.
     """
-    f = sys._getframe(2)
-    inside = _inside
-    while f is not None:
-        code = f.f_code
-        fn = code.co_filename
-        i = inside.get(fn)
-        if i is None:
-            i = inside[fn] = os.path.abspath(fn).startswith(_PKG_DIR + os.sep)
-        if not i:
-            key = (id(code), f.f_lineno)
-            s = _site_index.get(key)
-            if s is None:
-                s = _site_index[key] = len(_sites)
-                _sites.append((code, f.f_lineno))
-            return s
+    try:
+        f = _getframe(3)
+    except ValueError:  # a stack that shallow: a recorder called from the top level
+        f = _getframe(2)
+    code = f.f_code
+    while _inside[code.co_filename]:
         f = f.f_back
-    return 0
+        if f is None:
+            return 0
+        code = f.f_code
+    global _last
+    last = _last
+    if code is last[0]:
+        by_lasti = last[1]
+    else:
+        by_lasti = _by_code.get(id(code))
+        if by_lasti is None:  # a new code object: its first site is appended below
+            by_lasti = _by_code[id(code)] = {}
+        _last = (code, by_lasti)
+    s = by_lasti.get(f.f_lasti)
+    if s is None:
+        s = by_lasti[f.f_lasti] = len(_sites)
+        _sites.append((code, f.f_lineno))
+    return s
 
 
 def site_text(s):
@@ -93,22 +115,19 @@ def site_text(s):
 
 def intern_site(text):
     """The site id of a ``file:line`` text (used when loading a saved tape)."""
-    s = _site_index.get(text)
+    s = _by_text.get(text)
     if s is None:
-        s = _site_index[text] = len(_sites)
+        s = _by_text[text] = len(_sites)
         _sites.append(text)
     return s
 
 
 def user_site():
     """``file:line`` of the innermost caller outside the tapegrad package."""
-    f = sys._getframe(1)
+    f = _getframe(1)
     while f is not None:
         fn = f.f_code.co_filename
-        inside = _inside.get(fn)
-        if inside is None:
-            inside = _inside[fn] = os.path.abspath(fn).startswith(_PKG_DIR + os.sep)
-        if not inside:
+        if not _inside[fn]:
             return f"{os.path.basename(fn)}:{f.f_lineno}"
         f = f.f_back
     return "<unknown>"

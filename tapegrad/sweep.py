@@ -393,25 +393,42 @@ def _load(text):
 
 def _ready(dispatcher, dtype):
     """Whether ``dispatcher`` runs float ``dtype`` arenas without compiling: compiled in this
-    process, or in numba's disk cache."""
+    process, or in numba's disk cache (read from disk until it is; then remembered)."""
     want = f"array({np.dtype(dtype).name}, 1d, C)"
-    if any(str(sig[4]) == want for sig in getattr(dispatcher, "signatures", ())):
+    if (dispatcher, want) in _ready_seen:
         return True
-    try:
-        index = dispatcher._cache._cache_file._load_index()
-        return any(str(key[0][4]) == want for key in index)
-    except Exception:  # no cache (NUMBA_DISABLE_JIT, unwritable) or numba's internals changed
-        return False
+    ready = any(str(sig[4]) == want for sig in getattr(dispatcher, "signatures", ()))
+    if not ready:
+        try:
+            index = dispatcher._cache._cache_file._load_index()
+            ready = any(str(key[0][4]) == want for key in index)
+        except Exception:  # no cache (NUMBA_DISABLE_JIT, unwritable) or numba's internals
+            ready = False
+    if ready:
+        _ready_seen.add((dispatcher, want))
+    return ready
+
+
+_ready_seen = set()
+_chosen = {}             # (opcodes, dtype) -> the module for_ops chose
 
 
 def for_ops(ops, dtype):
     """The interpreters to run a tape of opcodes ``ops`` with ``dtype`` arenas: the full set's
     when they are ready (compiled or cached) or when this process has already generated
-    ``MAX_SPECIALISED`` others, else those of exactly ``ops``."""
+    ``MAX_SPECIALISED`` others, else those of exactly ``ops``. Remembered per set and dtype
+    (a tape recorded afresh every step asks each time)."""
+    key = (ops if isinstance(ops, frozenset) else frozenset(ops), np.dtype(dtype).char)
+    mod = _chosen.get(key)
+    if mod is None:
+        mod = _chosen[key] = _choose(key[0], dtype)
+    return mod
+
+
+def _choose(ops, dtype):
     full = interpreter(ALL_OPS)
-    key = frozenset(int(o) for o in ops)
-    if key == ALL_OPS or key in _modules:
-        return _modules.get(key, full)
+    if ops == ALL_OPS or ops in _modules:
+        return _modules.get(ops, full)
     if _ready(full.forward, dtype) or len(_modules) > MAX_SPECIALISED:
         return full
-    return interpreter(key)
+    return interpreter(ops)

@@ -31,7 +31,8 @@ import copy
 import operator
 import os
 import threading
-from array import array
+import _thread
+import struct
 
 import numpy as np
 
@@ -50,6 +51,9 @@ _CROSS_ENTROPY = int(Op.CROSS_ENTROPY)  # the op whose forward can fail: evaluat
 _GUARD = int(Op.GUARD)                  # never folded
 _PAD_IN = ((-1, -1, -1), (-1, -1), (-1,), ())
 _SIZES = {(): 1}             # shape -> number of elements, for shapes already seen
+_new_object = object.__new__
+_F64 = np.dtype(np.float64)
+_INT_DTYPES = {"i": np.dtype(np.int32), "q": np.dtype(np.int64)}
 
 # the arrays of an empty tape (never written: the first append reallocates)
 _EMPTY_INSTR = np.zeros((0, WIDTH), np.int32)
@@ -81,10 +85,12 @@ def current_tape(what):
 
 def _grow(a, n):
     """``a`` with room for at least ``n`` rows (capacity doubles)."""
-    if n <= a.shape[0]:
+    m = a.shape[0]
+    if n <= m:
         return a
-    new = np.zeros((max(n, 2 * a.shape[0], 16),) + a.shape[1:], a.dtype)
-    new[: a.shape[0]] = a
+    new = np.zeros((max(n, 2 * m, 16),) + a.shape[1:], a.dtype)
+    if m:
+        new[:m] = a
     return new
 
 
@@ -116,7 +122,7 @@ class Tape:
     """
 
     def __init__(self, dtype=np.float64, seed=None):
-        dtype = np.dtype(dtype)
+        dtype = _F64 if dtype is np.float64 else np.dtype(dtype)
         if dtype not in (np.float64, np.float32):
             raise TapegradError(f"Tape(dtype={dtype}): only float64 and float32 are supported")
         if seed is not None and (not isinstance(seed, (int, np.integer))
@@ -127,11 +133,11 @@ class Tape:
         self._rng = None          # the draws' counter buffer, made with the first draw
         self._rng_draws = 0       # draws recorded (each is its own stream)
         self._f32 = dtype == np.float32
-        # instructions: rows [0, _nf) in the arrays, [_nf, _n) pending: _prow holds five ints
-        # per row (op, out, x, y, z), _psite and _pimm one each, _pattr (row, attrs) for the
+        # instructions: rows [0, _nf) in the arrays, [_nf, _n) pending: _prow holds six ints
+        # per row (op, out, x, y, z, site), _pimm the immediate, _pattr (row, attrs) for the
         # rows that have attributes (flat lists convert to arrays fastest)
         self._instr, self._imm, self._src = _EMPTY_INSTR, _EMPTY_F64, _EMPTY_I32
-        self._prow, self._psite, self._pimm, self._pattr = [], [], [], []
+        self._prow, self._pimm, self._pattr = [], [], []
         self._n = self._nf = 0
         self._done = 0            # instructions [0, _done) have been evaluated
         # buffers: [0, _nbf) in the arrays, [_nbf, _nbuf) pending in _pbuf, flat: off, size, site
@@ -162,7 +168,7 @@ class Tape:
         self._requires_grad = set()
         self._varied = None       # after a reverse sweep: uint8 per root buffer, 1 if it has a
                                   # gradient (depends on a param or a requires_grad input)
-        self.lock = threading.RLock()  # held by every replay; hold it to make several atomic
+        self.lock = _thread.RLock()  # held by every replay; hold it to make several atomic
         self._broken = {}         # "values"/"grads" -> error of the replay that left them half-done
         self._unfed = set()       # inputs never fed nor given a value (tg.fit refuses them)
 
@@ -339,7 +345,8 @@ class Tape:
         the next block (``_flush``), or at once when ``check`` (an op whose forward can fail,
         as cross_entropy's: its error is raised here); callers validate shapes first: nothing
         is appended for an op that raises. An op of constants only is folded: evaluated now
-        and its output becomes a constant, with no instruction left on the tape."""
+        and its output becomes a constant, with no instruction left on the tape.
+        (``_rec`` is the same for the elementwise operators' common case, written out.)"""
         site = site_id()
         if attrs:
             for a in attrs:
@@ -369,27 +376,68 @@ class Tape:
             fold = False
         n_in = len(inputs)
         if n_in == 1:
-            self._prow += (op, out, inputs[0], -1, -1)
+            self._prow += (op, out, inputs[0], -1, -1, site)
+        elif n_in == 2:
+            self._prow += (op, out, inputs[0], inputs[1], -1, site)
         else:
-            self._prow += (op, out) + tuple(inputs) + _PAD_IN[n_in]
-        self._psite.append(site)
+            self._prow += (op, out) + tuple(inputs) + _PAD_IN[n_in] + (site,)
         self._pimm.append(imm)
         if attrs:
             self._pattr.append((self._n, attrs))
         self._n += 1
         if self._sealed:
             self._dirty()
-        if fold or check or op == _CROSS_ENTROPY or len(self._psite) >= FLUSH_EVERY:
-            k = self._n - 1
-            status, at = self._flush(check=True)
-            if status:
-                self._drop_from(k)  # the failing op is the last one
-                raise self._status_error(status, k)
-            if fold:
-                self._drop_from(k)
-                self._kind[out] = CONST
-                self._in_order = False
+        if fold or check or op == _CROSS_ENTROPY or len(self._pimm) >= FLUSH_EVERY:
+            self._settle(out, fold)
         return out
+
+    def _rec(self, op, x, y, imm):
+        """A Var of the new instruction ``op`` of buffers ``x`` and ``y`` (-1: none) of one
+        shape and the immediate ``imm``, its output a new temporary of that shape: ``_emit``
+        written out for the elementwise operators (``Var.__add__`` ...), where one op costs
+        about a microsecond and each call, lookup and branch shows."""
+        site = site_id()
+        shape = self._shape[x]
+        size = _SIZES.get(shape)
+        if size is None:
+            size = _size(shape, OPS[op].name)
+        off = self._used
+        if off + size > self._cap:
+            self._grow_arena(off + size, shape)
+        self._used = off + size
+        out = self._nbuf
+        self._nbuf = out + 1
+        self._pbuf += (off, size, site)
+        self._shape.append(shape)
+        kinds = self._kind
+        kinds.append(TEMP)
+        self._last_kind = TEMP
+        self._prow += (op, out, x, y, -1, site)
+        self._pimm.append(imm)
+        self._n += 1
+        if self._sealed:
+            self._dirty()
+        fold = kinds[x] == CONST and (y < 0 or kinds[y] == CONST)
+        if fold or len(self._pimm) >= FLUSH_EVERY:
+            self._settle(out, fold)
+        v = _new_object(Var)  # Var(self, out) without the call of __init__
+        v.tape = self
+        v._b = out
+        return v
+
+    def _settle(self, out, fold):
+        """Evaluate the pending block now that the instruction just appended (output
+        ``out``) needs it: its forward can fail, the block is full, or (``fold``) it reads
+        constants only and becomes a constant. A failing op is taken off the tape."""
+        k = self._n - 1
+        status, at = self._flush(check=True)
+        if status:
+            self._drop_from(k)  # the failing op is the last one
+            raise self._status_error(status, k)
+        if fold:
+            self._drop_from(k)
+            self._kind[out] = CONST
+            self._in_order = False
 
     def _drop_from(self, k):
         """Forget instructions ``k..``: evaluated and folded into a constant, or failed."""
@@ -399,8 +447,14 @@ class Tape:
     def _flush_buffers(self):
         p = self._pbuf
         if p:
-            b0, a = self._nbf, _as_array(p, "q").reshape(-1, 3)
+            b0, a = self._nbf, _as_ints(p, "q").reshape(-1, 3)
             m = a.shape[0]
+            if self._boff.shape[0] == 0:  # a new tape: arrays of exactly these rows
+                cols = a.T.copy()
+                self._boff, self._bsize, self._bsite = cols[0], cols[1], cols[2].astype(np.int32)
+                self._nbf = m
+                p.clear()
+                return
             if b0 + m > self._boff.shape[0]:
                 self._boff = _grow(self._boff, b0 + m)
                 self._bsize = _grow(self._bsize, b0 + m)
@@ -414,22 +468,31 @@ class Tape:
     def _flush(self, check=False, evaluate=True):
         """Move pending rows into the arrays and (``evaluate``) run every instruction not
         yet evaluated, in one compiled call. Returns the sweep's ``(status, k)``."""
+        if self._done == self._n and not self._pbuf:  # nothing pending (a sealed tape read)
+            return 0, 0
         self._flush_buffers()
-        if self._psite:
-            k0, m = self._nf, len(self._psite)
-            if k0 + m > self._instr.shape[0]:
-                self._instr = _grow(self._instr, k0 + m)
-                self._imm = _grow(self._imm, k0 + m)
-                self._src = _grow(self._src, k0 + m)
-            block = self._instr[k0:k0 + m]
-            block[:, :A0] = _as_array(self._prow, "i").reshape(m, A0)
-            block[:, A0:] = 0
+        if self._pimm:
+            k0, m = self._nf, len(self._pimm)
+            rows = _as_ints(self._prow, "i").reshape(m, A0 + 1)
+            if self._instr.shape[0] == 0:  # a new tape: arrays of exactly these rows
+                block = self._instr = np.zeros((m, WIDTH), np.int32)
+                block[:, :A0] = rows[:, :A0]
+                self._src = rows[:, A0].copy()
+                self._imm = _as_floats(self._pimm).copy()
+            else:
+                if k0 + m > self._instr.shape[0]:
+                    self._instr = _grow(self._instr, k0 + m)
+                    self._imm = _grow(self._imm, k0 + m)
+                    self._src = _grow(self._src, k0 + m)
+                block = self._instr[k0:k0 + m]
+                block[:, :A0] = rows[:, :A0]
+                block[:, A0:] = 0
+                self._src[k0:k0 + m] = rows[:, A0]
+                self._imm[k0:k0 + m] = _as_floats(self._pimm)
             for k, attrs in self._pattr:
                 block[k - k0, A0:A0 + len(attrs)] = attrs
-            self._src[k0:k0 + m] = _as_array(self._psite, "i")
-            self._imm[k0:k0 + m] = self._pimm
             self._nf = k0 + m
-            for p in (self._prow, self._psite, self._pimm, self._pattr):
+            for p in (self._prow, self._pimm, self._pattr):
                 p.clear()
         k0, k1 = self._done, self._nf
         if k0 < k1 and evaluate:
@@ -453,7 +516,8 @@ class Tape:
         seen, n = d.get("_opset", frozenset()), d.get("_opset_n", 0)
         if n < self._nf or "_interp" not in d:
             if n < self._nf:
-                seen = seen | frozenset(np.unique(self._instr[n:self._nf, OP]).tolist())
+                col = self._instr[n:self._nf, OP]
+                seen = seen | frozenset((np.unique(col) if col.size > 256 else col).tolist())
             if seen != d.get("_opset") or "_interp" not in d:
                 self._interp = _sweep.for_ops(seen, self.dtype)
             self._opset, self._opset_n = seen, self._nf
@@ -477,16 +541,18 @@ class Tape:
             return
         self._flush(evaluate=evaluate)
         n, nb = self._n, self._nbuf
-        instr = self._instr = self._instr[:n]
-        self._imm = self._imm[:n]
-        self._src = self._src[:n]
-        bsize = self._bsize = self._bsize[:nb]
-        self._bsite = self._bsite[:nb]
-        self._boff = self._boff[:nb]
-        base = np.arange(nb, dtype=np.int64)
+        if self._instr.shape[0] != n:
+            self._instr, self._imm, self._src = self._instr[:n], self._imm[:n], self._src[:n]
+        if self._boff.shape[0] != nb:
+            self._boff, self._bsize = self._boff[:nb], self._bsize[:nb]
+            self._bsite = self._bsite[:nb]
+        instr, bsize = self._instr, self._bsize
         if self._alias:
+            base = np.arange(nb, dtype=np.int64)
             base[np.fromiter(self._alias.keys(), np.int64, len(self._alias))] = \
                 np.fromiter(self._alias.values(), np.int64, len(self._alias))
+        else:
+            base = _identity(nb)  # shared, never written: every buffer is a root
         if not self._in_order:
             self._relayout(base)
         self._base = base
@@ -494,8 +560,15 @@ class Tape:
         if self._grad.shape[0] != max(total, 1):
             self._grad = np.zeros(max(total, 1), self.dtype)
         self._n_params = self._param_elems
-        _validate.validate_tape_arrays(instr, self._imm, self._boff, bsize, None, max(total, 1),
-                                       self._interpreters())
+        # the arrays' dtypes and shapes hold by construction: their indices are checked by
+        # validate's compiled passes, and when one fails validate_tape_arrays says what
+        arena = max(total, 1)
+        interp = self._interpreters()
+        announce_compile(interp.check_instructions)
+        if (_validate.check_buffers(self._boff, bsize, arena) >= 0
+                or (n and interp.check_instructions(instr, bsize, N_IN)[0] >= 0)):
+            _validate.validate_tape_arrays(instr, self._imm, self._boff, bsize, None, arena,
+                                           interp)
         self._layout += 1
         self._sealed = True
 
@@ -541,9 +614,14 @@ class Tape:
         mask = self._rev_masks.get(seed)
         if mask is None:
             varied = np.zeros(max(self._nbuf, 1), np.uint8)
-            leaves = self._params + sorted(self._requires_grad)
-            if leaves:
-                varied[self._base[leaves]] = 1
+            leaves = self._params
+            if self._requires_grad:
+                leaves = leaves + sorted(self._requires_grad)
+            if len(leaves) > 8:  # parameters and inputs are root buffers
+                varied[leaves] = 1
+            else:
+                for b in leaves:
+                    varied[b] = 1
             mask = self._rev_masks[seed] = _activity.reverse_mask(
                 self._instr, N_IN, DIFFERENTIABLE, self._base, varied, seed)
             self._varied = varied  # completed by the pass: every buffer with a gradient
@@ -589,7 +667,8 @@ class Tape:
         """
         with self.lock:
             self._seal(evaluate=outputs is not None)
-            self._feed(feeds)
+            if feeds:
+                self._feed(feeds)
             if outputs is None:
                 mask = self._all_mask()
             else:
@@ -676,7 +755,7 @@ class Tape:
         if self._unfed:
             self._refuse_unfed("backward()", self._forward_mask([b]))
         if grad_output is None:
-            if self._bsize[b] != 1:
+            if _size(self._shape[b], "") != 1:
                 raise TapegradError(f"backward() of {var._describe()} needs grad_output: only "
                                     f"a Var of size 1 has an implicit gradient of 1 "
                                     f"({user_site()})")
@@ -741,7 +820,7 @@ class Tape:
                 else:
                     r.__dict__[key] = v
             r._grad = np.zeros_like(self._grad)
-            r.lock = threading.RLock()
+            r.lock = _thread.RLock()
             r._origin = self
         return r
 
@@ -842,8 +921,7 @@ class Tape:
         return (sum(a.nbytes for a in arrays) + sys.getsizeof(self._shape)
                 + sys.getsizeof(self._kind) + sys.getsizeof(self._alias)
                 + sys.getsizeof(self._bname) + sys.getsizeof(self._prow)
-                + sys.getsizeof(self._pbuf) + sys.getsizeof(self._psite)
-                + sys.getsizeof(self._pimm))
+                + sys.getsizeof(self._pbuf) + sys.getsizeof(self._pimm))
 
     # ------------------------------------------------------------------ tools (tapegrad.tools)
     def __str__(self):
@@ -907,11 +985,27 @@ def _fmt_shape(shape):
 _ONES = np.ones(FLUSH_EVERY, np.uint8)
 
 
-def _as_array(items, code):
-    """A flat list of Python ints as an int32 (``"i"``) or int64 (``"q"``) ndarray."""
-    a = array(code)
-    a.fromlist(items)
-    return np.frombuffer(a, np.int32 if code == "i" else np.int64)
+def _as_ints(items, code):
+    """A flat list of Python ints as a read-only int32 (``"i"``) or int64 (``"q"``) ndarray
+    (``struct`` packs a list about twice as fast as ``array.fromlist`` or ``np.array``)."""
+    return np.frombuffer(struct.pack(f"{len(items)}{code}", *items), _INT_DTYPES[code])
+
+
+def _as_floats(items):
+    """A list of Python floats as a read-only float64 ndarray."""
+    return np.frombuffer(struct.pack(f"{len(items)}d", *items), _F64)
+
+
+_IDENTITY = np.arange(FLUSH_EVERY, dtype=np.int64)
+
+
+def _identity(m):
+    """The int64 array ``0 .. m-1`` (a view of a shared array, grown as needed: never write
+    into it)."""
+    global _IDENTITY
+    if _IDENTITY.shape[0] < m:
+        _IDENTITY = np.arange(max(m, 2 * _IDENTITY.shape[0]), dtype=np.int64)
+    return _IDENTITY[:m]
 
 
 def _ones(m):

@@ -331,6 +331,7 @@ _S = slice
 INDEX_CASES = [
     C((4, 5), id="int", key=1),
     C((4, 5), id="neg_int", key=-1),
+    C((4,), id="int_of_vector", key=-3),
     C((4, 5), id="two_ints", key=(1, 2)),
     C((4, 5), id="slice", key=_S(1, 3)),
     C((4, 5), id="step2", key=(_S(None, None, 2), _S(1, None))),

@@ -110,12 +110,14 @@ def test_module_name_follows_its_text(monkeypatch):
 
 
 def test_a_process_falls_back_to_the_full_interpreter(monkeypatch):
+    monkeypatch.setattr(sweep, "_chosen", {})   # forget earlier choices
     monkeypatch.setattr(sweep, "MAX_SPECIALISED", 0)
     monkeypatch.setattr(sweep, "_ready", lambda d, dtype: False)
     ops = {Op.ADD, Op.SUB, Op.DIVC, Op.ABS}   # a set no other test asks for
     assert sweep.for_ops(ops, np.float64) is sweep.interpreter(sweep.ALL_OPS)
+    assert sweep.for_ops(ops, np.float64) is sweep.interpreter(sweep.ALL_OPS)  # remembered
     monkeypatch.setattr(sweep, "MAX_SPECIALISED", 10 ** 6)
-    assert sweep.for_ops(ops, np.float64) is sweep.interpreter(ops)
+    assert sweep.for_ops(ops, np.float32) is sweep.interpreter(ops)
     monkeypatch.setattr(sweep, "_ready", lambda d, dtype: True)   # the full one is cached
     other = {Op.ADD, Op.SUB, Op.DIVC, Op.SIN}
     assert sweep.for_ops(other, np.float64) is sweep.interpreter(sweep.ALL_OPS)

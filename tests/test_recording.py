@@ -155,6 +155,99 @@ def test_error_names_the_users_line():
     assert f"{HERE}:{_line_of('BROADCAST-ERROR')}" in str(e.value)
 
 
+def _sites_of(tape):
+    """``file:line`` of each instruction."""
+    return [tape._site(k) for k in range(len(tape))]
+
+
+def _helper_mul(v):
+    return v * v  # line: HELPER-MUL
+
+
+def test_every_operator_path_names_the_users_line():
+    """The operators record their common cases themselves (Tape._rec); the site is still the
+    user's line, through helper functions, through the generic path and for the reverse rules
+    tg.gradients records."""
+    tape = tg.Tape()
+    a = tape.param(np.array([1.0, 2.0]))
+    b = tape.param(np.array([3.0, 4.0]))
+    c = tape.param(np.ones((3, 2)))
+    n0 = len(tape)
+    ys = [a + b, a - 1, 2.0 * a, a / b, 1 / a, -a, a ** 2, 2 - a]  # line: OPERATORS
+    assert len(tape) == n0 + len(ys)
+    assert set(_sites_of(tape)[n0:]) == {f"{HERE}:{_line_of('OPERATORS')}"}
+    n1 = len(tape)
+    c + a  # line: BROADCAST-ADD
+    assert set(_sites_of(tape)[n1:]) == {f"{HERE}:{_line_of('BROADCAST-ADD')}"}
+    n2 = len(tape)
+    _helper_mul(a)
+    assert _sites_of(tape)[n2:] == [f"{HERE}:{_line_of('HELPER-MUL')}"]
+    n3 = len(tape)
+    g, = tg.gradients((a ** 3 * b).sum(), [a])  # line: GRADIENTS
+    assert set(_sites_of(tape)[n3:]) == {f"{HERE}:{_line_of('GRADIENTS')}"}
+    np.testing.assert_allclose(g.value, 3 * np.array([1.0, 4.0]) * [3.0, 4.0])
+    # two call sites on one line: one text
+    d = (a * b) * (a * b)  # line: TWO-SITES
+    assert _sites_of(tape)[-3:] == [f"{HERE}:{_line_of('TWO-SITES')}"] * 3
+    assert d.shape == (2,)
+
+
+def test_operator_fast_path_matches_the_generic_path():
+    rng = np.random.default_rng(1)
+    for dtype in (np.float64, np.float32):
+        x0, y0 = rng.uniform(0.5, 2.0, 5).astype(dtype), rng.uniform(0.5, 2.0, 5).astype(dtype)
+        tape = tg.Tape(dtype)
+        x, y = tape.param(x0), tape.param(y0)
+        fast = [x + y, x - y, x * y, x / y, x + 0.1, x - 0.1, 0.1 - x, x * 0.1, 0.1 * x,
+                x / 0.1, 0.1 / x, x ** 3, -x, 0.1 + x]
+        slow = [tg.add(x, y), tg.sub(x, y), tg.mul(x, y), tg.div(x, y), tg.add(x, 0.1),
+                tg.sub(x, 0.1), tg.sub(0.1, x), tg.mul(x, 0.1), tg.mul(0.1, x),
+                tg.div(x, 0.1), tg.div(0.1, x), tg.pow(x, 3), tg.neg(x), tg.add(0.1, x)]
+        for f, g in zip(fast, slow):
+            np.testing.assert_array_equal(f.value, g.value)
+            assert tape._instr[len(tape) - 1, 0] >= 0
+        ops = [tape._instr[k, 0] for k in range(len(tape))]
+        assert ops[:len(fast)] == ops[len(fast):]  # the same opcodes, immediates included
+        np.testing.assert_array_equal(tape._imm[:len(fast)], tape._imm[len(fast):])
+
+
+def test_int_index_of_a_vector_is_one_slice():
+    tape = tg.Tape()
+    x = tape.param(np.array([1.0, 2.0, 3.0, 4.0]))
+    nb, n = tape._nbuf, len(tape)
+    ys = [x[0], x[-1], x[2]]
+    assert len(tape) == n + 3 and tape._nbuf == nb + 3  # no reshape views
+    assert all(y.shape == () for y in ys)
+    assert [y.item() for y in ys] == [1.0, 4.0, 3.0]
+    loss = ys[0] * ys[1] + ys[2] * ys[2]
+    loss.backward()
+    np.testing.assert_allclose(x.grad, [4.0, 0.0, 6.0, 1.0])
+    one = tape.param(np.array([[5.0, 6.0]]))
+    n = len(tape)
+    row = one[0]  # a length-1 axis: a reshape, no instruction
+    assert len(tape) == n and row.shape == (2,)
+    np.testing.assert_array_equal(row.value, [5.0, 6.0])
+    with pytest.raises(tg.ShapeError) as e:
+        x[4]  # line: INDEX-ERROR
+    assert "out of bounds for axis 0 with size 4" in str(e.value)
+    assert f"{HERE}:{_line_of('INDEX-ERROR')}" in str(e.value)
+    with pytest.raises(tg.ShapeError):
+        x[0][0]  # a 0-d Var takes no index
+
+
+def test_stack_of_scalars_places_them_directly():
+    tape = tg.Tape()
+    xs = [tape.param(np.array(float(i))) for i in range(4)]
+    nb, n = tape._nbuf, len(tape)
+    s = tg.stack(xs)
+    assert len(tape) == n + 4 and tape._nbuf == nb + 1 and _ops(tape) == {"place": 4}
+    np.testing.assert_array_equal(s.value, [0.0, 1.0, 2.0, 3.0])
+    (tg.softmax(s)[3] * 2.0).backward()
+    p = np.exp(np.arange(4.0)) / np.exp(np.arange(4.0)).sum()
+    np.testing.assert_allclose([float(x.grad) for x in xs], 2 * p[3] * (np.eye(4)[3] - p),
+                               rtol=1e-12)
+
+
 def test_listing_names_lines_and_survives_save_load(tmp_path):
     tape = tg.Tape()
     w = tape.param(np.array([1.0, 2.0]), name="w")  # line: PARAM-LINE
@@ -225,12 +318,14 @@ def test_wrapped_element_count_no_longer_crashes():
             print("refused:", e)
         a = t.input("a", shape=(2,), value=np.array([0.0, 1.0]))
         print(tg.exp(a).value)
+        t._new_buffer((2,), 3)  # a recorder called from the top level: a shallow stack
+        print("site", t._bsrc(t._nbuf - 1))
     """)
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
                        timeout=300)
     assert p.returncode == 0, p.stderr[-2000:]
-    assert "refused" in p.stdout and "2.718" in p.stdout
+    assert "refused" in p.stdout and "2.718" in p.stdout and "site <string>:" in p.stdout
 
 
 # ---------------------------------------------------------------------------- storage

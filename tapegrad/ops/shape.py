@@ -76,6 +76,8 @@ def expand_vjp(r, g):
 def index(x, key):
     """``x[key]`` for ints, slices, ``...`` and ``None`` (basic indexing, a copy); integer
     arrays, boolean NumPy masks and index Vars as NumPy's advanced indexing (a gather)."""
+    if type(key) is int and type(x) is Var and x.tape._shape[x._b]:
+        return _index_first(x, key)
     if is_advanced(key):  # integer arrays, masks, index Vars: a gather (ops/gather.py)
         return advanced_index(x, key)
     tape, (x,) = vars_of([x], "index")
@@ -120,6 +122,20 @@ def index(x, key):
         cur[axis] = count
         x = Var(tape, tape._emit(Op.SLICE, [x._b], tuple(cur), attrs))
     return reshape_var(x, out_shape)
+
+
+def _index_first(x, i):
+    """``x[i]`` for a Python int ``i``: one SLICE of the first axis whose output has the
+    shape of the rest (what ``index`` records, without the planning and the reshape)."""
+    tape = x.tape
+    shape = tape._shape[x._b]
+    dim, rest = shape[0], shape[1:]
+    if not -dim <= i < dim:
+        raise ShapeError(f"index: index {i} is out of bounds for axis 0 with size {dim} "
+                         f"(shape {shape}) ({user_site()})")
+    if dim == 1:  # the whole axis: nothing to copy
+        return reshape_var(x, rest)
+    return Var(tape, tape._emit(Op.SLICE, (x._b,), rest, (1, dim, prod(rest), i % dim, 1, 1)))
 
 
 # out[a, j, b] = x[a, start + j*step, b];  gx[a, start + j*step, b] += g[a, j, b]
@@ -226,7 +242,13 @@ def stack(xs, axis=0):
                          f"({user_site()})")
     ax = norm_axis(axis, xs[0].ndim + 1, "stack")
     s = xs[0].shape
-    return concatenate([reshape_var(v, s[:ax] + (1,) + s[ax:]) for v in xs], axis=ax)
+    # concatenate's PLACE instructions, each input read as its (A, 1, B) block as it is
+    out_shape = s[:ax] + (len(xs),) + s[ax:]
+    A, B = prod(s[:ax]), prod(s[ax:])
+    out = tape._new_buffer(out_shape, TEMP)
+    for i, v in enumerate(xs):
+        tape._emit(Op.PLACE, (v._b,), out_shape, (A, len(xs), B, i, 1), out=out)
+    return Var(tape, out)
 
 
 # out[a, start + j, b] = x[a, j, b];  gx[a, j, b] += g[a, start + j, b]
