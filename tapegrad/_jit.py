@@ -51,6 +51,10 @@ def user_cache_dir():
     return os.path.join(base, "tapegrad", tag)
 
 
+def _inside(path, directory):
+    return os.path.abspath(path).startswith(os.path.abspath(directory) + os.sep)
+
+
 def _cache_class():
     """numba's ``FunctionCache`` with tapegrad's list of cache locations (module docstring).
 
@@ -68,21 +72,26 @@ def _cache_class():
         return None
 
     class InstalledPackageLocator(mixin, locator):
-        """Files of an installed tapegrad, cached in ``user_cache_dir()``."""
+        """Files of an installed tapegrad, cached in ``user_cache_dir()``; the interpreter
+        modules it generates there (``generated_dir()``), cached beside them."""
 
         def __init__(self, py_func, py_file):
             self._py_file = py_file
             self._lineno = py_func.__code__.co_firstlineno
-            sub = os.path.relpath(os.path.dirname(os.path.abspath(py_file)), PACKAGE_DIR)
-            self._cache_path = os.path.normpath(os.path.join(user_cache_dir(), sub))
+            where = os.path.dirname(os.path.abspath(py_file))
+            if _inside(py_file, PACKAGE_DIR):
+                sub = os.path.relpath(where, PACKAGE_DIR)
+                self._cache_path = os.path.normpath(os.path.join(user_cache_dir(), sub))
+            else:
+                self._cache_path = os.path.join(where, "__pycache__")
 
         def get_cache_path(self):
             return self._cache_path
 
         @classmethod
         def from_function(cls, py_func, py_file):
-            inside = os.path.abspath(py_file).startswith(PACKAGE_DIR + os.sep)
-            return super().from_function(py_func, py_file) if INSTALLED and inside else None
+            ours = _inside(py_file, PACKAGE_DIR) or _inside(py_file, generated_dir())
+            return super().from_function(py_func, py_file) if INSTALLED and ours else None
 
     first = 1 if defaults and "UserProvided" in defaults[0].__name__ else 0
     rest = [k for k in defaults[first:] if not (INSTALLED and "InTree" in k.__name__)]

@@ -249,9 +249,9 @@ def test_unwritable_cache_locations_run_uncached_with_one_warning(tmp_path):
 def test_a_source_checkout_caches_in_tree():
     assert not _jit.INSTALLED   # the tests run from a checkout (or an editable install)
     from tapegrad import sweep
-    from tapegrad.validate import check_instructions
+    from tapegrad.validate import check_buffers
     where = os.environ.get("NUMBA_CACHE_DIR")
-    path = pathlib.Path(check_instructions.stats.cache_path)
+    path = pathlib.Path(check_buffers.stats.cache_path)
     generated = pathlib.Path(sweep.interpreter([]).forward.stats.cache_path)
     if where:
         assert pathlib.Path(where) in path.parents and pathlib.Path(where) in generated.parents
