@@ -33,6 +33,7 @@ from .ops.elementwise import (abs_bwd, abs_fwd, add_bwd, add_fwd, compare_fwd, c
                               sigmoid_bwd, sigmoid_fwd, sin_bwd, sin_fwd, sqrt_bwd, sqrt_fwd,
                               square_bwd, square_fwd, sub_bwd, sub_fwd, tanh_bwd, tanh_fwd,
                               where_bwd, where_fwd)
+from .ops.fused import mul3_bwd, mul3_fwd, tanh_grad_bwd, tanh_grad_fwd
 from .ops.immediate import (addc_bwd, addc_fwd, divc_bwd, divc_fwd, mulc_bwd, mulc_fwd,
                             rdivc_bwd, rdivc_fwd, rpowc_bwd, rpowc_fwd, rsubc_bwd, rsubc_fwd)
 from .ops.factor import (cholesky_bwd, cholesky_fwd, slogdet_bwd, slogdet_fwd, solve_bwd,
@@ -196,6 +197,10 @@ def forward(instr, imm, boff, bsize, val, mask, check_finite):
             binary_fwd(op, val, x, y, ans, n)
         elif op == Op.WHERE:
             where_fwd(val, x, y, z, ans, n)
+        elif op == Op.TANH_GRAD:
+            tanh_grad_fwd(val, x, y, ans, n)
+        elif op == Op.MUL3:
+            mul3_fwd(val, x, y, z, ans, n, imm[k])
         elif op == Op.EXPAND:
             expand_fwd(val, x, ans, a0, a1, a2)
         elif op == Op.SLICE:
@@ -278,6 +283,10 @@ def reverse(instr, imm, boff, bsize, val, grad, mask, clear):
             binary_bwd(op, val, grad, x, y, ans, n)
         elif op == Op.WHERE:
             where_bwd(val, grad, x, y, z, ans, n)
+        elif op == Op.TANH_GRAD:
+            tanh_grad_bwd(val, grad, x, y, ans, n)
+        elif op == Op.MUL3:
+            mul3_bwd(val, grad, x, y, z, ans, n, imm[k])
         elif op == Op.EXPAND:
             expand_bwd(grad, x, ans, a0, a1, a2)
         elif op == Op.SLICE:

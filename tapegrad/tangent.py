@@ -27,6 +27,7 @@ from ._jit import drop_stale_cache, jit
 from .errors import ShapeError, TapegradError, user_site
 from .opcodes import A0, DIFFERENTIABLE, N_IN, OP, OUT, X, Y, Z, Op
 from .ops.elementwise import add_fwd, neg_fwd, sub_fwd
+from .ops.fused import mul3_tan, tanh_grad_tan
 from .ops.immediate import divc_fwd, mulc_fwd
 from .ops.reduce import sum_fwd
 from .ops.shape import expand_fwd, place_fwd, slice_fwd, transpose_fwd, unslice_fwd
@@ -78,6 +79,10 @@ def tangent(instr, imm, boff, bsize, val, tan, ndir, mask):
             zero_tan(tan, tans, n, D)
         elif op == Op.WHERE:
             where_tan(val, tan, x, ty, tz, tans, n, D)
+        elif op == Op.TANH_GRAD:
+            tanh_grad_tan(val, tan, x, y, tx, ty, tans, n, D, dx, dy)
+        elif op == Op.MUL3:
+            mul3_tan(val, tan, x, y, z, tx, ty, tz, tans, n, D, imm[k], dx, dy, m & 8 != 0)
         # linear ops: the forward kernel on the tangents, seen as (A, n, B*D)
         elif op == Op.EXPAND:
             expand_fwd(tan, tx, tans, a0, a1, a2 * Di)

@@ -95,8 +95,12 @@ def check_instructions(instr, bsize, n_in):
             if i0 != out or i1 != out:
                 return k, 5
             continue
-        if op == Op.WHERE:
+        if op == Op.WHERE or op == Op.MUL3:
             if i0 != out or i1 != out or i2 != out:
+                return k, 5
+            continue
+        if op == Op.TANH_GRAD:
+            if i0 != out or i1 != out:
                 return k, 5
             continue
         if op == Op.GUARD:
