@@ -65,6 +65,31 @@ def gemm(ta, tb, m, n, k, va, a, lda, vb, b, ldb, beta, vc, c):
             _ptr(va, a), lda, _ptr(vb, b), ldb, b_, _ptr(vc, c), m)
 
 
+# OpenBLAS's small-matrix path (0.3.30, SkylakeX kernels) computes a small A^T @ B ("tn")
+# about twice as slow as A @ B ("nn"): in a compiled loop, interleaved, a (32, 32)^T @ (32, 30)
+# product took 1.61 us as "tn", 0.83 us as "nn" and 1.29 us as a copy of A^T to a scratch (0.46
+# us) then "nn". The copy pays when A is small and reused over many columns of B: "tn" products
+# with m, k <= TN_COPY_MAX and n >= TN_COPY_COLS (the recorded reverse rule's G @ W^T, and the
+# reverse rule's gradient of X in X @ W, at a PINN's sizes) go through it.
+TN_COPY_MAX, TN_COPY_COLS = 32, 24
+
+
+@kernel
+def gemm_t(ta, tb, m, n, k, va, a, lda, vb, b, ldb, beta, vc, c):
+    """``gemm`` (same arguments), a small ``tn`` product through a transposed copy of A."""
+    if not (ta == _T and tb == _N and m <= TN_COPY_MAX and k <= TN_COPY_MAX
+            and n >= TN_COPY_COLS):
+        gemm(ta, tb, m, n, k, va, a, lda, vb, b, ldb, beta, vc, c)
+        return
+    s = np.empty(m * k, va.dtype)  # op(A) = A^T (m x k): s[i + j*m] = A[j + i*lda]
+    mu, ku, au = np.uint64(m), np.uint64(k), np.uint64(a)
+    for i in range(mu):  # reads run along A's columns, writes stride m
+        row = au + i * np.uint64(lda)
+        for j in range(ku):
+            s[j * mu + i] = va[row + j]
+    gemm(_N, _N, m, n, k, s, 0, m, vb, b, ldb, beta, vc, c)
+
+
 def matmul(x, y):
     """Matrix product as ``np.matmul``.  ``tg.matmul(a, b)``, ``a @ b``"""
     tape, (x, y) = vars_of([x, y], "matmul")
@@ -144,7 +169,7 @@ def matmul_bwd(v, g, x, y, ans, batch, M, K, N, sx, sy, dx, dy):
     for t in range(batch):
         xo, yo, zo = x + t * sx * M * K, y + t * sy * K * N, ans + t * M * N
         if dx:  # GX.T (K x M) += Y (K x N) @ G.T (N x M)
-            gemm(_T, _N, K, M, N, v, yo, N, g, zo, N, 1.0, g, xo)
+            gemm_t(_T, _N, K, M, N, v, yo, N, g, zo, N, 1.0, g, xo)
         if dy:  # GY.T (N x K) += G.T (N x M) @ X (M x K)
             gemm(_N, _T, N, K, M, g, zo, N, v, xo, K, 1.0, g, yo)
 
@@ -227,8 +252,8 @@ def flagged_matmul_fwd(v, x, y, ans, batch, M, K, N, sx, sy):
     for t in range(batch):
         xo, yo, zo = x + t * sx * M * K, y + t * sy * K * N, ans + t * M * N
         if blas:  # Z.T = Y_eff.T @ X_eff.T, column-major
-            gemm(_T if tb else _N, _T if ta else _N, N, M, K, v, yo, K if tb else N, v, xo,
-                 M if ta else K, 0.0, v, zo)
+            gemm_t(_T if tb else _N, _T if ta else _N, N, M, K, v, yo, K if tb else N, v, xo,
+                   M if ta else K, 0.0, v, zo)
             continue
         for m in range(M):
             for n in range(N):
@@ -248,13 +273,13 @@ def flagged_matmul_bwd(v, g, x, y, ans, batch, M, K, N, sx, sy, dx, dy):
         xo, yo, zo = x + t * sx * M * K, y + t * sy * K * N, ans + t * M * N
         if blas:
             if dx and ta:  # GX (K x M) += Y_eff @ G.T:  GX.T = G @ Y_eff.T
-                gemm(_T, _T if tb else _N, M, K, N, g, zo, N, v, yo, K if tb else N, 1.0, g, xo)
+                gemm_t(_T, _T if tb else _N, M, K, N, g, zo, N, v, yo, K if tb else N, 1.0, g, xo)
             elif dx:       # GX (M x K) += G @ Y_eff.T:  GX.T = Y_eff @ G.T
-                gemm(_N if tb else _T, _N, K, M, N, v, yo, K if tb else N, g, zo, N, 1.0, g, xo)
+                gemm_t(_N if tb else _T, _N, K, M, N, v, yo, K if tb else N, g, zo, N, 1.0, g, xo)
             if dy and tb:  # GY (N x K) += G.T @ X_eff:  GY.T = X_eff.T @ G
-                gemm(_T if ta else _N, _T, K, N, M, v, xo, M if ta else K, g, zo, N, 1.0, g, yo)
+                gemm_t(_T if ta else _N, _T, K, N, M, v, xo, M if ta else K, g, zo, N, 1.0, g, yo)
             elif dy:       # GY (K x N) += X_eff.T @ G:  GY.T = G.T @ X_eff
-                gemm(_N, _N if ta else _T, N, K, M, g, zo, N, v, xo, M if ta else K, 1.0, g, yo)
+                gemm_t(_N, _N if ta else _T, N, K, M, g, zo, N, v, xo, M if ta else K, 1.0, g, yo)
             continue
         if dx:  # gX_eff[m, k] += sum_n G[m, n] Y_eff[k, n]
             for m in range(M):
