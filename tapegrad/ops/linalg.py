@@ -68,16 +68,17 @@ def gemm(ta, tb, m, n, k, va, a, lda, vb, b, ldb, beta, vc, c):
 # OpenBLAS's small-matrix path (0.3.30, SkylakeX kernels) computes a small A^T @ B ("tn")
 # about twice as slow as A @ B ("nn"): in a compiled loop, interleaved, a (32, 32)^T @ (32, 30)
 # product took 1.65 us as "tn", 0.88 us as "nn", and a copy of A^T to a scratch 0.21 us. The
-# copy pays when A is small and reused over many columns of B: "tn" products with m, k <=
-# TN_COPY_MAX and n >= TN_COPY_COLS (the recorded reverse rule's G @ W^T, and the reverse
+# copy pays when A is small and reused over many columns of B, and not when A has few rows
+# (m = 1: 0.09 us "tn", 0.22 us with the copy): "tn" products with TN_COPY_M <= m <= TN_COPY_MAX,
+# k <= TN_COPY_MAX and n >= TN_COPY_COLS (the recorded reverse rule's G @ W^T, and the reverse
 # rule's gradient of X in X @ W, at a PINN's sizes) go through it.
-TN_COPY_MAX, TN_COPY_COLS = 32, 24
+TN_COPY_M, TN_COPY_MAX, TN_COPY_COLS = 16, 32, 24
 
 
 @kernel
 def gemm_t(ta, tb, m, n, k, va, a, lda, vb, b, ldb, beta, vc, c):
     """``gemm`` (same arguments), a small ``tn`` product through a transposed copy of A."""
-    if not (ta == _T and tb == _N and m <= TN_COPY_MAX and k <= TN_COPY_MAX
+    if not (ta == _T and tb == _N and TN_COPY_M <= m <= TN_COPY_MAX and k <= TN_COPY_MAX
             and n >= TN_COPY_COLS):
         gemm(ta, tb, m, n, k, va, a, lda, vb, b, ldb, beta, vc, c)
         return
