@@ -104,7 +104,10 @@ class Op(IntEnum):
     # max pooling of (P, H, W) planes; attributes H W kh kw (sh,sw) (ph,pw)
     MAX_POOL2D = 59      # x, h (P, H, W) -> (P, Ho, Wo): h at the argmax of each window of x
     MAX_UNPOOL2D = 60    # x, g (P, Ho, Wo) -> (P, H, W): g added at those argmaxes
-    N_OPS = 61       # sentinel: the number of opcodes
+    # fused elementwise ops of the recorded reverse rules (tapegrad/ops/fused.py)
+    TANH_GRAD = 61   # x * (1 - y*y): tanh's reverse rule (x the cotangent, y tanh's output)
+    MUL3 = 62        # x * y * z * c, imm = c
+    N_OPS = 63       # sentinel: the number of opcodes
 
 
 class OpSpec(NamedTuple):
@@ -176,6 +179,8 @@ OPS = {
     Op.CONV2D_GRAD_W: OpSpec("conv2d_grad_w", 2, "C O HW2 k2 stride2 pad2"),
     Op.MAX_POOL2D: OpSpec("max_pool2d", 2, "H W kh kw stride2 pad2"),
     Op.MAX_UNPOOL2D: OpSpec("max_unpool2d", 2, "H W kh kw stride2 pad2"),
+    Op.TANH_GRAD: OpSpec("tanh_grad", 2, ""),
+    Op.MUL3: OpSpec("mul3", 3, "imm=c"),
 }
 
 # the table as arrays, for the compiled passes over a tape (activity analysis, validation)

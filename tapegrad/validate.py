@@ -103,8 +103,11 @@ CHECKS = {
         if i0 != out or i1 != out:
             return k, 5""" for op in (Op.ADD, Op.SUB, Op.MUL, Op.DIV, Op.POW, Op.MAXIMUM,
                                       Op.MINIMUM, Op.GT, Op.GE, Op.LT, Op.LE, Op.EQ, Op.NE)},
-    Op.WHERE: """
+    **{op: """
         if i0 != out or i1 != out or i2 != out:
+            return k, 5""" for op in (Op.WHERE, Op.MUL3)},
+    Op.TANH_GRAD: """
+        if i0 != out or i1 != out:
             return k, 5""",
     Op.GUARD: """
         if i0 != 1 or (a0 != 0 and a0 != 1):

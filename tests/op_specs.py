@@ -808,3 +808,30 @@ SPECS.extend([
           C((4, 3), id="rows", idx=np.array([[1, 1], [2, 0]])),
           C((4, 3), id="pick", idx=(np.array([0, 0, 3]), np.array([2, 2, 1])))]),
 ])
+
+# ---------------------------------------------------------------------------- fused (ops/fused.py)
+# the recorded reverse rule of tanh emits TANH_GRAD, whose own rule emits MUL3
+from tapegrad.ops.fused import mul3, tanh_grad  # noqa: E402
+
+
+def _np_d2tanh(x):
+    t = np.tanh(x)
+    return -2.0 * t * (1.0 - t * t)
+
+
+SPECS.extend([
+    Spec("tanh_grad", (Op.TANH_GRAD,), lambda x, y: tanh_grad(x, y),
+         lambda x, y: x * (1.0 - y * y), BINARY_CASES),
+    Spec("mul3", (Op.MUL3,), lambda x, y, z, c: mul3(x, y, z, c),
+         lambda x, y, z, c: x * y * z * c,
+         [C((2, 3), (2, 3), (2, 3), id="same", c=-2.0),
+          C((), (2, 3), (3,), id="broadcast", c=0.5),
+          C((2, 1), (1, 3), (2, 3), id="both", c=1.0),
+          C((4,), (4,), (4,), id="self_c3", c=3.0)]),
+    Spec("mul3_reuse", (Op.MUL3,), lambda x, y: mul3(x, x, y, -2.0),
+         lambda x, y: -2.0 * x * x * y, [C((2, 3), (2, 3))]),
+    # tanh's second derivative, recorded: TANH_GRAD of TANH_GRAD's rule, and MUL3
+    Spec("tanh_second_derivative", (Op.TANH, Op.TANH_GRAD, Op.MUL3),
+         lambda x: tg.gradients(tg.gradients(tg.tanh(x).sum(), [x])[0].sum(), [x])[0],
+         _np_d2tanh, [C((2, 3)), C((5,))]),
+])

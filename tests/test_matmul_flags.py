@@ -12,7 +12,9 @@ import tapegrad as tg
 from tapegrad.ops.linalg import _product
 from tapegrad.tangent import tangents
 
-CASES = [(1, 2, 3, 4), (3, 2, 3, 4), (2, 16, 8, 12)]   # batch, M, K, N (the last: BLAS)
+# batch, M, K, N: loops, BLAS, and BLAS with "tn" products through a transposed copy
+# (ops/linalg.py, gemm_t: 16 <= m <= 32, k <= 32, n >= 24)
+CASES = [(1, 2, 3, 4), (3, 2, 3, 4), (2, 16, 8, 12), (2, 30, 21, 27)]
 
 
 def _operands(rng, batch, M, K, N, fx, fy):
