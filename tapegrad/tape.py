@@ -138,6 +138,8 @@ class Tape:
         # rows that have attributes (flat lists convert to arrays fastest)
         self._instr, self._imm, self._src = _EMPTY_INSTR, _EMPTY_F64, _EMPTY_I32
         self._prow, self._pimm, self._pattr = [], [], []
+        # the opcodes of rows [0, _opset_n) and the generated interpreters for them
+        self._opset, self._opset_n, self._interp = frozenset(), 0, None
         self._n = self._nf = 0
         self._done = 0            # instructions [0, _done) have been evaluated
         # buffers: [0, _nbf) in the arrays, [_nbf, _nbuf) pending in _pbuf, flat: off, size, site
@@ -442,7 +444,7 @@ class Tape:
     def _drop_from(self, k):
         """Forget instructions ``k..``: evaluated and folded into a constant, or failed."""
         self._n = self._nf = self._done = k
-        self._opset_n = min(self.__dict__.get("_opset_n", 0), k)  # row k will be another op
+        self._opset_n = min(self._opset_n, k)  # row k will be another op
 
     def _flush_buffers(self):
         p = self._pbuf
@@ -512,15 +514,14 @@ class Tape:
     def _interpreters(self):
         """The compiled interpreters for the opcodes of the instructions flushed so far
         (``tapegrad.sweep.for_ops``), looked up again only when new opcodes appear."""
-        d = self.__dict__
-        seen, n = d.get("_opset", frozenset()), d.get("_opset_n", 0)
-        if n < self._nf or "_interp" not in d:
-            if n < self._nf:
-                col = self._instr[n:self._nf, OP]
-                seen = seen | frozenset((np.unique(col) if col.size > 256 else col).tolist())
-            if seen != d.get("_opset") or "_interp" not in d:
-                self._interp = _sweep.for_ops(seen, self.dtype)
-            self._opset, self._opset_n = seen, self._nf
+        n = self._opset_n
+        if n == self._nf and self._interp is not None:
+            return self._interp
+        col = self._instr[n:self._nf, OP]
+        seen = self._opset | frozenset((np.unique(col) if col.size > 256 else col).tolist())
+        if seen != self._opset or self._interp is None:
+            self._interp = _sweep.for_ops(seen, self.dtype)
+        self._opset, self._opset_n = seen, self._nf
         return self._interp
 
     def _dirty(self):
