@@ -29,9 +29,9 @@ from ._vmath import one_like, vexp, vlog, vsigmoid, vtanh
 
 
 def _unary(op, x, name, k=0.0):
-    if type(x) is not Var:
-        tape, (x,) = vars_of([x], name)
-    tape = x.tape
+    if type(x) is Var:  # the common case: Tape._rec, the operators' short path
+        return x.tape._rec(op, x._b, -1, float(k))
+    tape, (x,) = vars_of([x], name)
     return Var(tape, tape._emit(op, (x._b,), tape._shape[x._b], imm=float(k)))
 
 
