@@ -283,7 +283,9 @@ def reverse(instr, imm, boff, bsize, val, grad, mask, clear):
 
 
 def _branches(table, ops):
-    out = [] if ops else ["        if op < 0:  # no opcodes: every instruction is unknown\n            pass"]
+    """The ``if op == ...: / elif ...`` chain of the rows of ``ops`` in ``table``."""
+    out = [] if ops else ["        if op < 0:  # no opcodes: any instruction is unknown\n"
+                          "            pass"]
     for op in sorted(ops):
         code = table[op].strip("\n")
         if "\n" not in code:
