@@ -82,7 +82,16 @@ def gemm_t(ta, tb, m, n, k, va, a, lda, vb, b, ldb, beta, vc, c):
             and n >= TN_COPY_COLS):
         gemm(ta, tb, m, n, k, va, a, lda, vb, b, ldb, beta, vc, c)
         return
-    s = np.empty(m * k, va.dtype)  # op(A) = A^T (m x k): s[i + j*m] = A[j + i*lda]
+    gemm(_N, _N, m, n, k, _transposed(va, np.int64(a), np.int64(lda), np.int64(m),
+                                      np.int64(k)), 0, m, vb, b, ldb, beta, vc, c)
+
+
+@jit
+def _transposed(va, a, lda, m, k):
+    """A copy of op(A) = A^T (m x k, column-major): ``s[i + j*m] = A[j + i*lda]``. Called,
+    not inlined (gemm_t has six call sites), with int64 arguments only (a literal argument
+    would compile one more version)."""
+    s = np.empty(m * k, va.dtype)
     mu, ku, au, lu = np.uint64(m), np.uint64(k), np.uint64(a), np.uint64(lda)
     m4 = mu - mu % np.uint64(4)
     for i in range(np.uint64(0), m4, np.uint64(4)):  # four columns of A at a time, written
@@ -100,7 +109,7 @@ def gemm_t(ta, tb, m, n, k, va, a, lda, vb, b, ldb, beta, vc, c):
         row = au + i * lu
         for j in range(ku):
             s[j * mu + i] = va[row + j]
-    gemm(_N, _N, m, n, k, s, 0, m, vb, b, ldb, beta, vc, c)
+    return s
 
 
 def matmul(x, y):
@@ -289,10 +298,10 @@ def flagged_matmul_bwd(v, g, x, y, ans, batch, M, K, N, sx, sy, dx, dy):
                 gemm_t(_T, _T if tb else _N, M, K, N, g, zo, N, v, yo, K if tb else N, 1.0, g, xo)
             elif dx:       # GX (M x K) += G @ Y_eff.T:  GX.T = Y_eff @ G.T
                 gemm_t(_N if tb else _T, _N, K, M, N, v, yo, K if tb else N, g, zo, N, 1.0, g, xo)
-            if dy and tb:  # GY (N x K) += G.T @ X_eff:  GY.T = X_eff.T @ G
-                gemm_t(_T if ta else _N, _T, K, N, M, v, xo, M if ta else K, g, zo, N, 1.0, g, yo)
+            if dy and tb:  # GY (N x K) += G.T @ X_eff:  GY.T = X_eff.T @ G  (never "tn")
+                gemm(_T if ta else _N, _T, K, N, M, v, xo, M if ta else K, g, zo, N, 1.0, g, yo)
             elif dy:       # GY (K x N) += X_eff.T @ G:  GY.T = G.T @ X_eff
-                gemm_t(_N, _N if ta else _T, N, K, M, g, zo, N, v, xo, M if ta else K, 1.0, g, yo)
+                gemm(_N, _N if ta else _T, N, K, M, g, zo, N, v, xo, M if ta else K, 1.0, g, yo)
             continue
         if dx:  # gX_eff[m, k] += sum_n G[m, n] Y_eff[k, n]
             for m in range(M):
