@@ -60,7 +60,7 @@ from .ops.immediate import (addc_bwd, addc_fwd, divc_bwd, divc_fwd, mulc_bwd, mu
 from .ops.fused import mul3_bwd, mul3_fwd, tanh_grad_bwd, tanh_grad_fwd
 from .ops.factor import (cholesky_bwd, cholesky_fwd, slogdet_bwd, slogdet_fwd, solve_bwd,
                          solve_fwd, trisolve_bwd, trisolve_fwd)
-from .ops.linalg import matmul_bwd, matmul_fwd
+from .ops.linalg import matmul_bwd, matmul_fwd, plain_matmul_bwd, plain_matmul_fwd
 from .ops.gather import gather_bwd, gather_fwd, scatter_add_bwd, scatter_add_fwd
 from .ops.loss import cross_entropy_bwd, cross_entropy_fwd, onehot_fwd
 from .ops.random import rand_fwd, tick_fwd
@@ -233,13 +233,40 @@ REVERSE = {
        for c in (Op.CONV2D, Op.CONV2D_GRAD_X, Op.CONV2D_GRAD_W, Op.MAX_POOL2D,
                  Op.MAX_UNPOOL2D)},
 }
+# MATMUL without transposed operands (stride attributes 0 or 1): the rows of a tape on which
+# no product has one (``opset``), which leave the flagged products' functions uncompiled
+FLAGGED_MATMUL = -1  # in an opcode set: some MATMUL has a transposed operand
+PLAIN = {
+    Op.MATMUL: (f"""
+        if not plain_matmul_fwd(val, np.int64(x), np.int64(y), np.int64(ans), a0, a1, a2, a3,
+                                a4, a5):
+            return UNKNOWN_OP, k""", f"""
+        if not plain_matmul_bwd(val, grad, np.int64(x), np.int64(y), np.int64(ans), a0, a1,
+                                a2, a3, a4, a5, {_GX}, {_GY}):
+            return UNKNOWN_OP, k"""),
+}
 # no gradient: comparisons, ONEHOT, the random draws and TICK, GUARD (never in a reverse mask)
 for _op in (Op.GT, Op.GE, Op.LT, Op.LE, Op.EQ, Op.NE, Op.ONEHOT, Op.TICK, Op.RAND, Op.RANDN,
             Op.GUARD):
     REVERSE[_op] = "pass"
-ALL_OPS = frozenset(int(o) for o in Op if o != Op.N_OPS)
-assert set(FORWARD) == set(REVERSE) == ALL_OPS, "every opcode needs a row in both tables"
+OPCODES = frozenset(int(o) for o in Op if o != Op.N_OPS)
+assert set(FORWARD) == set(REVERSE) == OPCODES, "every opcode needs a row in both tables"
 # (and in tapegrad.tangent.TANGENT and tapegrad.validate.CHECKS: tests/test_codegen.py)
+ALL_OPS = OPCODES | {FLAGGED_MATMUL}  # the full interpreter's set
+
+
+def opcodes_of(instr):
+    """The opcode set of the instruction rows ``instr`` as ``interpreter`` takes it: the
+    valid opcodes present, and ``FLAGGED_MATMUL`` if a product has a transposed operand."""
+    col = instr[:, OP]
+    ops = set((np.unique(col) if col.size > 256 else col).tolist())
+    if int(Op.MATMUL) in ops:
+        mm = instr[col == Op.MATMUL]
+        if ((mm[:, A0 + 4] | mm[:, A0 + 5]) > 1).any():
+            ops.add(FLAGGED_MATMUL)
+    return frozenset(o for o in ops if o in OPCODES or o == FLAGGED_MATMUL)
+
+
 
 
 # ------------------------------------------------------------------ the loops around them
@@ -282,12 +309,14 @@ def reverse(instr, imm, boff, bsize, val, grad, mask, clear):
 """
 
 
-def _branches(table, ops):
-    """The ``if op == ...: / elif ...`` chain of the rows of ``ops`` in ``table``."""
+def _branches(table, ops, plain=None):
+    """The ``if op == ...: / elif ...`` chain of the rows of ``ops`` in ``table`` (those of
+    ``plain``, a dict opcode -> row, instead where given)."""
+    ops = sorted(o for o in ops if o >= 0)
     out = [] if ops else ["        if op < 0:  # no opcodes: any instruction is unknown\n"
                           "            pass"]
-    for op in sorted(ops):
-        code = table[op].strip("\n")
+    for op in ops:
+        code = (plain or {}).get(op, table[op]).strip("\n")
         if "\n" not in code:
             code = "            " + code.strip()
         else:  # a block: written at the 8-space indent of the tables, one level deeper here
@@ -304,8 +333,13 @@ def source(ops):
     fit = importlib.import_module("tapegrad.fit")  # (tapegrad.fit is also the function)
     tangent = importlib.import_module("tapegrad.tangent")
     validate = importlib.import_module("tapegrad.validate")
-    ops = sorted(int(o) for o in ops)
-    names = " ".join(Op(o).name for o in ops) if len(ops) < len(ALL_OPS) else "(all)"
+    flagged = FLAGGED_MATMUL in ops or int(Op.MATMUL) not in ops
+    ops = sorted(int(o) for o in ops if o >= 0)
+    names = " ".join(Op(o).name for o in ops) if len(ops) < len(OPCODES) else "(all)"
+    if not flagged:
+        names += " (no transposed operands)"
+    fwd, rev = ({op: row[0] for op, row in PLAIN.items()},
+                {op: row[1] for op, row in PLAIN.items()}) if not flagged else (None, None)
     steps = inspect.getsource(fit.train_steps)
     return "\n".join([
         f'"""tapegrad\'s interpreters for the opcodes {names}.',
@@ -315,8 +349,8 @@ def source(ops):
         "for _m in ('fit', 'tangent', 'validate', 'sweep'):",
         "    globals().update({k: v for k, v in vars(importlib.import_module('tapegrad.' + _m))"
         ".items() if not k.startswith('__')})",
-        _FORWARD_LOOP.format(preamble=_PREAMBLE, branches=_branches(FORWARD, ops)),
-        _REVERSE_LOOP.format(preamble=_PREAMBLE, branches=_branches(REVERSE, ops)),
+        _FORWARD_LOOP.format(preamble=_PREAMBLE, branches=_branches(FORWARD, ops, fwd)),
+        _REVERSE_LOOP.format(preamble=_PREAMBLE, branches=_branches(REVERSE, ops, rev)),
         tangent.LOOP.format(preamble=_PREAMBLE, branches=_branches(tangent.TANGENT, ops)),
         validate.LOOP.format(branches=_branches(validate.CHECKS, ops)),
         "\n@jit\n" + steps])

@@ -517,8 +517,7 @@ class Tape:
         n = self._opset_n
         if n == self._nf and self._interp is not None:
             return self._interp
-        col = self._instr[n:self._nf, OP]
-        seen = self._opset | frozenset((np.unique(col) if col.size > 256 else col).tolist())
+        seen = self._opset | _sweep.opcodes_of(self._instr[n:self._nf])
         if seen != self._opset or self._interp is None:
             self._interp = _sweep.for_ops(seen, self.dtype)
         self._opset, self._opset_n = seen, self._nf

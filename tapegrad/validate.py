@@ -290,8 +290,7 @@ def validate_tape_arrays(instr, imm, boff, bsize, shapes, arena_size, interp=Non
     instr = np.ascontiguousarray(instr)
     if interp is None:  # the interpreters of the opcodes present (tapegrad.sweep)
         from . import sweep
-        ops = np.unique(instr[:, OP]).tolist()
-        interp = sweep.for_ops([o for o in ops if 0 <= o < Op.N_OPS], np.float64)
+        interp = sweep.for_ops(sweep.opcodes_of(instr), np.float64)
     announce_compile(interp.check_instructions)
     k, reason = interp.check_instructions(instr, bsize, N_IN)
     if k >= 0:

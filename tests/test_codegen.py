@@ -10,7 +10,7 @@ import pytest
 
 import tapegrad as tg
 from tapegrad import sweep
-from tapegrad.opcodes import OP, Op
+from tapegrad.opcodes import A0, OP, Op
 
 
 def _model(dtype=np.float64):
@@ -26,7 +26,7 @@ def _model(dtype=np.float64):
 
 def _opset(tape):
     tape._seal()
-    return frozenset(np.unique(tape._instr[:, OP]).tolist())
+    return sweep.opcodes_of(tape._instr)
 
 
 def test_a_module_holds_the_branches_of_its_opcodes_only():
@@ -46,8 +46,9 @@ def test_a_module_holds_the_branches_of_its_opcodes_only():
 def test_every_opcode_has_its_three_rows():
     from tapegrad.tangent import TANGENT
     from tapegrad.validate import CHECKS
-    assert set(sweep.FORWARD) == set(sweep.REVERSE) == set(TANGENT) == set(CHECKS) == sweep.ALL_OPS
-    assert sweep.ALL_OPS == {int(o) for o in Op if o != Op.N_OPS}
+    assert set(sweep.FORWARD) == set(sweep.REVERSE) == set(TANGENT) == set(CHECKS) == sweep.OPCODES
+    assert sweep.OPCODES == {int(o) for o in Op if o != Op.N_OPS}
+    assert sweep.ALL_OPS == sweep.OPCODES | {sweep.FLAGGED_MATMUL}
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
@@ -76,6 +77,28 @@ def test_an_opcode_outside_the_module_is_refused_not_skipped():
     status, k = mod.reverse(tape._instr, tape._imm, tape._boff, tape._bsize, tape._val,
                             tape._grad, mask, 0)
     assert status == sweep.UNKNOWN_OP and tape._instr[k, OP] == Op.TANH
+
+
+def test_products_without_transposed_operands_leave_the_flagged_code_out():
+    tape, loss = _model()
+    ops = _opset(tape)
+    assert sweep.FLAGGED_MATMUL not in ops
+    plain = sweep.source(ops)
+    assert "plain_matmul_fwd(" in plain and not re.search(r"(?<!plain_)matmul_[fb]wd\(val", plain)
+    assert "matmul_bwd(val" in sweep.source(ops | {sweep.FLAGGED_MATMUL})
+    g = tg.gradients(loss, tape.params)          # the recorded rule of a product: flagged
+    tape._seal()
+    assert sweep.FLAGGED_MATMUL in sweep.opcodes_of(tape._instr)
+    grown = sweep.opcodes_of(tape._instr)
+    mod = sweep.interpreter(grown - {sweep.FLAGGED_MATMUL})  # plain rows, every opcode:
+    mask = np.ones(len(tape), np.uint8)
+    status, k = mod.forward(tape._instr, tape._imm, tape._boff, tape._bsize, tape._val, mask, 0)
+    assert status == sweep.UNKNOWN_OP            # refused, never run as an unflagged product
+    assert tape._instr[k, OP] == Op.MATMUL and max(tape._instr[k, A0 + 4:A0 + 6]) > 1
+    pen = sum((gi * gi).sum() for gi in g)
+    tape.forward()
+    pen.backward()                               # the tape's own module: the full rows
+    assert sweep.FLAGGED_MATMUL in tape._opset and np.isfinite(tape.params[0].grad).all()
 
 
 def test_validation_refuses_an_opcode_outside_the_module():

@@ -178,6 +178,39 @@ def matmul_fwd(v, x, y, ans, batch, M, K, N, sx, sy):
         gemm(_N, _N, N, M, K, v, yo, N, v, xo, K, 0.0, v, zo)
 
 
+@kernel
+def plain_matmul_fwd(v, x, y, ans, batch, M, K, N, sx, sy):
+    """``matmul_fwd`` for a tape without transposed operands: the flagged functions stay out
+    of the interpreter (and its compile). False for a flagged product (never on a tape
+    whose interpreter has this row: ``tapegrad.sweep`` picks the full row for those)."""
+    if (sx | sy) > 1:
+        return False
+    if not use_blas(v, batch, M, K, N):
+        small_matmul_fwd(v, x, y, ans, batch, M, K, N, sx, sy)
+        return True
+    for t in range(batch):
+        xo, yo, zo = x + t * sx * M * K, y + t * sy * K * N, ans + t * M * N
+        gemm(_N, _N, N, M, K, v, yo, N, v, xo, K, 0.0, v, zo)
+    return True
+
+
+@kernel
+def plain_matmul_bwd(v, g, x, y, ans, batch, M, K, N, sx, sy, dx, dy):
+    """``matmul_bwd`` without the flagged functions (see ``plain_matmul_fwd``)."""
+    if (sx | sy) > 1:
+        return False
+    if not use_blas(v, batch, M, K, N):
+        small_matmul_bwd(v, g, x, y, ans, batch, M, K, N, sx, sy, dx, dy)
+        return True
+    for t in range(batch):
+        xo, yo, zo = x + t * sx * M * K, y + t * sy * K * N, ans + t * M * N
+        if dx:  # GX.T (K x M) += Y (K x N) @ G.T (N x M)
+            gemm_t(_T, _N, K, M, N, v, yo, N, g, zo, N, 1.0, g, xo)
+        if dy:  # GY.T (N x K) += G.T (N x M) @ X (M x K)
+            gemm(_N, _T, N, K, M, g, zo, N, v, xo, K, 1.0, g, yo)
+    return True
+
+
 # gx += g @ y.T,  gy += x.T @ g   (per batch; a shared operand sums over the batch);
 # dx / dy: whether x / y need a gradient at all
 @kernel
