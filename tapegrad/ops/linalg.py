@@ -166,19 +166,6 @@ def use_blas(v, batch, M, K, N):
 # uint64 offsets in functions of their own, called (not inlined) from the sweeps: the sweeps'
 # compile time grows faster than their size, and a call costs nanoseconds next to a product.
 @kernel
-def matmul_fwd(v, x, y, ans, batch, M, K, N, sx, sy):
-    if (sx | sy) > 1:  # a transposed operand (the recorded reverse rule's products)
-        flagged_matmul_fwd(v, x, y, ans, batch, M, K, N, sx, sy)
-        return
-    if not use_blas(v, batch, M, K, N):
-        small_matmul_fwd(v, x, y, ans, batch, M, K, N, sx, sy)
-        return
-    for t in range(batch):  # Z.T (N x M) = Y.T (N x K) @ X.T (K x M)
-        xo, yo, zo = x + t * sx * M * K, y + t * sy * K * N, ans + t * M * N
-        gemm(_N, _N, N, M, K, v, yo, N, v, xo, K, 0.0, v, zo)
-
-
-@kernel
 def plain_matmul_fwd(v, x, y, ans, batch, M, K, N, sx, sy):
     """``matmul_fwd`` for a tape without transposed operands: the flagged functions stay out
     of the interpreter (and its compile). False for a flagged product (never on a tape
@@ -194,6 +181,8 @@ def plain_matmul_fwd(v, x, y, ans, batch, M, K, N, sx, sy):
     return True
 
 
+# gx += g @ y.T,  gy += x.T @ g   (per batch; a shared operand sums over the batch);
+# dx / dy: whether x / y need a gradient at all
 @kernel
 def plain_matmul_bwd(v, g, x, y, ans, batch, M, K, N, sx, sy, dx, dy):
     """``matmul_bwd`` without the flagged functions (see ``plain_matmul_fwd``)."""
@@ -211,22 +200,21 @@ def plain_matmul_bwd(v, g, x, y, ans, batch, M, K, N, sx, sy, dx, dy):
     return True
 
 
-# gx += g @ y.T,  gy += x.T @ g   (per batch; a shared operand sums over the batch);
-# dx / dy: whether x / y need a gradient at all
+# The MATMUL rows of the interpreters: a transposed operand goes to the flagged functions
+@kernel
+def matmul_fwd(v, x, y, ans, batch, M, K, N, sx, sy):
+    if (sx | sy) > 1:  # a transposed operand (the recorded reverse rule's products)
+        flagged_matmul_fwd(v, x, y, ans, batch, M, K, N, sx, sy)
+        return
+    plain_matmul_fwd(v, x, y, ans, batch, M, K, N, sx, sy)
+
+
 @kernel
 def matmul_bwd(v, g, x, y, ans, batch, M, K, N, sx, sy, dx, dy):
     if (sx | sy) > 1:
         flagged_matmul_bwd(v, g, x, y, ans, batch, M, K, N, sx, sy, dx, dy)
         return
-    if not use_blas(v, batch, M, K, N):
-        small_matmul_bwd(v, g, x, y, ans, batch, M, K, N, sx, sy, dx, dy)
-        return
-    for t in range(batch):
-        xo, yo, zo = x + t * sx * M * K, y + t * sy * K * N, ans + t * M * N
-        if dx:  # GX.T (K x M) += Y (K x N) @ G.T (N x M)
-            gemm_t(_T, _N, K, M, N, v, yo, N, g, zo, N, 1.0, g, xo)
-        if dy:  # GY.T (N x K) += G.T (N x M) @ X (M x K)
-            gemm(_N, _T, N, K, M, g, zo, N, v, xo, K, 1.0, g, yo)
+    plain_matmul_bwd(v, g, x, y, ans, batch, M, K, N, sx, sy, dx, dy)
 
 
 # Each row of Z: Z[m] = sum_k X[m, k] Y[k], accumulated in place in a float64 arena and in a
