@@ -1,14 +1,17 @@
-"""The compiled interpreters: a forward sweep (instructions 0..n), a reverse sweep (n..0) and
-``tg.fit``'s step loop, each a loop with one branch per opcode that calls the op's inlined
+"""The compiled interpreters: a forward sweep (instructions 0..n), a reverse sweep (n..0), the
+tangent sweep (``tapegrad.tangent``), the checks (``tapegrad.validate``) and ``tg.fit``'s step
+loop, each a loop with one branch per opcode that calls the op's inlined
 kernel (``tapegrad.ops.*``: ``<op>_fwd`` / ``<op>_bwd``) with the arenas and the buffers'
 offsets. Offsets go to the kernels as np.uint64 (vectorisable loops) and attributes as int64;
 no array views are made per instruction (each would cost reference counting), except for
 matrix products.
 
-**Generated per opcode set.** The branches are rows of two tables, ``FORWARD`` and
-``REVERSE`` (opcode -> the source of its branch), and ``interpreter(ops)`` writes a module
-holding only the rows of ``ops`` -- the opcodes a tape uses -- then compiles it with numba's
-disk cache. Each branch costs a fraction of a second of compile, so a tape of seven opcodes
+**Generated per opcode set.** The branches are rows of tables, ``FORWARD`` and ``REVERSE``
+here, ``TANGENT`` and ``CHECKS`` in their modules (opcode -> the source of its branch), and
+``interpreter(ops)`` writes a module holding only the rows of ``ops`` -- the opcodes a tape
+uses, ``opcodes_of(instr)`` -- then compiles it with numba's disk cache. (MATMUL has two
+rows: a tape with no transposed-operand product, which only recorded gradients make, gets
+the one that leaves the flagged products' code out: ``PLAIN``, ``FLAGGED_MATMUL``.) Each branch costs a fraction of a second of compile, so a tape of seven opcodes
 compiles in a small part of the time of all sixty (issue 11; DESIGN.md's facts). The module's
 file is named by a hash of its text and of every source its kernels come from, so an edited
 kernel gets a fresh file and a fresh cache entry, never stale code. ``for_ops(ops, dtype)``
