@@ -135,7 +135,7 @@ def _sum_rows_f32(src, x, dst, ans, A, n, B, add):
 # sum:  ans[a, b] = sum_j x[a, j, b];  gx[a, j, b] += g[a, b]
 @kernel
 def sum_fwd(v, x, ans, A, n, B):
-    sum_middle(v, x, v, ans, A, n, B, False)
+    sum_middle(v, x, v, ans, A, n, B, np.int64(0))  # a flag, not a literal (one compile)
 
 
 @kernel

@@ -62,7 +62,8 @@ def expand_fwd(v, x, ans, A, n, B):
 
 @kernel
 def expand_bwd(g, x, ans, A, n, B):
-    sum_middle(g, ans, g, x, A, n, B, True)  # a reduction: summed in float64 (ops.reduce)
+    # a reduction: summed in float64 (ops.reduce); the flag an int64, not a literal True
+    sum_middle(g, ans, g, x, A, n, B, np.int64(1))
 
 
 @vjp(Op.EXPAND)
