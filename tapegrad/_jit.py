@@ -174,17 +174,61 @@ _load_scipy_blas_single_threaded()
 
 _checked = set()     # dispatchers already looked at by announce_compile
 _announced = False
+_workers = {}        # dispatcher -> the worker process compiling it (tapegrad.sweep)
+
+
+def start_worker(dispatcher, argv, path):
+    """Run ``argv``, a process that compiles ``dispatcher`` into numba's disk cache, with
+    ``path`` (the directory holding this tapegrad) first on its import path."""
+    import subprocess
+    env = dict(os.environ, TAPEGRAD_COMPILE_WORKERS="0",
+               PYTHONPATH=os.pathsep.join([path] + [p for p in os.environ.get(
+                   "PYTHONPATH", "").split(os.pathsep) if p]))
+    try:
+        _workers[dispatcher] = subprocess.Popen(
+            argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL)
+    except OSError:  # no process to be had: this process compiles it when needed
+        return
+    if len(_workers) == 1:
+        import atexit
+        atexit.register(_stop_workers)
+
+
+def await_worker(dispatcher, timeout=600.0):  # (a compile takes seconds, not minutes)
+    """Wait for the worker compiling ``dispatcher``, if any (then its first call loads the
+    worker's code from the cache; if the worker failed, it compiles as usual)."""
+    import subprocess
+    w = _workers.pop(dispatcher, None)
+    if w is not None:
+        try:
+            w.wait(timeout)
+        except subprocess.TimeoutExpired:
+            w.kill()
+            w.wait()
+
+
+def _stop_workers():
+    """At exit: stop the workers still compiling (nothing waits for their code)."""
+    for w in list(_workers.values()):
+        if w.poll() is None:
+            w.kill()
+            w.wait()
+    _workers.clear()
 
 
 def announce_compile(*dispatchers):
     """One line on stderr, once per process, before a call that will compile (not load from
     numba's cache) one of ``dispatchers``: a cold first run takes a minute or more, which
-    should not pass in silence. Each dispatcher is looked at once (a set lookup after that)."""
+    should not pass in silence. Each dispatcher is looked at once (a set lookup after that).
+    Waits first for a worker compiling one of them (``tapegrad.sweep.compile_ahead``)."""
     global _announced
     for d in dispatchers:
         if d in _checked:
             continue
         _checked.add(d)
+        if _workers:
+            await_worker(d)
         if _announced or not isinstance(d, Dispatcher) or d.signatures:
             continue
         cache_file = getattr(getattr(d, "_cache", None), "_cache_file", None)

@@ -336,7 +336,7 @@ def fit(loss, opt, data=None, batch_size=None, steps=None, shuffle=True, seed=0,
             m = min(chunk, steps - done)
             ids = order.take(m * R * batch).reshape(m, R, batch)[:, rank].ravel()
             t = time.perf_counter()
-            announce_compile(interp.train_steps)
+            announce_compile(interp.reverse, interp.train_steps)  # (a worker's reverse first)
             status, k, ran = interp.train_steps(
                 tape._instr, tape._imm, tape._boff, tape._bsize, tape._val, tape._grad, fmask,
                 rmask, zero, m if done + m < steps else m - 1, loss._b, packed, cols, ids,

@@ -428,7 +428,13 @@ def _load(text):
             break
         except OSError:
             continue
-    spec = importlib.util.spec_from_file_location("tapegrad._generated." + name, path)
+    return _import(path)
+
+
+def _import(path):
+    """Import the generated module at ``path`` (by the name every process gives it)."""
+    name = "tapegrad._generated." + os.path.basename(path)[:-3]
+    spec = importlib.util.spec_from_file_location(name, path)
     mod = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = mod
     spec.loader.exec_module(mod)
@@ -476,3 +482,76 @@ def _choose(ops, dtype):
     if _ready(full.forward, dtype) or len(_modules) > MAX_SPECIALISED:
         return full
     return interpreter(ops)
+
+
+
+# ------------------------------------------------------------------ compiling ahead, in parallel
+# A cold first gradient compiles the forward sweep, the checks and the reverse sweep one after
+# the other, each seconds long, in one process: numba compiles under a global lock, so threads
+# cannot share the work, but processes can -- numba's disk cache is where they meet. When a
+# tape first needs a module whose reverse sweep is neither compiled nor cached, a worker process
+# compiles it (into the cache) while this one compiles the forward sweep and the checks; the
+# first call of the reverse sweep waits for the worker and loads its code from the cache
+# (``_jit.announce_compile`` does the waiting). A worker that fails or is too slow changes
+# nothing: this process then compiles as it would have. TAPEGRAD_COMPILE_WORKERS=N sets how
+# many may run (0: none); by default one per idle CPU (the load average says how many are
+# busy), none on a single CPU, with numba's JIT off, without a disk cache, or under MPI.
+AHEAD = ("reverse",)     # what workers compile, in this order, one worker each
+_ahead = set()           # (module, dtype) pairs compile_ahead has looked at
+
+
+def call_types(name, dtype):
+    """The numba argument types with which tapegrad calls the generated function ``name`` on
+    ``dtype`` arenas (what a worker compiles; tests/test_codegen.py checks them against the
+    signatures the callers compile)."""
+    from numba.core import types
+    from numba.np.numpy_support import from_dtype
+
+    def arr(dt, nd=1):
+        return types.Array(from_dtype(np.dtype(dt)), nd, "C")
+    instr, imm, idx, mask, v = (arr(np.int32, 2), arr(np.float64), arr(np.int64),
+                                arr(np.uint8), arr(dtype))
+    return {"forward": (instr, imm, idx, idx, v, mask, types.int64),
+            "reverse": (instr, imm, idx, idx, v, v, mask, types.int64),
+            "check_instructions": (instr, idx, idx)}[name]
+
+
+def _worker_budget():
+    """How many compile workers may run besides this process (0: none)."""
+    want = os.environ.get("TAPEGRAD_COMPILE_WORKERS", "")
+    if want.strip().isdigit():
+        return int(want)
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cpus = os.cpu_count() or 1
+    if cpus < 2 or "mpi4py.MPI" in sys.modules:
+        return 0
+    try:  # no core to spare (a busy machine): a worker would slow this process down
+        idle = cpus - os.getloadavg()[0]
+    except (AttributeError, OSError):
+        idle = cpus - 1
+    return max(0, min(int(idle + 0.5), cpus - 1, len(AHEAD)))
+
+
+def compile_ahead(mod, dtype):
+    """Start workers compiling ``AHEAD`` of module ``mod`` for ``dtype`` arenas, unless they
+    are compiled, cached or being compiled already (module comment above)."""
+    from ._jit import _workers, start_worker
+    key = (mod, np.dtype(dtype).char)
+    if key in _ahead:
+        return
+    _ahead.add(key)
+    for name in AHEAD[:_worker_budget()]:
+        d = getattr(mod, name, None)
+        if (getattr(d, "_cache", None) is None or type(d._cache).__name__ == "NullCache"
+                or d in _workers or _ready(d, dtype)):
+            continue
+        start_worker(d, [sys.executable, "-c", "from tapegrad import sweep; sweep._worker()",
+                         mod.__file__, name, np.dtype(dtype).str], os.path.dirname(_HERE))
+
+
+def _worker():
+    """A compile worker's body: ``python -c ... MODULE_PATH NAME DTYPE``."""
+    path, name, dtype = sys.argv[1:4]
+    getattr(_import(path), name).compile(call_types(name, np.dtype(dtype)))

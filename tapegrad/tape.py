@@ -520,6 +520,8 @@ class Tape:
         seen = self._opset | _sweep.opcodes_of(self._instr[n:self._nf])
         if seen != self._opset or self._interp is None:
             self._interp = _sweep.for_ops(seen, self.dtype)
+            if self._param_elems:  # a gradient will follow: its sweep, in a worker
+                _sweep.compile_ahead(self._interp, self.dtype)
         self._opset, self._opset_n = seen, self._nf
         return self._interp
 

@@ -176,3 +176,70 @@ def test_called_functions_are_compiled_once_not_per_literal_argument():
     literal = {name: [str(s) for s in d.signatures if "Literal" in str(s)]
                for name, d in _dispatchers().items()}
     assert {k: v for k, v in literal.items() if v} == {}
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_call_types_are_what_the_callers_compile(dtype):
+    # a compile worker compiles sweep.call_types: a mismatch would make its work useless
+    tape, loss = _model(dtype)
+    tape.forward()
+    loss.backward()
+    interp = tape._interpreters()
+    for name in ("forward", "reverse", "check_instructions"):
+        assert tuple(sweep.call_types(name, dtype)) in [tuple(s) for s in
+                                                       getattr(interp, name).signatures]
+
+
+_WORKER_CHILD = r"""
+import numpy as np, tapegrad as tg
+from tapegrad import _jit
+tape = tg.Tape()
+w = tape.param(np.linspace(-1, 1, 6).reshape(2, 3))
+x = tape.input("x", value=np.arange(8.0).reshape(4, 2) / 8)
+loss = tg.log(1 + tg.exp(tg.abs(x @ w) - 0.5)).sum()   # an opcode set of this test only
+tape.forward()                   # compiles the forward sweep, a worker the reverse one
+started = len(_jit._workers)
+loss.backward()
+rev = tape._interpreters().reverse
+print(started, sum(rev.stats.cache_hits.values()), sum(rev.stats.cache_misses.values()))
+print(repr(w.grad.tolist()))
+"""
+
+
+def test_compile_workers_follow_the_environment(monkeypatch):
+    monkeypatch.setenv("TAPEGRAD_COMPILE_WORKERS", "0")
+    assert sweep._worker_budget() == 0
+    monkeypatch.setenv("TAPEGRAD_COMPILE_WORKERS", "1")
+    assert sweep._worker_budget() == 1
+
+
+def test_a_compile_worker_compiles_the_reverse_sweep_into_the_cache(tmp_path):
+    import os
+    import subprocess
+    import sys
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path), TAPEGRAD_COMPILE_WORKERS="1")
+    p = subprocess.run([sys.executable, "-c", _WORKER_CHILD], env=env, capture_output=True,
+                       text=True, timeout=600)
+    assert p.returncode == 0, p.stderr
+    counts, grad = p.stdout.splitlines()
+    started, hits, misses = map(int, counts.split())
+    # the worker compiled it; this process loaded it from the cache
+    assert (started, hits, misses) == (1, 1, 0)
+    wv = np.linspace(-1, 1, 6).reshape(2, 3)
+    xv = np.arange(8.0).reshape(4, 2) / 8
+    z = xv @ wv
+    g = np.sign(z) / (1 + np.exp(-(np.abs(z) - 0.5)))   # d softplus(|z| - .5) / dz
+    assert np.allclose(np.array(eval(grad)), xv.T @ g, rtol=1e-12, atol=0)
+
+
+def test_a_failed_worker_leaves_the_compile_to_this_process():
+    import sys
+    from tapegrad import _jit
+    tape, loss = _model()
+    tape.forward()
+    rev = tape._interpreters().reverse
+    _jit._checked.discard(rev)
+    _jit.start_worker(rev, [sys.executable, "-c", "raise SystemExit(3)"], ".")
+    loss.backward()   # waits for the worker (exit 3), then compiles or loads as usual
+    assert rev not in _jit._workers and rev.signatures
+    assert np.isfinite(tape.params[0].grad).all()
