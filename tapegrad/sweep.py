@@ -425,10 +425,30 @@ def _load(text):
                 with open(tmp, "w") as fh:
                     fh.write(text)
                 os.replace(tmp, path)
+                if where and not os.environ.get("NUMBA_CACHE_DIR"):
+                    _remove_superseded(d)
             break
         except OSError:
             continue
     return _import(path)
+
+
+def _remove_superseded(d):
+    """Delete the modules in ``d`` generated from other sources than these (an edited
+    checkout, an older version) with their cached code: nothing loads them again, and each
+    holds about a megabyte. Not in a shared ``NUMBA_CACHE_DIR``, where other versions may run."""
+    mine = _digest()
+    for path in glob.glob(os.path.join(d, "tg_sweep_*.py")):
+        try:
+            with open(path) as fh:
+                head = fh.read(400)
+            if "with digest " not in head or f"with digest {mine}:" in head:
+                continue
+            name = os.path.basename(path)[:-3]
+            for f in [path] + glob.glob(os.path.join(d, "__pycache__", name + ".*")):
+                os.remove(f)
+        except OSError:  # another process removed it first, or no permission: leave it
+            continue
 
 
 def _import(path):
