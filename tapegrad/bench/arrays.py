@@ -25,7 +25,9 @@ largest relative difference of their gradients from tapegrad's):
 * ``logsumexp``: d/dx logsumexp(x), n = 10^6;
 * ``lstsq``: d/dw sum((A w - b)^2), A 16384 x 128;
 * ``rk4``: an RK4 integrator of dy/dt = b tanh(y shifted by one) - a y over 10^4 states,
-  100 steps unrolled, gradient of sum(y_T^2) in a, b and y_0;
+  100 steps, gradient of sum(y_T^2) in a, b and y_0 (unrolled on the tape and in PyTorch;
+  JAX runs one traced step in ``lax.fori_loop``: XLA took over 7 minutes to compile the
+  unrolled 100 steps here);
 * ``gmm``: the log-likelihood of n = 1000 points under a diagonal Gaussian mixture (d = 32,
   K = 50), gradient in the weights, means and log-scales.
 Peak memory: each (workload, engine) in a child process, the peak resident size (VmHWM)
@@ -410,12 +412,18 @@ def _loss(name, m, D, P, cat=None, lse=None):
             prev = cat([zero, y[:n - 1]])
             return b * m.tanh(prev) - a * y
         h = RK4_DT
-        for _ in range(D["steps"]):
+
+        def step(y):
             k1 = f(y)
             k2 = f(y + (h / 2) * k1)
             k3 = f(y + (h / 2) * k2)
             k4 = f(y + h * k3)
-            y = y + (h / 6) * (k1 + 2.0 * k2 + 2.0 * k3 + k4)
+            return y + (h / 6) * (k1 + 2.0 * k2 + 2.0 * k3 + k4)
+        if "fori_loop" in D:  # JAX: one traced step in a loop (unrolled, XLA compiled for
+            y = D["fori_loop"](0, D["steps"], lambda i, y: step(y), y)  # many minutes)
+        else:
+            for _ in range(D["steps"]):
+                y = step(y)
         return (y * y).sum()
     if name == "gmm":
         x, alpha, mu, logs = D["x"], P["alpha"], P["mu"], P["logs"]
@@ -455,6 +463,37 @@ class _TgWorkload:
         return [p.grad.copy() for p in self.ps]
 
 
+class _TgSweeps(_TgWorkload):
+    """The compiled work alone: the forward sweep and a reverse sweep that zeroes each
+    gradient it has consumed (``clear``, as ``tg.fit``'s steps), zeroing before each call only
+    the parameters' gradients and the outputs of PLACE (which ``clear`` leaves) -- not the
+    whole gradient arena that ``loss.backward()`` zeroes (issue 17 item 4)."""
+
+    def __init__(self, name, data):
+        super().__init__(name, data)
+        from tapegrad.opcodes import OP, OUT, Op
+        tape = self.tape
+        tape.forward()
+        self.loss.backward()
+        self.sweep = tape._interpreters()
+        self.fmask = np.ones(len(tape), np.uint8)
+        self.rmask = tape._reverse_mask(self.loss._b)
+        self.args = (tape._instr, tape._imm, tape._boff, tape._bsize, tape._val)
+        place = np.unique(tape._instr[tape._instr[:, OP] == Op.PLACE, OUT])
+        self.zero = [(0, tape._n_params)] + [
+            (int(tape._boff[b]), int(tape._boff[b] + tape._bsize[b])) for b in place]
+        self.seed = int(tape._boff[self.loss._b])
+        tape._grad[:] = 0
+
+    def __call__(self):
+        grad = self.tape._grad
+        self.sweep.forward(*self.args, self.fmask, 0)
+        for a, b in self.zero:
+            grad[a:b] = 0
+        grad[self.seed] = 1.0
+        self.sweep.reverse(*self.args, grad, self.rmask, 1)
+
+
 class _TorchWorkload:
     def __init__(self, name, data):
         import torch
@@ -490,7 +529,8 @@ class _JaxWorkload:
         self.jax = jax
         D = {"A": jnp.asarray(data["A"]), "b": jnp.asarray(data["b"])} if name == "lstsq" else {}
         if name == "rk4":
-            D = {"zero1": jnp.zeros(1), "n": data["y0"].size, "steps": data["steps"]}
+            D = {"zero1": jnp.zeros(1), "n": data["y0"].size, "steps": data["steps"],
+                 "fori_loop": jax.lax.fori_loop}
         if name == "gmm":
             D = {"x": jnp.asarray(data["x"]), "K": data["alpha"].size}
         self.ps = [jnp.asarray(np.array(data[k], dtype=np.float64)) for k in WRT[name]]
@@ -509,8 +549,8 @@ class _JaxWorkload:
         return [np.asarray(g) for g in self.step(self.ps)[1]]
 
 
-ENGINES = {"tapegrad": _TgWorkload, "torch": _TorchWorkload, "jax": _JaxWorkload}
-ENGINE_MODULE = {"tapegrad": "numba", "torch": "torch", "jax": "jax"}
+ENGINES = {"tapegrad": _TgWorkload, "tg-sweeps": _TgSweeps, "torch": _TorchWorkload,
+           "jax": _JaxWorkload}
 
 
 def _memory(name, engine, quick):
@@ -553,7 +593,7 @@ def workload_table(rounds, engines, quick, memory, names=WORKLOADS, out=print):
                "instructions": ws["tapegrad"].instructions,
                "arena_mb": ws["tapegrad"].arena_bytes / 2 ** 20}
         if memory:
-            row["memory"] = {e: _memory(name, e, quick) for e in ws}
+            row["memory"] = {e: _memory(name, e, quick) for e in ws if e != "tg-sweeps"}
         rows.append(row)
         for line in _workload_lines(row):
             out(line)
@@ -650,7 +690,7 @@ def main(argv=None):
               "<= 1.5x jax")
         print(WORKLOAD_HEADER)
         report["workloads"] = workload_table(
-            rounds, {"tapegrad"} | set(engines), args.quick,
+            rounds, {"tapegrad", "tg-sweeps"} | set(engines), args.quick,
             not args.no_memory and not args.quick, [w for w in args.workloads.split(",") if w])
     if args.json:
         with open(args.json, "w") as fh:
