@@ -307,7 +307,9 @@ def kernel_table(sizes, dtypes, rounds, engines, names=KERNEL_NAMES, out=print):
             for name in names:
                 xs = _inputs(name, n, dtype, rng)
                 el = max(x.size for x in xs)
-                if name in ("bcast-row",):
+                if name == "concat":
+                    el = sum(x.size for x in xs)
+                elif name == "bcast-row":
                     el = int(np.prod(_shape2(n)))
                 elif name == "bcast-scalar":
                     el = n

@@ -217,6 +217,9 @@ def _reassoc(fn):
     return cached(fn, error_model="numpy", nogil=True, fastmath={"reassoc"})
 
 
+VM_BLOCK = 1024  # columns of a vector-matrix product summed per pass (8 KB of float64 sums)
+
+
 @_reassoc
 def matvec_fwd(v, x, y, ans, batch, M, K, N, sx, sy):
     uK, uN = np.uint64(K), np.uint64(N)
@@ -233,25 +236,31 @@ def matvec_fwd(v, x, y, ans, batch, M, K, N, sx, sy):
                     s += np.float64(v[row + k]) * v[yo + k]
                 v[zo + m] = s
             continue
-        for n in range(uN):  # z = sum_k x[k] Y[k, :], four rows of Y per pass over acc
-            acc[n] = 0.0
+        # z = sum_k x[k] Y[k, :]: blocks of VM_BLOCK columns (the running sums stay in L1),
+        # four rows of Y per pass over them
         K4 = uK - uK % np.uint64(4)
-        for k in range(np.uint64(0), K4, np.uint64(4)):
-            x0, x1 = np.float64(v[xo + k]), np.float64(v[xo + k + np.uint64(1)])
-            x2, x3 = np.float64(v[xo + k + np.uint64(2)]), np.float64(v[xo + k + np.uint64(3)])
-            r0 = yo + k * uN
-            r1 = r0 + uN
-            r2 = r1 + uN
-            r3 = r2 + uN
-            for n in range(uN):
-                acc[n] += (x0 * v[r0 + n] + x1 * v[r1 + n]) + (x2 * v[r2 + n] + x3 * v[r3 + n])
-        for k in range(K4, uK):
-            xk = np.float64(v[xo + k])
-            row = yo + k * uN
-            for n in range(uN):
-                acc[n] += xk * v[row + n]
-        for n in range(uN):
-            v[zo + n] = acc[n]
+        for n0 in range(np.uint64(0), uN, np.uint64(VM_BLOCK)):
+            n1 = min(n0 + np.uint64(VM_BLOCK), uN)
+            for n in range(n0, n1):
+                acc[n] = 0.0
+            for k in range(np.uint64(0), K4, np.uint64(4)):
+                x0, x1 = np.float64(v[xo + k]), np.float64(v[xo + k + np.uint64(1)])
+                x2 = np.float64(v[xo + k + np.uint64(2)])
+                x3 = np.float64(v[xo + k + np.uint64(3)])
+                r0 = yo + k * uN
+                r1 = r0 + uN
+                r2 = r1 + uN
+                r3 = r2 + uN
+                for n in range(n0, n1):
+                    acc[n] += (x0 * v[r0 + n] + x1 * v[r1 + n]) + (x2 * v[r2 + n]
+                                                                   + x3 * v[r3 + n])
+            for k in range(K4, uK):
+                xk = np.float64(v[xo + k])
+                row = yo + k * uN
+                for n in range(n0, n1):
+                    acc[n] += xk * v[row + n]
+            for n in range(n0, n1):
+                v[zo + n] = acc[n]
 
 
 @_reassoc
