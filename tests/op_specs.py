@@ -835,3 +835,58 @@ SPECS.extend([
          lambda x: tg.gradients(tg.gradients(tg.tanh(x).sum(), [x])[0].sum(), [x])[0],
          _np_d2tanh, [C((2, 3)), C((5,))]),
 ])
+
+# ---------------------------------------------------------------------------- long rows (issue 17)
+# Shapes that take the vectorised paths of ops/reduce.py, ops/shape.py, ops/gather.py and the
+# matrix-vector loops of ops/linalg.py: reductions over the last axis (B == 1: runs longer
+# than their unrolling by 4), over the first and a middle axis (B > 1: a scratch row per
+# column), size-1 axes, a scalar broadcast to many elements, slices and concatenations of
+# contiguous runs, gathers of single elements, and products with a vector operand on either
+# side (K not a multiple of 4: the unrolled loops' remainders too).
+_LONG_AXES = [C((37,), id="full37", axis=None), C((3, 19), id="ax-1", axis=-1),
+              C((19, 3), id="ax0", axis=0), C((2, 9, 3), id="mid", axis=1),
+              C((5, 1), id="size1_last", axis=-1), C((1, 23), id="size1_first", axis=0)]
+
+
+def _keep(cases):
+    return [Case(c.shapes, dict(c.kw, keepdims=False), c.id) for c in cases]
+
+
+SPECS.extend([
+    Spec("sum_long", (Op.SUM,), lambda x, axis, keepdims: tg.sum(x, axis=axis, keepdims=keepdims),
+         lambda x, axis, keepdims: np.sum(x, axis=axis, keepdims=keepdims), _keep(_LONG_AXES)),
+    Spec("max_long", (Op.MAX,), lambda x, axis, keepdims: tg.max(x, axis=axis, keepdims=keepdims),
+         lambda x, axis, keepdims: np.max(x, axis=axis, keepdims=keepdims), _keep(_LONG_AXES),
+         distinct),
+    Spec("logsumexp_long", (Op.LOGSUMEXP,),
+         lambda x, axis, keepdims: tg.logsumexp(x, axis=axis, keepdims=keepdims),
+         lambda x, axis, keepdims: scipy.special.logsumexp(x, axis=axis, keepdims=keepdims),
+         _keep(_LONG_AXES), wide),
+    Spec("softmax_long", (Op.SOFTMAX,), lambda x, axis: tg.softmax(x, axis=axis),
+         lambda x, axis: scipy.special.softmax(x, axis=axis), _LONG_AXES, wide),
+    Spec("log_softmax_long", (Op.LOG_SOFTMAX,), lambda x, axis: tg.log_softmax(x, axis=axis),
+         lambda x, axis: scipy.special.log_softmax(x, axis=axis), _LONG_AXES, wide),
+    Spec("expand_long", (Op.EXPAND, Op.MUL),
+         lambda x, shape: x * np.linspace(0.5, 1.5, int(np.prod(shape))).reshape(shape),
+         lambda x, shape: x * np.linspace(0.5, 1.5, int(np.prod(shape))).reshape(shape),
+         [C((), id="scalar", shape=(41,)), C((5, 1), id="column", shape=(5, 23)),
+          C((1,), id="one_to_2d", shape=(3, 29)), C((23,), id="row", shape=(4, 23))]),
+    Spec("slice_long", (Op.SLICE,), lambda x, key: x[key], lambda x, key: np.asarray(x[key]),
+         [C((3, 23), id="last_axis", key=(_S(None), _S(1, None))),
+          C((29,), id="head", key=_S(None, 28)),
+          C((3, 23), id="last_axis_step", key=(_S(None), _S(None, None, -3))),
+          C((5, 7, 3), id="middle", key=(_S(None), _S(2, 6)))]),
+    Spec("concatenate_long", (Op.PLACE,),
+         lambda *xs, axis: tg.concatenate(list(xs), axis=axis),
+         lambda *xs, axis: np.concatenate(xs, axis=axis),
+         [C((3, 13), (3, 11), id="ax1", axis=1), C((1,), (23,), id="1d", axis=0)]),
+    Spec("gather_long", (Op.GATHER,), lambda x, key: x[key], lambda x, key: np.asarray(x[key]),
+         [C((3, 19), id="last_axis", key=(_S(None), np.array([18, 0, -1, 5, 5, 7]))),
+          C((23,), id="1d", key=np.array([3, 22, 3, 0, 11]))]),
+    Spec("matmul_vector", (Op.MATMUL,), lambda x, y: tg.matmul(x, y), np.matmul,
+         [C((9, 13), (13,), id="matvec"), C((13,), (13, 9), id="vecmat"),
+          C((13,), (13,), id="dot"), C((9, 13), (13, 1), id="column"),
+          C((1, 13), (13, 9), id="row"), C((3, 5, 13), (3, 13, 1), id="batched_column"),
+          C((5, 13), (3, 13, 1), id="shared_matrix"), C((1, 13), (3, 13, 6), id="shared_row"),
+          C((2, 1, 13), (13, 6), id="batched_rows")], small),
+])

@@ -66,3 +66,32 @@ def test_opprofile_covers_every_instruction_of_the_tape():
     assert {"matmul", "leaky_relu", "sum"} <= names
     assert all(r[2] >= 0 and r[3] >= 0 for r in rows) and len(whole) == 2  # (no timings)
     assert "(1, 1, 64, 64)" in next(r[4] for r in rows if r[0] == "matmul")
+
+
+def test_arrays_bench_quick_runs(capsys):
+    """``python -m tapegrad.bench.arrays --quick`` (a subset, one round): prints the kernel
+    rows and the workload rows; where PyTorch is installed its gradients of the workloads
+    (an independent reference) agree with tapegrad's. JAX is left out (its compiles take
+    longer than this test should); without PyTorch, only tapegrad and NumPy run."""
+    from tapegrad.bench import arrays
+    import tempfile
+    with tempfile.TemporaryDirectory() as d:
+        tmp = os.path.join(d, "arrays.json")
+        assert arrays.main(["--quick", "--rounds", "1", "--skip", "jax", "--no-memory",
+                            "--kernels", "sum,sum0,bcast-scalar,matvec,chain10",
+                            "--workloads", "lstsq,rk4,gmm", "--json", tmp]) == 0
+        with open(tmp) as fh:
+            report = json.load(fh)
+    out = capsys.readouterr().out
+    assert "kernels: per element" in out and "workloads: value and gradient" in out
+    kernels = {(r["kernel"], r["n"], r["sweep"]) for r in report["kernels"]}
+    assert ("sum0", 19869, "bwd") in kernels and ("chain10", 20000, "fwd") in kernels
+    assert all(r["tg"] > 0 and r["numpy"] > 0 for r in report["kernels"]
+               if r["kernel"] != "chain10" or r["sweep"] == "fwd")
+    rows = {r["workload"]: r for r in report["workloads"]}
+    assert set(rows) == {"lstsq", "rk4", "gmm"}
+    for r in rows.values():
+        assert r["median_s"]["tapegrad"] > 0 and r["instructions"] > 0
+        assert "jax" not in r["median_s"]
+        if "torch" in r["check"]:
+            assert r["check"]["torch"] < 1e-10, r

@@ -60,6 +60,12 @@ def _row(iv, idx, j, n):
 def gather_fwd(v, iv, x, idx, ans, A, n, B, m):
     if not _indices_ok(iv, idx, n, m):
         return False
+    if B == 1:  # single elements (the last axis, a 1-D gather): no one-element inner loop
+        for a in range(A):
+            src, dst = np.uint64(a * n), ans + np.uint64(a * m)
+            for j in range(np.uint64(m)):
+                v[dst + j] = v[x + src + np.uint64(_row(iv, idx, j, n))]
+        return True
     for a in range(A):
         for j in range(m):
             src = x + np.uint64((a * n + _row(iv, idx, j, n)) * B)
@@ -73,6 +79,13 @@ def gather_fwd(v, iv, x, idx, ans, A, n, B, m):
 def gather_bwd(g, iv, x, idx, ans, A, n, B, m):
     if not _indices_ok(iv, idx, n, m):  # again: the arena may have been written since
         return False
+    if B == 1:
+        for a in range(A):
+            dst, src = np.uint64(a * n), ans + np.uint64(a * m)
+            for j in range(np.uint64(m)):
+                i = x + dst + np.uint64(_row(iv, idx, j, n))
+                g[i] += g[src + j]
+        return True
     for a in range(A):
         for j in range(m):
             dst = x + np.uint64((a * n + _row(iv, idx, j, n)) * B)

@@ -18,7 +18,7 @@ import numpy as np
 from numba import types
 from numba.np.linalg import ensure_blas
 
-from .._jit import jit, kernel
+from .._jit import cached, jit, kernel
 from ..errors import ShapeError, user_site
 from ..opcodes import Op
 from ..var import Var
@@ -172,6 +172,9 @@ def plain_matmul_fwd(v, x, y, ans, batch, M, K, N, sx, sy):
     whose interpreter has this row: ``tapegrad.sweep`` picks the full row for those)."""
     if (sx | sy) > 1:
         return False
+    if M == 1 or N == 1:  # a vector operand: vectorised loops, not gemm with one column
+        matvec_fwd(v, x, y, ans, batch, M, K, N, sx, sy)
+        return True
     if not use_blas(v, batch, M, K, N):
         small_matmul_fwd(v, x, y, ans, batch, M, K, N, sx, sy)
         return True
@@ -188,6 +191,9 @@ def plain_matmul_bwd(v, g, x, y, ans, batch, M, K, N, sx, sy, dx, dy):
     """``matmul_bwd`` without the flagged functions (see ``plain_matmul_fwd``)."""
     if (sx | sy) > 1:
         return False
+    if M == 1 or N == 1:
+        matvec_bwd(v, g, x, y, ans, batch, M, K, N, sx, sy, dx, dy)
+        return True
     if not use_blas(v, batch, M, K, N):
         small_matmul_bwd(v, g, x, y, ans, batch, M, K, N, sx, sy, dx, dy)
         return True
@@ -198,6 +204,136 @@ def plain_matmul_bwd(v, g, x, y, ans, batch, M, K, N, sx, sy, dx, dy):
         if dy:  # GY.T (N x K) += G.T (N x M) @ X (M x K)
             gemm(_N, _T, N, K, M, g, zo, N, v, xo, K, 1.0, g, yo)
     return True
+
+
+# Matrix-vector products (N == 1: X (M, K) @ y (K,)) and vector-matrix products (M == 1:
+# x (K,) @ Y (K, N)) -- issue 17. BLAS gemm with one column was 2-3x slower than gemv, and the
+# small-product loops ran a one-iteration inner loop; these loops run along contiguous rows:
+# row dots (additions reordered by LLVM: vector partial sums, float64 in either arena) for
+# z = X y and gx = G Y^T, scaled-row additions (axpy) for z = x Y and gy = X^T g, rank-1
+# updates for the other gradient. Sums over M or K in a float32 arena go through a float64
+# scratch row, as every float32 sum does (ops.reduce).
+def _reassoc(fn):
+    return cached(fn, error_model="numpy", nogil=True, fastmath={"reassoc"})
+
+
+VM_BLOCK = 1024  # columns of a vector-matrix product summed per pass (8 KB of float64 sums)
+
+
+@_reassoc
+def matvec_fwd(v, x, y, ans, batch, M, K, N, sx, sy):
+    uK, uN = np.uint64(K), np.uint64(N)
+    acc = np.zeros(N if M == 1 and N > 1 else 0)
+    for t in range(batch):
+        xo = np.uint64(x + t * sx * M * K)
+        yo = np.uint64(y + t * sy * K * N)
+        zo = np.uint64(ans + t * M * N)
+        if N == 1:  # z[m] = x[m, :] . y
+            for m in range(np.uint64(M)):
+                row = xo + m * uK
+                s = 0.0
+                for k in range(uK):
+                    s += np.float64(v[row + k]) * v[yo + k]
+                v[zo + m] = s
+            continue
+        # z = sum_k x[k] Y[k, :]: blocks of VM_BLOCK columns (the running sums stay in L1),
+        # four rows of Y per pass over them
+        K4 = uK - uK % np.uint64(4)
+        for n0 in range(np.uint64(0), uN, np.uint64(VM_BLOCK)):
+            n1 = min(n0 + np.uint64(VM_BLOCK), uN)
+            for n in range(n0, n1):
+                acc[n] = 0.0
+            for k in range(np.uint64(0), K4, np.uint64(4)):
+                x0, x1 = np.float64(v[xo + k]), np.float64(v[xo + k + np.uint64(1)])
+                x2 = np.float64(v[xo + k + np.uint64(2)])
+                x3 = np.float64(v[xo + k + np.uint64(3)])
+                r0 = yo + k * uN
+                r1 = r0 + uN
+                r2 = r1 + uN
+                r3 = r2 + uN
+                for n in range(n0, n1):
+                    acc[n] += (x0 * v[r0 + n] + x1 * v[r1 + n]) + (x2 * v[r2 + n]
+                                                                   + x3 * v[r3 + n])
+            for k in range(K4, uK):
+                xk = np.float64(v[xo + k])
+                row = yo + k * uN
+                for n in range(n0, n1):
+                    acc[n] += xk * v[row + n]
+            for n in range(n0, n1):
+                v[zo + n] = acc[n]
+
+
+@_reassoc
+def matvec_bwd(v, g, x, y, ans, batch, M, K, N, sx, sy, dx, dy):
+    uM, uK, uN = np.uint64(M), np.uint64(K), np.uint64(N)
+    # float64 sums of gradients: gy (K) of X y summed over m; gx (K) of x Y accumulated over
+    # the batch when x is shared by it; gy (K, N) of a shared Y is rank-1 updates (no sum but
+    # over the batch, in place)
+    gacc = np.zeros(K if (N == 1 and dy) or (M == 1 and N > 1 and dx and sx == 0) else 0)
+    # a whole gradient matrix summed over the batch: X shared by products with a column,
+    # Y shared by products with a row
+    shared_x = N == 1 and dx and sx == 0 and batch > 1
+    shared_y = M == 1 and N > 1 and dy and sy == 0 and batch > 1
+    gmat = np.zeros(M * K if shared_x else (K * N if shared_y else 0))
+    for t in range(batch):
+        xo = np.uint64(x + t * sx * M * K)
+        yo = np.uint64(y + t * sy * K * N)
+        zo = np.uint64(ans + t * M * N)
+        if N == 1:
+            if dx and shared_x:  # gX[m, k] += g[m] y[k], summed over the batch in float64
+                for m in range(uM):
+                    gm = np.float64(g[zo + m])
+                    row = m * uK
+                    for k in range(uK):
+                        gmat[row + k] += gm * v[yo + k]
+            elif dx:  # gX[m, k] += g[m] y[k]
+                for m in range(uM):
+                    gm = g[zo + m]
+                    row = xo + m * uK
+                    for k in range(uK):
+                        g[row + k] += gm * v[yo + k]
+            if dy:  # gy[k] += sum_m X[m, k] g[m]
+                for m in range(uM):
+                    gm = np.float64(g[zo + m])
+                    row = xo + m * uK
+                    for k in range(uK):
+                        gacc[k] += gm * v[row + k]
+                if sy != 0 or t == batch - 1:
+                    for k in range(uK):
+                        g[yo + k] += gacc[k]
+                        gacc[k] = 0.0
+            continue
+        if dx:  # gx[k] += sum_n g[n] Y[k, n]
+            for k in range(uK):
+                row = yo + k * uN
+                s = 0.0
+                for n in range(uN):
+                    s += np.float64(g[zo + n]) * v[row + n]
+                if sx == 0:
+                    gacc[k] += s
+                else:
+                    g[xo + k] += s
+            if sx == 0 and t == batch - 1:
+                for k in range(uK):
+                    g[xo + k] += gacc[k]
+        if dy and shared_y:  # gY[k, n] += x[k] g[n], summed over the batch in float64
+            for k in range(uK):
+                xk = np.float64(v[xo + k])
+                row = k * uN
+                for n in range(uN):
+                    gmat[row + n] += xk * g[zo + n]
+        elif dy:  # gY[k, n] += x[k] g[n]
+            for k in range(uK):
+                xk = v[xo + k]
+                row = yo + k * uN
+                for n in range(uN):
+                    g[row + n] += xk * g[zo + n]
+    if shared_x:  # x, y: the first batch entry's offsets (the shared operand's only ones)
+        for i in range(np.uint64(M * K)):
+            g[np.uint64(x) + i] += gmat[i]
+    if shared_y:
+        for i in range(np.uint64(K * N)):
+            g[np.uint64(y) + i] += gmat[i]
 
 
 # The MATMUL rows of the interpreters: a transposed operand goes to the flagged functions

@@ -7,18 +7,31 @@ row whose maximum is nan a nan gradient (as ``torch.amax``). Sums accumulate in 
 either arena dtype (``sum_middle``), so a float32 sum of 10^7 terms keeps float32's digits.
 Kernels index the arenas at uint64 offsets, as in ``ops.elementwise``;
 ``_at(p, a, n, B, j, b)`` is the offset of element ``[a, j, b]`` of the buffer at ``p``.
+
+Loops that vectorise (issue 17): a reduction over the last axis (``B == 1``: a full sum, a
+row sum, the reverse of broadcasting a scalar or a column) runs along contiguous rows, its
+additions in a function compiled with ``fastmath={"reassoc"}`` (``_sum_run``, ``_dot_run``:
+LLVM may reorder them, so it keeps several vector partial sums -- float64 partials in either
+arena); any other axis (``B > 1``) keeps one running value per column in a scratch row and
+loops over the columns innermost. Exponentials are ``_vmath.vexp`` of float64 differences
+(vector code, as accurate as the libm calls they replace), written to a scratch chunk and then
+summed, never summed under ``reassoc`` (which could reorder the range reduction inside exp).
+The heavy kernels are ``@jit`` functions called from the inlined rows: a call costs
+nanoseconds, and their scratch arrays stay out of the interpreters.
 """
 import math
+import os
 
 import numpy as np
 
-from .._jit import jit, kernel
+from .._jit import cached, drop_stale_cache, jit, kernel
 from ..errors import ShapeError, user_site
 from ..opcodes import Op
 from ..var import Var
 from ._precision import is_f32
 from ._record import norm_axes, prod, reshape_var, runs, vars_of
 from ._vjp import expand_mid, view3, vjp
+from ._vmath import _exp64 as exp64
 from .elementwise import exp, lt, mul
 
 
@@ -59,30 +72,55 @@ def _at(p, a, n, B, j, b):
     return p + np.uint64((a * n + j) * B + b)
 
 
+def _reassoc(fn):
+    """A called loop whose float additions LLVM may reorder (vector partial sums): only sums
+    go here -- no exp, no compensated arithmetic -- so the reordering changes nothing but
+    the rounding of the sum."""
+    return cached(fn, error_model="numpy", nogil=True, fastmath={"reassoc"})
+
+
+@_reassoc
+def _sum_run(src, p, n):
+    """sum_j src[p + j] for j < n, in float64 whatever the arena."""
+    s = 0.0
+    for j in range(np.uint64(n)):
+        s += src[p + j]
+    return s
+
+
+@_reassoc
+def _dot_run(a, pa, b, pb, n):
+    """sum_j a[pa + j] * b[pb + j] for j < n, each product and the sum in float64."""
+    s = 0.0
+    for j in range(np.uint64(n)):
+        s += np.float64(a[pa + j]) * b[pb + j]
+    return s
+
+
+@_reassoc
+def _sum_rows(src, x, dst, ans, A, n, add):
+    """dst[ans + a] = (or +=) sum_j src[x + a*n + j]: the sums of A contiguous rows."""
+    un = np.uint64(n)
+    for a in range(np.uint64(A)):
+        row = x + a * un
+        s = 0.0
+        for j in range(un):
+            s += src[row + j]
+        out = ans + a
+        dst[out] = dst[out] + s if add else s
+
+
 # dst[a, b] = (or +=, if add) sum_j src[a, j, b]: SUM's forward rule and EXPAND's reverse
 # rule. The running sums are float64 whatever the arena: a float32 running sum of 10^7 terms
-# of 0.1 was off by 9 %. One column (B == 1) keeps four interleaved sums (independent
-# chains, ~4x faster than one); several columns are added row by row into the output in a
+# of 0.1 was off by 9 %. One column (B == 1: a full sum, row sums) runs along the rows in
+# vector partial sums (_sum_rows); several columns are added row by row into the output in a
 # float64 arena, by blocks of 8 rows into a float64 row in a float32 one (_sum_rows_f32).
 # Called, not inlined, from the sweeps: their compile time grows faster than their size,
 # and a call costs nanoseconds.
 @jit
 def sum_middle(src, x, dst, ans, A, n, B, add):
     if B == 1:
-        for a in range(A):
-            row = x + np.uint64(a * n)
-            s0 = s1 = s2 = s3 = 0.0
-            for q in range(np.uint64(n // 4)):
-                i = row + np.uint64(4) * q
-                s0 += src[i]
-                s1 += src[i + np.uint64(1)]
-                s2 += src[i + np.uint64(2)]
-                s3 += src[i + np.uint64(3)]
-            for j in range(np.uint64(n - n % 4), np.uint64(n)):
-                s0 += src[row + j]
-            out = ans + np.uint64(a)
-            total = (s0 + s1) + (s2 + s3)
-            dst[out] = dst[out] + total if add else total
+        _sum_rows(src, x, dst, ans, A, n, add)
         return
     if is_f32(src):
         _sum_rows_f32(src, x, dst, ans, A, n, B, add)
@@ -140,6 +178,14 @@ def sum_fwd(v, x, ans, A, n, B):
 
 @kernel
 def sum_bwd(v, g, x, ans, A, n, B):
+    if B == 1:  # each row gets one number: a contiguous loop per row
+        un = np.uint64(n)
+        for a in range(np.uint64(A)):
+            s = g[ans + a]
+            row = x + a * un
+            for j in range(un):
+                g[row + j] += s
+        return
     for a in range(A):
         out = ans + np.uint64(a * B)
         for j in range(n):
@@ -156,26 +202,84 @@ def sum_vjp(r, g):
 
 # max:  ans[a, b] = max_j x[a, j, b] (NaN if any is NaN);  the k tied maxima get g[a, b] / k
 @kernel
-def _row_max(v, x, a, n, B, b):
-    m = -math.inf
+def _bigger(m, e):
+    """e if it is larger than m or nan (a nan, once met, stays), else m."""
+    return e if e > m or e != e else m
+
+
+@kernel
+def _max_run(v, p, n):
+    """max of v[p + j], j < n, as a float64 (nan if any is nan, -inf if n == 0): four
+    independent running maxima instead of one chain."""
+    m0 = m1 = m2 = m3 = -math.inf
+    un = np.uint64(n)
+    n4 = un - un % np.uint64(4)
+    for j in range(np.uint64(0), n4, np.uint64(4)):
+        i = p + j
+        m0 = _bigger(m0, np.float64(v[i]))
+        m1 = _bigger(m1, np.float64(v[i + np.uint64(1)]))
+        m2 = _bigger(m2, np.float64(v[i + np.uint64(2)]))
+        m3 = _bigger(m3, np.float64(v[i + np.uint64(3)]))
+    for j in range(n4, un):
+        m0 = _bigger(m0, np.float64(v[p + j]))
+    return _bigger(_bigger(m0, m1), _bigger(m2, m3))
+
+
+@kernel
+def _col_max(v, x, a, n, B, mx):
+    """mx[b] = max_j v[x][a, j, b] for every b (nan if any is nan): rows innermost."""
+    uB = np.uint64(B)
+    for b in range(uB):
+        mx[b] = -math.inf
     for j in range(n):
-        e = v[_at(x, a, n, B, j, b)]
-        if e > m or e != e:
-            m = e
-            if e != e:
-                break
-    return m
+        row = _at(x, a, n, B, j, 0)
+        for b in range(uB):
+            mx[b] = _bigger(mx[b], np.float64(v[row + b]))
 
 
 @kernel
 def max_fwd(v, x, ans, A, n, B):
+    _max_fwd(v, x, ans, A, n, B)
+
+
+@jit
+def _max_fwd(v, x, ans, A, n, B):
+    if B == 1:
+        for a in range(np.uint64(A)):
+            v[ans + a] = _max_run(v, x + a * np.uint64(n), n)
+        return
+    mx = np.empty(B)
     for a in range(A):
-        for b in range(B):
-            v[ans + np.uint64(a * B + b)] = _row_max(v, x, a, n, B, b)
+        _col_max(v, x, a, n, B, mx)
+        out = ans + np.uint64(a * B)
+        for b in range(np.uint64(B)):
+            v[out + b] = mx[b]
 
 
 @kernel
 def max_bwd(v, g, x, ans, A, n, B):
+    _max_bwd(v, g, x, ans, A, n, B)
+
+
+@jit
+def _max_bwd(v, g, x, ans, A, n, B):
+    if B == 1:
+        un = np.uint64(n)
+        for a in range(np.uint64(A)):
+            row, out = x + a * un, ans + a
+            m = v[out]
+            if m != m:  # a nan in the row: nan to every element (torch.amax)
+                for j in range(un):
+                    g[row + j] += math.nan
+                continue
+            ties = 0
+            for j in range(un):
+                ties += v[row + j] == m
+            share = g[out] / (ties if ties > 0 else 1)
+            for j in range(un):
+                i = row + j
+                g[i] = g[i] + share if v[i] == m else g[i]
+        return
     for a in range(A):
         for b in range(B):
             out = ans + np.uint64(a * B + b)
@@ -226,30 +330,90 @@ def logsumexp(x, axis=-1, keepdims=False):
     return reshape_var(y, kept) if keepdims else y
 
 
+_CHUNK = 512  # exps computed into a scratch of this many float64, then summed (_exp_sum)
+
+
+@kernel
+def _exp_sum(v, p, n, m, buf):
+    """sum_j exp(v[p + j] - m), j < n, in float64: the exps (vector code, _vmath.vexp) into
+    ``buf`` chunk by chunk, each chunk summed by _sum_run."""
+    s = 0.0
+    for c in range(0, n, _CHUNK):
+        L = min(_CHUNK, n - c)
+        q = p + np.uint64(c)
+        for i in range(np.uint64(L)):
+            buf[i] = exp64(np.float64(v[q + i]) - m)
+        s += _sum_run(buf, np.uint64(0), L)
+    return s
+
+
+@kernel
+def _col_exp_sum(v, x, a, n, B, mx, s):
+    """s[b] = sum_j exp(v[x][a, j, b] - mx[b]) for every b, columns innermost."""
+    uB = np.uint64(B)
+    for b in range(uB):
+        s[b] = 0.0
+    for j in range(n):
+        row = _at(x, a, n, B, j, 0)
+        for b in range(uB):
+            s[b] += exp64(np.float64(v[row + b]) - mx[b])
+
+
 # ans[a, b] = m + log(sum_j exp(x[a, j, b] - m)), m the maximum;  gx += g * exp(x - ans)
 @kernel
 def logsumexp_fwd(v, x, ans, A, n, B):
+    _logsumexp_fwd(v, x, ans, A, n, B)
+
+
+@kernel
+def _lse(m, s):
+    """m + log(s), or m itself when the maximum is infinite or nan."""
+    return m if math.isinf(m) or m != m else m + math.log(s)
+
+
+@jit
+def _logsumexp_fwd(v, x, ans, A, n, B):
+    if B == 1:
+        buf = np.empty(min(n, _CHUNK))
+        for a in range(np.uint64(A)):
+            row = x + a * np.uint64(n)
+            m = _max_run(v, row, n)
+            s = 0.0 if math.isinf(m) or m != m else _exp_sum(v, row, n, m, buf)
+            v[ans + a] = _lse(m, s)
+        return
+    mx, s = np.empty(B), np.empty(B)
     for a in range(A):
-        for b in range(B):
-            out = ans + np.uint64(a * B + b)
-            m = _row_max(v, x, a, n, B, b)
-            if math.isinf(m) or m != m:
-                v[out] = m
-                continue
-            s = 0.0
-            for j in range(n):
-                s += math.exp(v[_at(x, a, n, B, j, b)] - m)
-            v[out] = m + math.log(s)
+        _col_max(v, x, a, n, B, mx)
+        _col_exp_sum(v, x, a, n, B, mx, s)
+        out = ans + np.uint64(a * B)
+        for b in range(np.uint64(B)):
+            v[out + b] = _lse(mx[b], s[b])
 
 
 @kernel
 def logsumexp_bwd(v, g, x, ans, A, n, B):
+    _logsumexp_bwd(v, g, x, ans, A, n, B)
+
+
+@jit
+def _logsumexp_bwd(v, g, x, ans, A, n, B):
+    if B == 1:
+        un = np.uint64(n)
+        for a in range(np.uint64(A)):
+            row, out = x + a * un, ans + a
+            go, lo = np.float64(g[out]), np.float64(v[out])
+            for j in range(un):
+                i = row + j
+                g[i] += go * exp64(np.float64(v[i]) - lo)
+        return
+    uB = np.uint64(B)
     for a in range(A):
-        for b in range(B):
-            out = ans + np.uint64(a * B + b)
-            for j in range(n):
-                i = _at(x, a, n, B, j, b)
-                g[i] += g[out] * math.exp(v[i] - v[out])
+        out = ans + np.uint64(a * B)
+        for j in range(n):
+            row = _at(x, a, n, B, j, 0)
+            for b in range(uB):
+                g[row + b] += np.float64(g[out + b]) * exp64(np.float64(v[row + b])
+                                                            - np.float64(v[out + b]))
 
 
 @vjp(Op.LOGSUMEXP)
@@ -269,29 +433,69 @@ def softmax(x, axis=-1):
 # ans = exp(x - m) / sum_j exp(x - m);  gx += ans * (g - sum_j g * ans)
 @kernel
 def softmax_fwd(v, x, ans, A, n, B):
+    _softmax_fwd(v, x, ans, A, n, B)
+
+
+@jit
+def _softmax_fwd(v, x, ans, A, n, B):
+    if B == 1:
+        un = np.uint64(n)
+        for a in range(np.uint64(A)):
+            row, out = x + a * un, ans + a * un
+            m = _max_run(v, row, n)
+            for j in range(un):
+                v[out + j] = exp64(np.float64(v[row + j]) - m)
+            s = _sum_run(v, out, n)
+            for j in range(un):
+                v[out + j] /= s
+        return
+    uB = np.uint64(B)
+    mx, s = np.empty(B), np.empty(B)
     for a in range(A):
-        for b in range(B):
-            m = _row_max(v, x, a, n, B, b)
-            s = 0.0
-            for j in range(n):
-                e = math.exp(v[_at(x, a, n, B, j, b)] - m)
-                v[_at(ans, a, n, B, j, b)] = e
-                s += e
-            for j in range(n):
-                v[_at(ans, a, n, B, j, b)] /= s
+        _col_max(v, x, a, n, B, mx)
+        for b in range(uB):
+            s[b] = 0.0
+        for j in range(n):
+            src, dst = _at(x, a, n, B, j, 0), _at(ans, a, n, B, j, 0)
+            for b in range(uB):
+                e = exp64(np.float64(v[src + b]) - mx[b])
+                v[dst + b] = e
+                s[b] += e
+        for j in range(n):
+            dst = _at(ans, a, n, B, j, 0)
+            for b in range(uB):
+                v[dst + b] /= s[b]
 
 
 @kernel
 def softmax_bwd(v, g, x, ans, A, n, B):
+    _softmax_bwd(v, g, x, ans, A, n, B)
+
+
+@jit
+def _softmax_bwd(v, g, x, ans, A, n, B):
+    if B == 1:
+        un = np.uint64(n)
+        for a in range(np.uint64(A)):
+            row, out = x + a * un, ans + a * un
+            dot = _dot_run(g, out, v, out, n)
+            for j in range(un):
+                i = out + j
+                g[row + j] += v[i] * (g[i] - dot)
+        return
+    uB = np.uint64(B)
+    dot = np.empty(B)
     for a in range(A):
-        for b in range(B):
-            dot = 0.0
-            for j in range(n):
-                i = _at(ans, a, n, B, j, b)
-                dot += g[i] * v[i]
-            for j in range(n):
-                i = _at(ans, a, n, B, j, b)
-                g[_at(x, a, n, B, j, b)] += v[i] * (g[i] - dot)
+        for b in range(uB):
+            dot[b] = 0.0
+        for j in range(n):
+            i = _at(ans, a, n, B, j, 0)
+            for b in range(uB):
+                dot[b] += np.float64(g[i + b]) * v[i + b]
+        for j in range(n):
+            i, r = _at(ans, a, n, B, j, 0), _at(x, a, n, B, j, 0)
+            for b in range(uB):
+                g[r + b] += v[i + b] * (g[i + b] - dot[b])
 
 
 @vjp(Op.SOFTMAX)
@@ -311,27 +515,63 @@ def log_softmax(x, axis=-1):
 # ans = x - logsumexp(x);  gx += g - exp(ans) * sum_j g
 @kernel
 def log_softmax_fwd(v, x, ans, A, n, B):
+    _log_softmax_fwd(v, x, ans, A, n, B)
+
+
+@jit
+def _log_softmax_fwd(v, x, ans, A, n, B):
+    if B == 1:
+        un = np.uint64(n)
+        buf = np.empty(min(n, _CHUNK))
+        for a in range(np.uint64(A)):
+            row, out = x + a * un, ans + a * un
+            m = _max_run(v, row, n)
+            lse = m + math.log(_exp_sum(v, row, n, m, buf))
+            for j in range(un):
+                v[out + j] = v[row + j] - lse
+        return
+    uB = np.uint64(B)
+    mx, s = np.empty(B), np.empty(B)
     for a in range(A):
-        for b in range(B):
-            m = _row_max(v, x, a, n, B, b)
-            s = 0.0
-            for j in range(n):
-                s += math.exp(v[_at(x, a, n, B, j, b)] - m)
-            lse = m + math.log(s)
-            for j in range(n):
-                v[_at(ans, a, n, B, j, b)] = v[_at(x, a, n, B, j, b)] - lse
+        _col_max(v, x, a, n, B, mx)
+        _col_exp_sum(v, x, a, n, B, mx, s)
+        for b in range(uB):
+            s[b] = mx[b] + math.log(s[b])  # the logsumexp of column b
+        for j in range(n):
+            src, dst = _at(x, a, n, B, j, 0), _at(ans, a, n, B, j, 0)
+            for b in range(uB):
+                v[dst + b] = v[src + b] - s[b]
 
 
 @kernel
 def log_softmax_bwd(v, g, x, ans, A, n, B):
+    _log_softmax_bwd(v, g, x, ans, A, n, B)
+
+
+@jit
+def _log_softmax_bwd(v, g, x, ans, A, n, B):
+    if B == 1:
+        un = np.uint64(n)
+        for a in range(np.uint64(A)):
+            row, out = x + a * un, ans + a * un
+            gs = _sum_run(g, out, n)
+            for j in range(un):
+                i = out + j
+                g[row + j] += g[i] - exp64(np.float64(v[i])) * gs
+        return
+    uB = np.uint64(B)
+    gs = np.empty(B)
     for a in range(A):
-        for b in range(B):
-            gs = 0.0
-            for j in range(n):
-                gs += g[_at(ans, a, n, B, j, b)]
-            for j in range(n):
-                i = _at(ans, a, n, B, j, b)
-                g[_at(x, a, n, B, j, b)] += g[i] - math.exp(v[i]) * gs
+        for b in range(uB):
+            gs[b] = 0.0
+        for j in range(n):
+            i = _at(ans, a, n, B, j, 0)
+            for b in range(uB):
+                gs[b] += g[i + b]
+        for j in range(n):
+            i, r = _at(ans, a, n, B, j, 0), _at(x, a, n, B, j, 0)
+            for b in range(uB):
+                g[r + b] += g[i + b] - exp64(np.float64(v[i + b])) * gs[b]
 
 
 @vjp(Op.LOG_SOFTMAX)
@@ -339,3 +579,12 @@ def log_softmax_vjp(r, g):
     A, n, B = r.a[:3]
     g3 = view3(g, A, n, B)
     return (g3 - exp(view3(r.ans, A, n, B)) * expand_mid(sum(g3, axis=1), A, n, B),)
+
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+# the called functions inline kernels of other files: their cache entries hold for those too
+for _f in (sum_middle, _sum_run, _dot_run, _sum_rows, _max_fwd, _max_bwd, _logsumexp_fwd,
+           _logsumexp_bwd, _softmax_fwd, _softmax_bwd, _log_softmax_fwd, _log_softmax_bwd):
+    drop_stale_cache(_f, [os.path.join(_HERE, f) for f in ("reduce.py", "_vmath.py",
+                                                            "_precision.py")]
+                     + [os.path.join(_HERE, "..", "_jit.py")])

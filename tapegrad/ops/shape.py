@@ -52,6 +52,14 @@ def reshape(x, shape):
 # (recorded by _record.broadcast_to) out[a, j, b] = x[a, b];  gx[a, b] += sum_j g[a, j, b]
 @kernel
 def expand_fwd(v, x, ans, A, n, B):
+    if B == 1:  # a scalar or a column spread along rows: one value per contiguous row
+        un = np.uint64(n)
+        for a in range(np.uint64(A)):
+            e = v[x + a]
+            dst = ans + a * un
+            for j in range(un):
+                v[dst + j] = e
+        return
     for a in range(A):
         src = x + np.uint64(a * B)
         for j in range(n):
@@ -142,6 +150,22 @@ def _index_first(x, i):
 # out[a, j, b] = x[a, start + j*step, b];  gx[a, start + j*step, b] += g[a, j, b]
 @kernel
 def slice_fwd(v, x, ans, A, n, B, start, step, count):
+    if step == 1:  # each a: one contiguous run of count * B elements
+        run = np.uint64(count * B)
+        for a in range(A):
+            src = x + np.uint64((a * n + start) * B)
+            dst = ans + np.uint64(a) * run
+            for i in range(run):
+                v[dst + i] = v[src + i]
+        return
+    if B == 1:  # a strided gather along the last axis
+        ustep = np.int64(step)
+        for a in range(A):
+            src = np.int64(x) + (a * n + start)
+            dst = ans + np.uint64(a * count)
+            for j in range(np.uint64(count)):
+                v[dst + j] = v[np.uint64(src + np.int64(j) * ustep)]
+        return
     for a in range(A):
         for j in range(count):
             src = x + np.uint64((a * n + start + j * step) * B)
@@ -152,6 +176,14 @@ def slice_fwd(v, x, ans, A, n, B, start, step, count):
 
 @kernel
 def slice_bwd(g, x, ans, A, n, B, start, step, count):
+    if step == 1:
+        run = np.uint64(count * B)
+        for a in range(A):
+            src = x + np.uint64((a * n + start) * B)
+            dst = ans + np.uint64(a) * run
+            for i in range(run):
+                g[src + i] += g[dst + i]
+        return
     for a in range(A):
         for j in range(count):
             src = x + np.uint64((a * n + start + j * step) * B)
@@ -179,6 +211,14 @@ def _emit3(op, g, shape3, attrs):
 def unslice_fwd(v, x, ans, A, n, B, start, step, count):
     for i in range(np.uint64(A * n * B)):
         v[ans + i] = 0
+    if step == 1:
+        run = np.uint64(count * B)
+        for a in range(A):
+            dst = ans + np.uint64((a * n + start) * B)
+            src = x + np.uint64(a) * run
+            for i in range(run):
+                v[dst + i] = v[src + i]
+        return
     for a in range(A):
         for j in range(count):
             dst = ans + np.uint64((a * n + start + j * step) * B)
@@ -189,6 +229,14 @@ def unslice_fwd(v, x, ans, A, n, B, start, step, count):
 
 @kernel
 def unslice_bwd(g, x, ans, A, n, B, start, step, count):
+    if step == 1:
+        run = np.uint64(count * B)
+        for a in range(A):
+            dst = ans + np.uint64((a * n + start) * B)
+            src = x + np.uint64(a) * run
+            for i in range(run):
+                g[src + i] += g[dst + i]
+        return
     for a in range(A):
         for j in range(count):
             dst = ans + np.uint64((a * n + start + j * step) * B)
