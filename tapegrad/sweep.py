@@ -44,6 +44,7 @@ import shutil
 import sys
 import tempfile
 import threading
+import time
 
 import numpy as np
 
@@ -427,19 +428,28 @@ def _load(text):
                 os.replace(tmp, path)
                 if where and not os.environ.get("NUMBA_CACHE_DIR"):
                     _remove_superseded(d)
+            else:
+                os.utime(path)  # its mtime says when it was last used (_remove_superseded)
             break
         except OSError:
             continue
     return _import(path)
 
 
+UNUSED_DAYS = 1.0  # a superseded module unused this long is removed
+
+
 def _remove_superseded(d):
     """Delete the modules in ``d`` generated from other sources than these (an edited
-    checkout, an older version) with their cached code: nothing loads them again, and each
-    holds about a megabyte. Not in a shared ``NUMBA_CACHE_DIR``, where other versions may run."""
+    checkout, an older version) and unused for ``UNUSED_DAYS``, with their cached code: each
+    holds about a megabyte. (A process still running older sources may be using a recent one.)
+    Not in a shared ``NUMBA_CACHE_DIR``, where other versions may run."""
     mine = _digest()
+    old = time.time() - UNUSED_DAYS * 86400
     for path in glob.glob(os.path.join(d, "tg_sweep_*.py")):
         try:
+            if os.path.getmtime(path) > old:
+                continue
             with open(path) as fh:
                 head = fh.read(400)
             if "with digest " not in head or f"with digest {mine}:" in head:
