@@ -36,6 +36,7 @@ import struct
 
 import numpy as np
 
+from ._jit import _checked as _ANNOUNCED  # dispatchers announce_compile has looked at
 from ._jit import announce_compile
 from .errors import (BranchChanged, FeedError, LinAlgError, NonFiniteError, ShapeError,
                      TapegradError, UnknownNameError, site_id, site_text, user_site)
@@ -45,6 +46,7 @@ PARAM, INPUT, CONST, TEMP = 0, 1, 2, 3
 KIND_NAMES = ("param", "input", "const", "temp")
 RESERVED_INPUT_NAMES = ("outputs", "check_finite")  # tape.forward's own keywords
 FLUSH_EVERY = 4096           # pending instructions evaluated together
+ZERO_ALL_BELOW = 4096        # a gradient arena this small is zeroed whole (one memset)
 MAX_BUFFER_ELEMENTS = 2 ** 31 - 1  # attributes that describe sizes are int32
 _INT32 = 2 ** 31
 _CROSS_ENTROPY = int(Op.CROSS_ENTROPY)  # the op whose forward can fail: evaluated at once
@@ -154,6 +156,16 @@ class Tape:
         self._cap = 256           # the value arena's length while recording
         self._used = 0            # arena elements in use
         self._grad = _EMPTY_F64.astype(dtype, copy=False)  # made when sealed
+        # what a backward must zero (_zero_grads): the whole gradient arena when it may hold
+        # values of an earlier layout (_grad_stale), else the ranges _zero (made from every
+        # reverse mask of this layout, None: make them again) and the non-parameter buffers
+        # whose .grad view was handed out (_grad_seen: a user may have written into it)
+        self._grad_stale = False
+        self._zero = None
+        self._grad_seen = set()
+        self._slots = None        # (val arena, {input name: (buffer, view of it)}): _feed's
+        self._seeds = {}          # seed buffer -> (reverse mask, offset, size): backward's
+        self._all = None          # sealed: the mask of every instruction (uint8 ones)
         self._in_order = True     # root buffers created params, inputs, consts, temps: the
         self._last_kind = PARAM   # layout needs no reordering when sealed
         self._names = {}          # name -> buffer index
@@ -283,6 +295,7 @@ class Tape:
         try:
             self._val = _grow(self._val, n)
             self._cap = self._val.shape[0]
+            self._slots = None
         except MemoryError:
             raise TapegradError(f"cannot allocate the value arena for a {what} of shape {shape} "
                                 f"({n * self.dtype.itemsize:,} bytes) ({user_site()})") from None
@@ -322,11 +335,6 @@ class Tape:
             del self._names[self._bname[b]]
         self._bname[b] = name
         self._names[name] = b
-
-    def _store(self, b, value):
-        self._flush_buffers()
-        o = self._boff[b]
-        self._val[o: o + self._bsize[b]] = np.ravel(value)
 
     def _view(self, arena, b):
         self._flush()
@@ -444,6 +452,7 @@ class Tape:
     def _drop_from(self, k):
         """Forget instructions ``k..``: evaluated and folded into a constant, or failed."""
         self._n = self._nf = self._done = k
+        self._all = None
         self._opset_n = min(self._opset_n, k)  # row k will be another op
 
     def _flush_buffers(self):
@@ -531,6 +540,11 @@ class Tape:
         self._varied = None
         self._fwd_masks.clear()
         self._rev_masks.clear()
+        self._zero = None
+        self._grad_seen = set()
+        self._slots = None
+        self._seeds.clear()
+        self._all = None
 
     # ------------------------------------------------------------------ sealing
     def _seal(self, evaluate=True):
@@ -561,6 +575,9 @@ class Tape:
         total = self._used
         if self._grad.shape[0] != max(total, 1):
             self._grad = np.zeros(max(total, 1), self.dtype)
+            self._grad_stale = False
+        else:  # gradients of the last layout may sit anywhere in it
+            self._grad_stale = True
         self._n_params = self._param_elems
         # the arrays' dtypes and shapes hold by construction: their indices are checked by
         # validate's compiled passes, and when one fails validate_tape_arrays says what
@@ -594,6 +611,7 @@ class Tape:
                                     + np.arange(total)]
         self._boff = new_off[base]
         self._val, self._cap = val, val.shape[0]
+        self._slots = None
         self._in_order = True
         self._last_kind = TEMP
 
@@ -627,18 +645,40 @@ class Tape:
             mask = self._rev_masks[seed] = _activity.reverse_mask(
                 self._instr, N_IN, DIFFERENTIABLE, self._base, varied, seed)
             self._varied = varied  # completed by the pass: every buffer with a gradient
+            self._zero = None      # a sweep with this mask may write more of the arena
         return mask
 
-    def _grad_ranges(self, rmask, cleared=False):
+    def _zero_grads(self):
+        """Zero the gradient arena where any reverse sweep of this layout reads or writes
+        (the union of its reverse masks' ``_grad_ranges``, their seeds, the parameter prefix)
+        and where a ``.grad`` view was handed out: everything else is zero already, as only
+        those sweeps write into it (``tg.fit``'s and the optimizers' ranges are parts of it).
+        So after it the arena reads as if all of it had been zeroed. A small arena, or one
+        whose layout changed, is zeroed whole."""
+        g = self._grad
+        if self._grad_stale or g.shape[0] <= ZERO_ALL_BELOW:
+            g.fill(0)
+            self._grad_stale = False
+            return
+        z = self._zero
+        if z is None:
+            masks = list(self._rev_masks.values())
+            run = masks[0] if len(masks) == 1 else np.bitwise_or.reduce(masks)
+            extra = list(self._rev_masks) + list(self._grad_seen)
+            z = self._zero = self._grad_ranges(run, extra=extra)
+        _activity.zero_ranges(g, z)
+
+    def _grad_ranges(self, rmask, cleared=False, extra=()):
         """Disjoint ``(start, stop)`` rows of the gradient arena that a reverse sweep with
         ``rmask`` reads or accumulates into, plus the parameter prefix (an optimizer reads
         every parameter's gradient): the only part ``tg.fit`` must zero between steps.
         ``cleared``: without the outputs of the instructions the sweep runs, which a sweep
-        with ``clear`` zeroes itself (PLACE's excepted)."""
+        with ``clear`` zeroes itself (PLACE's excepted). ``extra``: more buffers to include."""
         run = np.flatnonzero(rmask)
         rows = self._instr[run]
         n_in = N_IN[rows[:, OP]]
-        bufs = [rows[:, OUT]] + [rows[n_in > j, X + j] for j in range(3)]
+        bufs = ([rows[:, OUT]] + [rows[n_in > j, X + j] for j in range(3)]
+                + [np.array(extra, np.int64)])
         b = np.concatenate(bufs).astype(np.int64)
         if cleared:
             ran = rows[(rmask[run] & 1 != 0) & (rows[:, OP] != Op.PLACE), OUT].astype(np.int64)
@@ -668,18 +708,25 @@ class Tape:
         them until a ``forward()`` succeeds. Holds ``tape.lock`` (see ``replica``).
         """
         with self.lock:
-            self._seal(evaluate=outputs is not None)
+            if not self._sealed or (outputs is not None and self._done < self._n):
+                self._seal(evaluate=outputs is not None)
             if feeds:
                 self._feed(feeds)
             if outputs is None:
-                mask = self._all_mask()
+                mask = self._all
+                if mask is None:
+                    mask = self._all = _ones(self._n)
             else:
                 mask = self._forward_mask([self._own(v, "forward(outputs=...)")._b
                                            for v in outputs])
             if self._unfed:
                 self._refuse_unfed("forward()", mask)
-            forward = self._interpreters().forward
-            announce_compile(forward)
+            interp = self._interp
+            if interp is None or self._opset_n != self._nf:
+                interp = self._interpreters()
+            forward = interp.forward
+            if forward not in _ANNOUNCED:
+                announce_compile(forward)
             status, k = forward(self._instr, self._imm, self._boff, self._bsize, self._val,
                                 mask, 1 if check_finite else 0)
             if status:
@@ -689,21 +736,44 @@ class Tape:
             if self._broken:
                 self._broken.pop("values", None)
 
-    def _all_mask(self):
-        return _ones(self._n)
-
     def _feed(self, feeds):
-        """Validate every feed first, then copy them all: a rejected feed changes nothing."""
+        """Validate every feed first, then copy them all: a rejected feed changes nothing.
+        An array of the input's shape and a numeric dtype is all a feed is checked for (its
+        values are numbers the sweeps compute with; labels are checked by value as well)."""
+        slots = self._slots
+        if slots is None or slots[0] is not self._val:
+            slots = self._feed_slots()
+        slots = slots[1]
         checked = []
         for name, value in feeds.items():
-            b = self._inputs.get(name)
-            if b is None:
-                known = ", ".join(sorted(self._inputs)) or "none"
-                raise FeedError(f"forward(): unknown input {name!r} (inputs: {known})")
-            checked.append((b, self.check_feed(name, value)))
-        for b, a in checked:
-            self._store(b, a)
-            self._unfed.discard(b)
+            s = slots.get(name)
+            if (s is None or type(value) is not np.ndarray or value.shape != s[2]
+                    or (value.dtype is not _F64 and value.dtype.kind not in "fiub")):
+                b = self._inputs.get(name)
+                if b is None:
+                    known = ", ".join(sorted(self._inputs)) or "none"
+                    raise FeedError(f"forward(): unknown input {name!r} (inputs: {known})")
+                value = self.check_feed(name, value)
+                s = (b, self._input_view(b))
+            checked.append((s, value))
+        for s, a in checked:
+            s[1][...] = a
+            if self._unfed:
+                self._unfed.discard(s[0])
+
+    def _feed_slots(self):
+        """``(val, {name: (buffer, view of the value arena, shape)})`` for the inputs ``_feed`` may
+        copy into without ``check_feed`` (not the label inputs, checked by value); remade when
+        the arena moves (``_slots`` is reset then)."""
+        slots = {name: (b, self._input_view(b), self._shape[b])
+                 for name, b in self._inputs.items() if b not in self._labels}
+        self._slots = (self._val, slots)
+        return self._slots
+
+    def _input_view(self, b):
+        self._flush_buffers()  # (no evaluation: _view would evaluate pending instructions)
+        o = self._boff[b]
+        return self._val[o:o + self._bsize[b]].reshape(self._shape[b])
 
     def _refuse_unfed(self, what, mask):
         """FeedError if an instruction of ``mask`` reads an input never fed nor given a
@@ -749,37 +819,48 @@ class Tape:
         with self.lock:
             if self._broken:
                 self._check_intact("values", "backward()", "forward()")
-            self._backward_locked(var, grad_output)
-
-    def _backward_locked(self, var, grad_output):
-        self._seal()
-        b = var._b
-        if self._unfed:
-            self._refuse_unfed("backward()", self._forward_mask([b]))
-        if grad_output is None:
-            if _size(self._shape[b], "") != 1:
-                raise TapegradError(f"backward() of {var._describe()} needs grad_output: only "
-                                    f"a Var of size 1 has an implicit gradient of 1 "
-                                    f"({user_site()})")
-            seed = 1.0
-        else:
-            seed = np.asarray(grad_output, dtype=self.dtype)
-            if seed.shape != self._shape[b]:
-                raise ShapeError(f"backward(): grad_output has shape {seed.shape}, "
-                                 f"{var._describe()} ({user_site()})")
-        self._grad[:] = 0
-        if grad_output is None:
-            self._grad[self._boff[b]] = 1.0
-        else:
-            self._view(self._grad, b)[...] = seed
-        reverse = self._interpreters().reverse
-        announce_compile(reverse)
-        status, k = reverse(self._instr, self._imm, self._boff, self._bsize, self._val,
-                            self._grad, self._reverse_mask(b), 0)
-        if status:
-            raise self._failed(status, k, "grads")
-        if self._broken:
-            self._broken.pop("grads", None)
+            if not self._sealed or self._done < self._n:
+                self._seal()
+            b = var._b
+            if self._unfed:
+                self._refuse_unfed("backward()", self._forward_mask([b]))
+            s = self._seeds.get(b)
+            if s is None:
+                s = self._seeds[b] = (self._reverse_mask(b), int(self._boff[b]),
+                                      _size(self._shape[b], ""))
+            mask, off, size = s
+            if grad_output is None:
+                if size != 1:
+                    raise TapegradError(f"backward() of {var._describe()} needs grad_output: "
+                                        f"only a Var of size 1 has an implicit gradient of 1 "
+                                        f"({user_site()})")
+            else:
+                seed = np.asarray(grad_output, dtype=self.dtype)
+                if seed.shape != self._shape[b]:
+                    raise ShapeError(f"backward(): grad_output has shape {seed.shape}, "
+                                     f"{var._describe()} ({user_site()})")
+            g = self._grad
+            if self._grad_stale or g.shape[0] <= ZERO_ALL_BELOW:  # _zero_grads' first case
+                g.fill(0)
+                self._grad_stale = False
+            else:
+                self._zero_grads()
+            if grad_output is None:
+                g[off] = 1.0
+            else:
+                g[off:off + size] = seed.reshape(-1)
+            interp = self._interp
+            if interp is None or self._opset_n != self._nf:
+                interp = self._interpreters()
+            reverse = interp.reverse
+            if reverse not in _ANNOUNCED:
+                announce_compile(reverse)
+            status, k = reverse(self._instr, self._imm, self._boff, self._bsize, self._val,
+                                self._grad, mask, 0)
+            if status:
+                raise self._failed(status, k, "grads")
+            if self._broken:
+                self._broken.pop("grads", None)
 
     def _failed(self, status, k, *what):
         """The error of a replay stopped at instruction ``k``; ``what`` ("values", "grads")
@@ -822,6 +903,7 @@ class Tape:
                 else:
                     r.__dict__[key] = v
             r._grad = np.zeros_like(self._grad)
+            r._grad_stale, r._slots = False, None
             r.lock = _thread.RLock()
             r._origin = self
         return r

@@ -90,13 +90,16 @@ class Var:
         ``.value``). Defined for parameters, inputs made with ``requires_grad=True`` and Vars
         computed from them; any other Var (a constant, a plain input) has no gradient and
         raises ``TapegradError`` once a reverse sweep has run."""
-        tape = self.tape
+        tape, b = self.tape, self._b
         tape._seal()
-        if tape._varied is not None and not tape._varied[tape._base[self._b]]:
+        if tape._varied is not None and not tape._varied[tape._base[b]]:
             raise TapegradError(f".grad of {self._describe()}: it has no gradient -- it "
                                 f"depends on no parameter and no input made with "
                                 f"requires_grad=True ({user_site()})")
-        return tape._view(tape._grad, self._b)
+        if tape._kind[b] != 0 and b not in tape._grad_seen:  # not a parameter (kind 0)
+            tape._grad_seen.add(b)  # the view is writable: backward() zeroes it from now on
+            tape._zero = None
+        return tape._view(tape._grad, b)
 
     def item(self):
         """The value as a Python float (size 1 only). The number is frozen: using it in
