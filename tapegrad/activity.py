@@ -10,8 +10,9 @@ index they read). Buffers are compared through ``base`` (an alias shares its roo
   to it. Bit 1 runs the instruction's reverse rule; bit ``2 << j`` says input j needs its
   gradient.
 
-``zero_ranges`` zeroes the parts of the gradient arena a backward must find zero
-(``Tape._zero_grads``), so a large arena is not cleared whole on every call.
+``mark_buffers`` finds the buffers whose gradients a reverse sweep touches and
+``zero_ranges`` zeroes those parts of the gradient arena (``Tape._zero_grads``), so a large
+arena is not cleared whole on every call.
 """
 import os
 
@@ -65,6 +66,18 @@ def reverse_mask(instr, n_in, differentiable, base, varied, seed):
 
 
 @jit
+def mark_buffers(instr, n_in, base, mask, flags):
+    """``flags[base[b]] = 1`` for the output and inputs ``b`` of every instruction ``k`` with
+    ``mask[k] != 0``: the gradients a reverse sweep with ``mask`` reads or writes."""
+    for k in range(instr.shape[0]):
+        if mask[k] != 0:
+            op = instr[k, OP]
+            flags[base[instr[k, OUT]]] = 1
+            for j in range(n_in[op]):
+                flags[base[instr[k, X + j]]] = 1
+
+
+@jit
 def zero_ranges(arena, ranges):
     """Zero ``arena[start:stop]`` for each row ``(start, stop)`` of ``ranges`` (int64, inside
     the arena: ``Tape._grad_ranges`` makes them from validated offsets)."""
@@ -73,6 +86,6 @@ def zero_ranges(arena, ranges):
 
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
-for _f in (forward_mask, reverse_mask, zero_ranges):
+for _f in (forward_mask, reverse_mask, mark_buffers, zero_ranges):
     drop_stale_cache(_f, [os.path.join(_HERE, "activity.py"), os.path.join(_HERE, "opcodes.py"),
                           os.path.join(_HERE, "_jit.py")])

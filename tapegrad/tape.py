@@ -46,11 +46,14 @@ PARAM, INPUT, CONST, TEMP = 0, 1, 2, 3
 KIND_NAMES = ("param", "input", "const", "temp")
 RESERVED_INPUT_NAMES = ("outputs", "check_finite")  # tape.forward's own keywords
 FLUSH_EVERY = 4096           # pending instructions evaluated together
-ZERO_ALL_BELOW = 4096        # a gradient arena this small is zeroed whole (one memset)
+ZERO_ALL_BELOW = 4096        # a gradient arena this small is zeroed whole (one memset),
+ZERO_WHOLE_ABOVE = 0.5       # and one whose swept buffers fill more than this fraction
+_ZERO_ALL = np.zeros((0, 2), np.int64)  # Tape._zero: the ranges fill most of the arena
 MAX_BUFFER_ELEMENTS = 2 ** 31 - 1  # attributes that describe sizes are int32
 _INT32 = 2 ** 31
 _CROSS_ENTROPY = int(Op.CROSS_ENTROPY)  # the op whose forward can fail: evaluated at once
 _GUARD = int(Op.GUARD)                  # never folded
+_MATMUL = int(Op.MATMUL)                # its rows depend on its attributes (sweep.opcodes_of)
 _PAD_IN = ((-1, -1, -1), (-1, -1), (-1,), ())
 _SIZES = {(): 1}             # shape -> number of elements, for shapes already seen
 _new_object = object.__new__
@@ -60,6 +63,7 @@ _INT_DTYPES = {"i": np.dtype(np.int32), "q": np.dtype(np.int64)}
 # the arrays of an empty tape (never written: the first append reallocates)
 _EMPTY_INSTR = np.zeros((0, WIDTH), np.int32)
 _EMPTY_F64, _EMPTY_I64, _EMPTY_I32 = np.zeros(0), np.zeros(0, np.int64), np.zeros(0, np.int32)
+_EMPTY_F32 = np.zeros(0, np.float32)
 
 try:  # physical memory: arenas larger than this are refused before anything is allocated
     _PHYS_BYTES = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
@@ -124,67 +128,75 @@ class Tape:
     """
 
     def __init__(self, dtype=np.float64, seed=None):
-        dtype = _F64 if dtype is np.float64 else np.dtype(dtype)
-        if dtype not in (np.float64, np.float32):
-            raise TapegradError(f"Tape(dtype={dtype}): only float64 and float32 are supported")
+        if dtype is np.float64 or dtype is _F64:
+            dtype = _F64
+        else:
+            dtype = np.dtype(dtype)
+            if dtype not in (np.float64, np.float32):
+                raise TapegradError(f"Tape(dtype={dtype}): only float64 and float32 are "
+                                    f"supported")
         if seed is not None and (not isinstance(seed, (int, np.integer))
                                  or not 0 <= seed < 2 ** 62):
             raise TapegradError(f"Tape(seed={seed!r}): the seed must be an int in [0, 2**62)")
         self.dtype = dtype
         self._seed = None if seed is None else int(seed)  # see the seed property
-        self._rng = None          # the draws' counter buffer, made with the first draw
-        self._rng_draws = 0       # draws recorded (each is its own stream)
-        self._f32 = dtype == np.float32
-        # instructions: rows [0, _nf) in the arrays, [_nf, _n) pending: _prow holds six ints
-        # per row (op, out, x, y, z, site), _pimm the immediate, _pattr (row, attrs) for the
-        # rows that have attributes (flat lists convert to arrays fastest)
-        self._instr, self._imm, self._src = _EMPTY_INSTR, _EMPTY_F64, _EMPTY_I32
+        self._f32 = dtype.char == "f"
+        # (the state whose first value is a number, None or a shared constant starts as the
+        # class attributes below: a tape made per step pays for each assignment here)
+        # instructions pending: _prow holds six ints per row (op, out, x, y, z, site), _pimm
+        # the immediate, _pattr (row, attrs) for the rows that have attributes (flat lists
+        # convert to arrays fastest); buffers pending in _pbuf, flat: off, size, site
         self._prow, self._pimm, self._pattr = [], [], []
-        # the opcodes of rows [0, _opset_n) and the generated interpreters for them
-        self._opset, self._opset_n, self._interp = frozenset(), 0, None
-        self._n = self._nf = 0
-        self._done = 0            # instructions [0, _done) have been evaluated
-        # buffers: [0, _nbf) in the arrays, [_nbf, _nbuf) pending in _pbuf, flat: off, size, site
-        self._boff, self._bsize, self._bsite = _EMPTY_I64, _EMPTY_I64, _EMPTY_I32
         self._pbuf = []
-        self._nbuf = self._nbf = 0
         self._shape = []          # shape tuple per buffer
         self._kind = bytearray()  # kind per buffer
         self._alias = {}          # alias buffer -> the buffer whose memory it shares
         self._bname = {}          # buffer -> name (named buffers only)
-        self._val = np.zeros(256, dtype)
-        self._cap = 256           # the value arena's length while recording
-        self._used = 0            # arena elements in use
-        self._grad = _EMPTY_F64.astype(dtype, copy=False)  # made when sealed
-        # what a backward must zero (_zero_grads): the whole gradient arena when it may hold
-        # values of an earlier layout (_grad_stale), else the ranges _zero (made from every
-        # reverse mask of this layout, None: make them again) and the non-parameter buffers
-        # whose .grad view was handed out (_grad_seen: a user may have written into it)
-        self._grad_stale = False
-        self._zero = None
+        self._val = np.zeros(256, dtype)  # the value arena (_cap elements while recording)
+        self._grad = _EMPTY_F32 if self._f32 else _EMPTY_F64  # made when sealed
         self._grad_seen = set()
-        self._slots = None        # (val arena, {input name: (buffer, view of it)}): _feed's
         self._seeds = {}          # seed buffer -> (reverse mask, offset, size): backward's
-        self._all = None          # sealed: the mask of every instruction (uint8 ones)
-        self._in_order = True     # root buffers created params, inputs, consts, temps: the
-        self._last_kind = PARAM   # layout needs no reordering when sealed
         self._names = {}          # name -> buffer index
         self._params = []         # buffer indices, creation order
         self._inputs = {}         # name -> buffer index
         self._labels = {}         # input buffer -> number of classes it indexes
-        self._sealed = False
-        self._base = None         # sealed: int64 array, buffer -> root buffer
-        self._layout = 0          # counts seals: arena offsets change only then
-        self._n_params = 0        # P: elements in the parameter prefix (when sealed)
-        self._param_elems = 0     # elements of the parameters recorded so far
         self._fwd_masks = {}      # tuple(output buffers) -> uint8 mask of needed instructions
         self._rev_masks = {}      # seed buffer -> uint8 mask of instructions with a gradient path
         self._requires_grad = set()
-        self._varied = None       # after a reverse sweep: uint8 per root buffer, 1 if it has a
-                                  # gradient (depends on a param or a requires_grad input)
         self.lock = _thread.RLock()  # held by every replay; hold it to make several atomic
         self._broken = {}         # "values"/"grads" -> error of the replay that left them half-done
         self._unfed = set()       # inputs never fed nor given a value (tg.fit refuses them)
+
+    # -- state with immutable first values (instance attributes once assigned)
+    _rng = None               # the draws' counter buffer, made with the first draw
+    _rng_draws = 0            # draws recorded (each is its own stream)
+    # instructions: rows [0, _nf) in the arrays, [_nf, _n) pending (_prow ...)
+    _instr, _imm, _src = _EMPTY_INSTR, _EMPTY_F64, _EMPTY_I32
+    _opset, _opset_n, _interp = frozenset(), 0, None  # the opcodes of rows [0, _opset_n) and
+    _n = _nf = 0                                      # the generated interpreters for them
+    _done = 0                 # instructions [0, _done) have been evaluated
+    # buffers: [0, _nbf) in the arrays, [_nbf, _nbuf) pending in _pbuf
+    _boff, _bsize, _bsite = _EMPTY_I64, _EMPTY_I64, _EMPTY_I32
+    _nbuf = _nbf = 0
+    _cap = 256                # the value arena's length while recording
+    _used = 0                 # arena elements in use
+    # what a backward must zero (_zero_grads): the whole gradient arena when it may hold
+    # values of an earlier layout (_grad_stale), else the ranges _zero (made from every
+    # reverse mask of this layout, None: make them again) and the non-parameter buffers
+    # whose .grad view was handed out (_grad_seen: a user may have written into it)
+    _grad_stale = False
+    _zero = None
+    _slots = None             # (val arena, {input name: (buffer, view, shape)}): _feed's
+    _all = None               # sealed: the mask of every instruction (uint8 ones)
+    _in_order = True          # root buffers created params, inputs, consts, temps: the
+    _last_kind = PARAM        # layout needs no reordering when sealed
+    _sealed = False
+    _base = None              # sealed: int64 array, buffer -> root buffer
+    _layout = 0               # counts seals: arena offsets change only then
+    _n_params = 0             # P: elements in the parameter prefix (when sealed)
+    _param_elems = 0          # elements of the parameters recorded so far
+    _varied = None            # after a reverse sweep: uint8 per root buffer, 1 if it has a
+                              # gradient (depends on a param or a requires_grad input)
 
     @property
     def seed(self):
@@ -247,7 +259,7 @@ class Tape:
         if a.dtype.kind not in "biuf":
             raise TapegradError(f"{what} {name!r}: values must be numeric, got dtype "
                                 f"{a.dtype} ({user_site()})")
-        return a.astype(self.dtype)
+        return a  # (_new_buffer copies it into the arena: the arena's dtype)
 
     # ------------------------------------------------------------------ buffers
     def _new_buffer(self, shape, kind, name=None, base=None, site=None, value=None):
@@ -502,6 +514,13 @@ class Tape:
                 self._imm[k0:k0 + m] = _as_floats(self._pimm)
             for k, attrs in self._pattr:
                 block[k - k0, A0:A0 + len(attrs)] = attrs
+            if self._opset_n == k0:  # the block's opcodes from the list: cheaper than
+                ops = set(self._prow[0::A0 + 1])  # opcodes_of on the arrays for a small tape
+                if _MATMUL not in ops:  # (whose FLAGGED_MATMUL depends on attributes)
+                    if not ops <= self._opset:
+                        self._opset = self._opset | frozenset(map(int, ops))
+                        self._interp = None
+                    self._opset_n = k0 + m
             self._nf = k0 + m
             for p in (self._prow, self._pimm, self._pattr):
                 p.clear()
@@ -526,7 +545,9 @@ class Tape:
         n = self._opset_n
         if n == self._nf and self._interp is not None:
             return self._interp
-        seen = self._opset | _sweep.opcodes_of(self._instr[n:self._nf])
+        seen = self._opset
+        if n < self._nf:
+            seen = seen | _sweep.opcodes_of(self._instr[n:self._nf])
         if seen != self._opset or self._interp is None:
             self._interp = _sweep.for_ops(seen, self.dtype)
             if self._param_elems:  # a gradient will follow: its sweep, in a worker
@@ -650,11 +671,12 @@ class Tape:
 
     def _zero_grads(self):
         """Zero the gradient arena where any reverse sweep of this layout reads or writes
-        (the union of its reverse masks' ``_grad_ranges``, their seeds, the parameter prefix)
-        and where a ``.grad`` view was handed out: everything else is zero already, as only
-        those sweeps write into it (``tg.fit``'s and the optimizers' ranges are parts of it).
-        So after it the arena reads as if all of it had been zeroed. A small arena, or one
-        whose layout changed, is zeroed whole."""
+        (the buffers of the instructions of any of its reverse masks, their seeds, the
+        parameters) and where a ``.grad`` view was handed out: everything else is zero
+        already, as only those sweeps write into it (``tg.fit``'s and the optimizers' ranges
+        are parts of it). So after it the arena reads as if all of it had been zeroed. A
+        small arena, one whose layout changed, or one those buffers fill for the most part
+        is zeroed whole (one memset)."""
         g = self._grad
         if self._grad_stale or g.shape[0] <= ZERO_ALL_BELOW:
             g.fill(0)
@@ -662,23 +684,33 @@ class Tape:
             return
         z = self._zero
         if z is None:
-            masks = list(self._rev_masks.values())
-            run = masks[0] if len(masks) == 1 else np.bitwise_or.reduce(masks)
-            extra = list(self._rev_masks) + list(self._grad_seen)
-            z = self._zero = self._grad_ranges(run, extra=extra)
-        _activity.zero_ranges(g, z)
+            flags = np.zeros(max(self._nbuf, 1), np.uint8)  # per root buffer: zero it
+            for mask in self._rev_masks.values():
+                _activity.mark_buffers(self._instr, N_IN, self._base, mask, flags)
+            extra = list(self._rev_masks) + list(self._grad_seen) + self._params
+            if extra:
+                flags[self._base[extra]] = 1
+            if int(self._bsize @ flags) > ZERO_WHOLE_ABOVE * g.shape[0]:  # (roots only)
+                z = self._zero = _ZERO_ALL
+            else:
+                roots = np.flatnonzero(flags)
+                start = self._boff[roots]
+                z = self._zero = np.stack([start, start + self._bsize[roots]], axis=1)
+        if z is _ZERO_ALL:
+            g.fill(0)
+        else:
+            _activity.zero_ranges(g, z)
 
-    def _grad_ranges(self, rmask, cleared=False, extra=()):
+    def _grad_ranges(self, rmask, cleared=False):
         """Disjoint ``(start, stop)`` rows of the gradient arena that a reverse sweep with
         ``rmask`` reads or accumulates into, plus the parameter prefix (an optimizer reads
         every parameter's gradient): the only part ``tg.fit`` must zero between steps.
         ``cleared``: without the outputs of the instructions the sweep runs, which a sweep
-        with ``clear`` zeroes itself (PLACE's excepted). ``extra``: more buffers to include."""
+        with ``clear`` zeroes itself (PLACE's excepted)."""
         run = np.flatnonzero(rmask)
         rows = self._instr[run]
         n_in = N_IN[rows[:, OP]]
-        bufs = ([rows[:, OUT]] + [rows[n_in > j, X + j] for j in range(3)]
-                + [np.array(extra, np.int64)])
+        bufs = [rows[:, OUT]] + [rows[n_in > j, X + j] for j in range(3)]
         b = np.concatenate(bufs).astype(np.int64)
         if cleared:
             ran = rows[(rmask[run] & 1 != 0) & (rows[:, OP] != Op.PLACE), OUT].astype(np.int64)

@@ -1,11 +1,12 @@
 """What a replay call may skip (issue 17, item 4) without changing a result.
 
 ``backward()`` zeroes only the gradient slots a reverse sweep of the tape reads or writes
-(``Tape._zero_grads``: every reverse mask of the layout, their seeds, the parameter prefix
-and the buffers whose ``.grad`` was handed out) instead of the whole arena, and ``forward()``
-copies a feed through a cached view after checking its type, dtype and shape. Each sequence
-below runs with the arena zeroed by ranges (``ZERO_ALL_BELOW = 0``) and whole, and is
-compared with NumPy: gradients are overwritten, never accumulated, whatever ran before.
+(``Tape._zero_grads``: the buffers of every reverse mask of the layout, their seeds, the
+parameters and the buffers whose ``.grad`` was handed out) instead of the whole arena, and
+``forward()`` copies a feed through a cached view after checking its type, dtype and shape.
+Each sequence below runs with the arena zeroed by ranges (``ZERO_ALL_BELOW = 0``,
+``ZERO_WHOLE_ABOVE = 2``) and whole, and is compared with NumPy: gradients are overwritten,
+never accumulated, whatever ran before.
 """
 import numpy as np
 import pytest
@@ -16,7 +17,9 @@ import tapegrad.tape as tape_mod
 
 @pytest.fixture(params=["ranges", "whole"])
 def zeroing(request, monkeypatch):
-    monkeypatch.setattr(tape_mod, "ZERO_ALL_BELOW", 0 if request.param == "ranges" else 10 ** 9)
+    ranges = request.param == "ranges"
+    monkeypatch.setattr(tape_mod, "ZERO_ALL_BELOW", 0 if ranges else 10 ** 9)
+    monkeypatch.setattr(tape_mod, "ZERO_WHOLE_ABOVE", 2.0 if ranges else 0.0)
     return request.param
 
 
