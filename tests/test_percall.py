@@ -4,9 +4,8 @@
 (``Tape._zero_grads``: the buffers of every reverse mask of the layout, their seeds, the
 parameters and the buffers whose ``.grad`` was handed out) instead of the whole arena, and
 ``forward()`` copies a feed through a cached view after checking its type, dtype and shape.
-Each sequence below runs with the arena zeroed by ranges (``ZERO_ALL_BELOW = 0``,
-``ZERO_WHOLE_ABOVE = 2``) and whole, and is compared with NumPy: gradients are overwritten,
-never accumulated, whatever ran before.
+Each sequence below runs with the arena zeroed by ranges and whole (``zeroing``), and is
+compared with NumPy: gradients are overwritten, never accumulated, whatever ran before.
 """
 import numpy as np
 import pytest
@@ -15,11 +14,13 @@ import tapegrad as tg
 import tapegrad.tape as tape_mod
 
 
-@pytest.fixture(params=["ranges", "whole"])
+@pytest.fixture(params=["ranges", "swept-whole", "small-whole"])
 def zeroing(request, monkeypatch):
-    ranges = request.param == "ranges"
-    monkeypatch.setattr(tape_mod, "ZERO_ALL_BELOW", 0 if ranges else 10 ** 9)
-    monkeypatch.setattr(tape_mod, "ZERO_WHOLE_ABOVE", 2.0 if ranges else 0.0)
+    """ranges: zero_ranges always; swept-whole: the arena is large, its swept buffers fill
+    it (one memset, decided once per layout); small-whole: the arena is small."""
+    monkeypatch.setattr(tape_mod, "ZERO_ALL_BELOW",
+                        10 ** 9 if request.param == "small-whole" else 0)
+    monkeypatch.setattr(tape_mod, "ZERO_WHOLE_ABOVE", 2.0 if request.param == "ranges" else 0.0)
     return request.param
 
 
@@ -134,6 +135,13 @@ def test_replica_gradients_and_feeds_stay_apart(zeroing):
            _expected(1, w.value, v.value, a))
     _check({"w": rep[w].grad, "v": rep[v].grad, "h": rep[h].grad, "k": rep[k].grad},
            _expected(2, w.value, v.value, b))
+    loss1.backward()
+    rep2 = tape.replica()   # made right after a backward: it starts with the tape's zeroing
+    for xv in (b, a):
+        rep2.forward(x=xv)
+        rep2[loss1].backward()
+    _check({"w": rep2[w].grad, "v": rep2[v].grad, "h": rep2[h].grad, "k": rep2[k].grad},
+           _expected(1, w.value, v.value, a))
 
 
 # ---------------------------------------------------------------------------- feeds
