@@ -514,11 +514,11 @@ class Tape:
                 self._imm[k0:k0 + m] = _as_floats(self._pimm)
             for k, attrs in self._pattr:
                 block[k - k0, A0:A0 + len(attrs)] = attrs
-            if self._opset_n == k0:  # the block's opcodes from the list: cheaper than
-                ops = set(self._prow[0::A0 + 1])  # opcodes_of on the arrays for a small tape
-                if _MATMUL not in ops:  # (whose FLAGGED_MATMUL depends on attributes)
+            if self._opset_n == k0:  # the block's opcode set, cheaper than opcodes_of
+                ops = _block_ops(rows, self._prow)
+                if ops is not None:
                     if not ops <= self._opset:
-                        self._opset = self._opset | frozenset(map(int, ops))
+                        self._opset = self._opset | ops
                         self._interp = None
                     self._opset_n = k0 + m
             self._nf = k0 + m
@@ -1105,6 +1105,28 @@ def _as_ints(items, code):
     """A flat list of Python ints as a read-only int32 (``"i"``) or int64 (``"q"``) ndarray
     (``struct`` packs a list about twice as fast as ``array.fromlist`` or ``np.array``)."""
     return np.frombuffer(struct.pack(f"{len(items)}{code}", *items), _INT_DTYPES[code])
+
+
+_BLOCK_OPS = {}  # bytes of a small block's opcode column -> its opcode set (None: a MATMUL)
+
+
+def _block_ops(rows, prow):
+    """The opcodes of the pending ``rows`` (their list ``prow``) as a frozenset of ints, or
+    None when one is a MATMUL (``sweep.opcodes_of`` then reads its attributes). A tape
+    recorded afresh every step meets the same small blocks again: those are remembered."""
+    small = rows.shape[0] <= 256
+    if small:
+        key = rows[:, OP].tobytes()
+        if key in _BLOCK_OPS:
+            return _BLOCK_OPS[key]
+    ops = frozenset(map(int, set(prow[0::A0 + 1])))
+    if _MATMUL in ops:  # its interpreter rows depend on its attributes
+        ops = None
+    if small:
+        if len(_BLOCK_OPS) >= 4096:
+            _BLOCK_OPS.clear()
+        _BLOCK_OPS[key] = ops
+    return ops
 
 
 def _as_floats(items):
