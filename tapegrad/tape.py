@@ -501,7 +501,7 @@ class Tape:
                 block = self._instr = np.zeros((m, WIDTH), np.int32)
                 block[:, :A0] = rows[:, :A0]
                 self._src = rows[:, A0].copy()
-                self._imm = _as_floats(self._pimm).copy()
+                self._imm = np.fromiter(self._pimm, np.float64, m)
             else:
                 if k0 + m > self._instr.shape[0]:
                     self._instr = _grow(self._instr, k0 + m)
