@@ -9,6 +9,10 @@ index they read). Buffers are compared through ``base`` (an alias shares its roo
   instructions their variation reaches; then backwards from the seed, those of them on a path
   to it. Bit 1 runs the instruction's reverse rule; bit ``2 << j`` says input j needs its
   gradient.
+
+``mark_buffers`` finds the buffers whose gradients a reverse sweep touches and
+``zero_ranges`` zeroes those parts of the gradient arena (``Tape._zero_grads``), so a large
+arena is not cleared whole on every call.
 """
 import os
 
@@ -61,7 +65,27 @@ def reverse_mask(instr, n_in, differentiable, base, varied, seed):
     return mask
 
 
+@jit
+def mark_buffers(instr, n_in, base, mask, flags):
+    """``flags[base[b]] = 1`` for the output and inputs ``b`` of every instruction ``k`` with
+    ``mask[k] != 0``: the gradients a reverse sweep with ``mask`` reads or writes."""
+    for k in range(instr.shape[0]):
+        if mask[k] != 0:
+            op = instr[k, OP]
+            flags[base[instr[k, OUT]]] = 1
+            for j in range(n_in[op]):
+                flags[base[instr[k, X + j]]] = 1
+
+
+@jit
+def zero_ranges(arena, ranges):
+    """Zero ``arena[start:stop]`` for each row ``(start, stop)`` of ``ranges`` (int64, inside
+    the arena: ``Tape._grad_ranges`` makes them from validated offsets)."""
+    for i in range(ranges.shape[0]):
+        arena[ranges[i, 0]:ranges[i, 1]] = 0
+
+
 _HERE = os.path.dirname(os.path.abspath(__file__))
-for _f in (forward_mask, reverse_mask):
+for _f in (forward_mask, reverse_mask, mark_buffers, zero_ranges):
     drop_stale_cache(_f, [os.path.join(_HERE, "activity.py"), os.path.join(_HERE, "opcodes.py"),
                           os.path.join(_HERE, "_jit.py")])

@@ -36,6 +36,7 @@ import struct
 
 import numpy as np
 
+from ._jit import _checked as _ANNOUNCED  # dispatchers announce_compile has looked at
 from ._jit import announce_compile
 from .errors import (BranchChanged, FeedError, LinAlgError, NonFiniteError, ShapeError,
                      TapegradError, UnknownNameError, site_id, site_text, user_site)
@@ -45,10 +46,14 @@ PARAM, INPUT, CONST, TEMP = 0, 1, 2, 3
 KIND_NAMES = ("param", "input", "const", "temp")
 RESERVED_INPUT_NAMES = ("outputs", "check_finite")  # tape.forward's own keywords
 FLUSH_EVERY = 4096           # pending instructions evaluated together
+ZERO_ALL_BELOW = 4096        # a gradient arena this small is zeroed whole (one memset),
+ZERO_WHOLE_ABOVE = 0.5       # and one whose swept buffers fill more than this fraction
+_ZERO_ALL = "whole"          # Tape._zero when the ranges would fill most of the arena
 MAX_BUFFER_ELEMENTS = 2 ** 31 - 1  # attributes that describe sizes are int32
 _INT32 = 2 ** 31
 _CROSS_ENTROPY = int(Op.CROSS_ENTROPY)  # the op whose forward can fail: evaluated at once
 _GUARD = int(Op.GUARD)                  # never folded
+_MATMUL = int(Op.MATMUL)                # its rows depend on its attributes (sweep.opcodes_of)
 _PAD_IN = ((-1, -1, -1), (-1, -1), (-1,), ())
 _SIZES = {(): 1}             # shape -> number of elements, for shapes already seen
 _new_object = object.__new__
@@ -58,6 +63,7 @@ _INT_DTYPES = {"i": np.dtype(np.int32), "q": np.dtype(np.int64)}
 # the arrays of an empty tape (never written: the first append reallocates)
 _EMPTY_INSTR = np.zeros((0, WIDTH), np.int32)
 _EMPTY_F64, _EMPTY_I64, _EMPTY_I32 = np.zeros(0), np.zeros(0, np.int64), np.zeros(0, np.int32)
+_EMPTY_F32 = np.zeros(0, np.float32)
 
 try:  # physical memory: arenas larger than this are refused before anything is allocated
     _PHYS_BYTES = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
@@ -122,57 +128,75 @@ class Tape:
     """
 
     def __init__(self, dtype=np.float64, seed=None):
-        dtype = _F64 if dtype is np.float64 else np.dtype(dtype)
-        if dtype not in (np.float64, np.float32):
-            raise TapegradError(f"Tape(dtype={dtype}): only float64 and float32 are supported")
+        if dtype is np.float64 or dtype is _F64:
+            dtype = _F64
+        else:
+            dtype = np.dtype(dtype)
+            if dtype not in (np.float64, np.float32):
+                raise TapegradError(f"Tape(dtype={dtype}): only float64 and float32 are "
+                                    f"supported")
         if seed is not None and (not isinstance(seed, (int, np.integer))
                                  or not 0 <= seed < 2 ** 62):
             raise TapegradError(f"Tape(seed={seed!r}): the seed must be an int in [0, 2**62)")
         self.dtype = dtype
         self._seed = None if seed is None else int(seed)  # see the seed property
-        self._rng = None          # the draws' counter buffer, made with the first draw
-        self._rng_draws = 0       # draws recorded (each is its own stream)
-        self._f32 = dtype == np.float32
-        # instructions: rows [0, _nf) in the arrays, [_nf, _n) pending: _prow holds six ints
-        # per row (op, out, x, y, z, site), _pimm the immediate, _pattr (row, attrs) for the
-        # rows that have attributes (flat lists convert to arrays fastest)
-        self._instr, self._imm, self._src = _EMPTY_INSTR, _EMPTY_F64, _EMPTY_I32
+        self._f32 = dtype.char == "f"
+        # (the state whose first value is a number, None or a shared constant starts as the
+        # class attributes below: a tape made per step pays for each assignment here)
+        # instructions pending: _prow holds six ints per row (op, out, x, y, z, site), _pimm
+        # the immediate, _pattr (row, attrs) for the rows that have attributes (flat lists
+        # convert to arrays fastest); buffers pending in _pbuf, flat: off, size, site
         self._prow, self._pimm, self._pattr = [], [], []
-        # the opcodes of rows [0, _opset_n) and the generated interpreters for them
-        self._opset, self._opset_n, self._interp = frozenset(), 0, None
-        self._n = self._nf = 0
-        self._done = 0            # instructions [0, _done) have been evaluated
-        # buffers: [0, _nbf) in the arrays, [_nbf, _nbuf) pending in _pbuf, flat: off, size, site
-        self._boff, self._bsize, self._bsite = _EMPTY_I64, _EMPTY_I64, _EMPTY_I32
         self._pbuf = []
-        self._nbuf = self._nbf = 0
         self._shape = []          # shape tuple per buffer
         self._kind = bytearray()  # kind per buffer
         self._alias = {}          # alias buffer -> the buffer whose memory it shares
         self._bname = {}          # buffer -> name (named buffers only)
-        self._val = np.zeros(256, dtype)
-        self._cap = 256           # the value arena's length while recording
-        self._used = 0            # arena elements in use
-        self._grad = _EMPTY_F64.astype(dtype, copy=False)  # made when sealed
-        self._in_order = True     # root buffers created params, inputs, consts, temps: the
-        self._last_kind = PARAM   # layout needs no reordering when sealed
+        self._val = np.zeros(256, dtype)  # the value arena (_cap elements while recording)
+        self._grad = _EMPTY_F32 if self._f32 else _EMPTY_F64  # made when sealed
+        self._grad_seen = set()
+        self._seeds = {}          # seed buffer -> (reverse mask, offset, size): backward's
         self._names = {}          # name -> buffer index
         self._params = []         # buffer indices, creation order
         self._inputs = {}         # name -> buffer index
         self._labels = {}         # input buffer -> number of classes it indexes
-        self._sealed = False
-        self._base = None         # sealed: int64 array, buffer -> root buffer
-        self._layout = 0          # counts seals: arena offsets change only then
-        self._n_params = 0        # P: elements in the parameter prefix (when sealed)
-        self._param_elems = 0     # elements of the parameters recorded so far
         self._fwd_masks = {}      # tuple(output buffers) -> uint8 mask of needed instructions
         self._rev_masks = {}      # seed buffer -> uint8 mask of instructions with a gradient path
         self._requires_grad = set()
-        self._varied = None       # after a reverse sweep: uint8 per root buffer, 1 if it has a
-                                  # gradient (depends on a param or a requires_grad input)
         self.lock = _thread.RLock()  # held by every replay; hold it to make several atomic
         self._broken = {}         # "values"/"grads" -> error of the replay that left them half-done
         self._unfed = set()       # inputs never fed nor given a value (tg.fit refuses them)
+
+    # -- state with immutable first values (instance attributes once assigned)
+    _rng = None               # the draws' counter buffer, made with the first draw
+    _rng_draws = 0            # draws recorded (each is its own stream)
+    # instructions: rows [0, _nf) in the arrays, [_nf, _n) pending (_prow ...)
+    _instr, _imm, _src = _EMPTY_INSTR, _EMPTY_F64, _EMPTY_I32
+    _opset, _opset_n, _interp = frozenset(), 0, None  # the opcodes of rows [0, _opset_n) and
+    _n = _nf = 0                                      # the generated interpreters for them
+    _done = 0                 # instructions [0, _done) have been evaluated
+    # buffers: [0, _nbf) in the arrays, [_nbf, _nbuf) pending in _pbuf
+    _boff, _bsize, _bsite = _EMPTY_I64, _EMPTY_I64, _EMPTY_I32
+    _nbuf = _nbf = 0
+    _cap = 256                # the value arena's length while recording
+    _used = 0                 # arena elements in use
+    # what a backward must zero (_zero_grads): the whole gradient arena when it may hold
+    # values of an earlier layout (_grad_stale), else the ranges _zero (made from every
+    # reverse mask of this layout, None: make them again) and the non-parameter buffers
+    # whose .grad view was handed out (_grad_seen: a user may have written into it)
+    _grad_stale = False
+    _zero = None
+    _slots = None             # (val arena, {input name: (buffer, view, shape)}): _feed's
+    _all = None               # sealed: the mask of every instruction (uint8 ones)
+    _in_order = True          # root buffers created params, inputs, consts, temps: the
+    _last_kind = PARAM        # layout needs no reordering when sealed
+    _sealed = False
+    _base = None              # sealed: int64 array, buffer -> root buffer
+    _layout = 0               # counts seals: arena offsets change only then
+    _n_params = 0             # P: elements in the parameter prefix (when sealed)
+    _param_elems = 0          # elements of the parameters recorded so far
+    _varied = None            # after a reverse sweep: uint8 per root buffer, 1 if it has a
+                              # gradient (depends on a param or a requires_grad input)
 
     @property
     def seed(self):
@@ -235,7 +259,7 @@ class Tape:
         if a.dtype.kind not in "biuf":
             raise TapegradError(f"{what} {name!r}: values must be numeric, got dtype "
                                 f"{a.dtype} ({user_site()})")
-        return a.astype(self.dtype)
+        return a  # (_new_buffer copies it into the arena: the arena's dtype)
 
     # ------------------------------------------------------------------ buffers
     def _new_buffer(self, shape, kind, name=None, base=None, site=None, value=None):
@@ -283,6 +307,7 @@ class Tape:
         try:
             self._val = _grow(self._val, n)
             self._cap = self._val.shape[0]
+            self._slots = None
         except MemoryError:
             raise TapegradError(f"cannot allocate the value arena for a {what} of shape {shape} "
                                 f"({n * self.dtype.itemsize:,} bytes) ({user_site()})") from None
@@ -322,11 +347,6 @@ class Tape:
             del self._names[self._bname[b]]
         self._bname[b] = name
         self._names[name] = b
-
-    def _store(self, b, value):
-        self._flush_buffers()
-        o = self._boff[b]
-        self._val[o: o + self._bsize[b]] = np.ravel(value)
 
     def _view(self, arena, b):
         self._flush()
@@ -444,6 +464,7 @@ class Tape:
     def _drop_from(self, k):
         """Forget instructions ``k..``: evaluated and folded into a constant, or failed."""
         self._n = self._nf = self._done = k
+        self._all = None
         self._opset_n = min(self._opset_n, k)  # row k will be another op
 
     def _flush_buffers(self):
@@ -480,7 +501,7 @@ class Tape:
                 block = self._instr = np.zeros((m, WIDTH), np.int32)
                 block[:, :A0] = rows[:, :A0]
                 self._src = rows[:, A0].copy()
-                self._imm = _as_floats(self._pimm).copy()
+                self._imm = np.fromiter(self._pimm, np.float64, m)
             else:
                 if k0 + m > self._instr.shape[0]:
                     self._instr = _grow(self._instr, k0 + m)
@@ -493,6 +514,13 @@ class Tape:
                 self._imm[k0:k0 + m] = _as_floats(self._pimm)
             for k, attrs in self._pattr:
                 block[k - k0, A0:A0 + len(attrs)] = attrs
+            if self._opset_n == k0:  # the block's opcode set, cheaper than opcodes_of
+                ops = _block_ops(rows, self._prow)
+                if ops is not None:
+                    if not ops <= self._opset:
+                        self._opset = self._opset | ops
+                        self._interp = None
+                    self._opset_n = k0 + m
             self._nf = k0 + m
             for p in (self._prow, self._pimm, self._pattr):
                 p.clear()
@@ -517,7 +545,9 @@ class Tape:
         n = self._opset_n
         if n == self._nf and self._interp is not None:
             return self._interp
-        seen = self._opset | _sweep.opcodes_of(self._instr[n:self._nf])
+        seen = self._opset
+        if n < self._nf:
+            seen = seen | _sweep.opcodes_of(self._instr[n:self._nf])
         if seen != self._opset or self._interp is None:
             self._interp = _sweep.for_ops(seen, self.dtype)
             if self._param_elems:  # a gradient will follow: its sweep, in a worker
@@ -531,6 +561,11 @@ class Tape:
         self._varied = None
         self._fwd_masks.clear()
         self._rev_masks.clear()
+        self._zero = None
+        self._grad_seen = set()
+        self._slots = None
+        self._seeds.clear()
+        self._all = None
 
     # ------------------------------------------------------------------ sealing
     def _seal(self, evaluate=True):
@@ -561,6 +596,9 @@ class Tape:
         total = self._used
         if self._grad.shape[0] != max(total, 1):
             self._grad = np.zeros(max(total, 1), self.dtype)
+            self._grad_stale = False
+        else:  # gradients of the last layout may sit anywhere in it
+            self._grad_stale = True
         self._n_params = self._param_elems
         # the arrays' dtypes and shapes hold by construction: their indices are checked by
         # validate's compiled passes, and when one fails validate_tape_arrays says what
@@ -594,6 +632,7 @@ class Tape:
                                     + np.arange(total)]
         self._boff = new_off[base]
         self._val, self._cap = val, val.shape[0]
+        self._slots = None
         self._in_order = True
         self._last_kind = TEMP
 
@@ -627,7 +666,40 @@ class Tape:
             mask = self._rev_masks[seed] = _activity.reverse_mask(
                 self._instr, N_IN, DIFFERENTIABLE, self._base, varied, seed)
             self._varied = varied  # completed by the pass: every buffer with a gradient
+            self._zero = None      # a sweep with this mask may write more of the arena
         return mask
+
+    def _zero_grads(self):
+        """Zero the gradient arena where any reverse sweep of this layout reads or writes
+        (the buffers of the instructions of any of its reverse masks, their seeds, the
+        parameters) and where a ``.grad`` view was handed out: everything else is zero
+        already, as only those sweeps write into it (``tg.fit``'s and the optimizers' ranges
+        are parts of it). So after it the arena reads as if all of it had been zeroed. A
+        small arena, one whose layout changed, or one those buffers fill for the most part
+        is zeroed whole (one memset)."""
+        g = self._grad
+        if self._grad_stale or g.shape[0] <= ZERO_ALL_BELOW:
+            g.fill(0)
+            self._grad_stale = False
+            return
+        z = self._zero
+        if z is None:
+            flags = np.zeros(max(self._nbuf, 1), np.uint8)  # per root buffer: zero it
+            for mask in self._rev_masks.values():
+                _activity.mark_buffers(self._instr, N_IN, self._base, mask, flags)
+            extra = list(self._rev_masks) + list(self._grad_seen) + self._params
+            if extra:
+                flags[self._base[extra]] = 1
+            if int(self._bsize @ flags) > ZERO_WHOLE_ABOVE * g.shape[0]:  # (roots only)
+                z = self._zero = _ZERO_ALL
+            else:
+                roots = np.flatnonzero(flags)
+                start = self._boff[roots]
+                z = self._zero = np.stack([start, start + self._bsize[roots]], axis=1)
+        if z is _ZERO_ALL:
+            g.fill(0)
+        else:
+            _activity.zero_ranges(g, z)
 
     def _grad_ranges(self, rmask, cleared=False):
         """Disjoint ``(start, stop)`` rows of the gradient arena that a reverse sweep with
@@ -668,18 +740,25 @@ class Tape:
         them until a ``forward()`` succeeds. Holds ``tape.lock`` (see ``replica``).
         """
         with self.lock:
-            self._seal(evaluate=outputs is not None)
+            if not self._sealed or (outputs is not None and self._done < self._n):
+                self._seal(evaluate=outputs is not None)
             if feeds:
                 self._feed(feeds)
             if outputs is None:
-                mask = self._all_mask()
+                mask = self._all
+                if mask is None:
+                    mask = self._all = _ones(self._n)
             else:
                 mask = self._forward_mask([self._own(v, "forward(outputs=...)")._b
                                            for v in outputs])
             if self._unfed:
                 self._refuse_unfed("forward()", mask)
-            forward = self._interpreters().forward
-            announce_compile(forward)
+            interp = self._interp
+            if interp is None or self._opset_n != self._nf:
+                interp = self._interpreters()
+            forward = interp.forward
+            if forward not in _ANNOUNCED:
+                announce_compile(forward)
             status, k = forward(self._instr, self._imm, self._boff, self._bsize, self._val,
                                 mask, 1 if check_finite else 0)
             if status:
@@ -689,21 +768,44 @@ class Tape:
             if self._broken:
                 self._broken.pop("values", None)
 
-    def _all_mask(self):
-        return _ones(self._n)
-
     def _feed(self, feeds):
-        """Validate every feed first, then copy them all: a rejected feed changes nothing."""
+        """Validate every feed first, then copy them all: a rejected feed changes nothing.
+        An array of the input's shape and a numeric dtype is all a feed is checked for (its
+        values are numbers the sweeps compute with; labels are checked by value as well)."""
+        slots = self._slots
+        if slots is None or slots[0] is not self._val:
+            slots = self._feed_slots()
+        slots = slots[1]
         checked = []
         for name, value in feeds.items():
-            b = self._inputs.get(name)
-            if b is None:
-                known = ", ".join(sorted(self._inputs)) or "none"
-                raise FeedError(f"forward(): unknown input {name!r} (inputs: {known})")
-            checked.append((b, self.check_feed(name, value)))
-        for b, a in checked:
-            self._store(b, a)
-            self._unfed.discard(b)
+            s = slots.get(name)
+            if (s is None or type(value) is not np.ndarray or value.shape != s[2]
+                    or (value.dtype is not _F64 and value.dtype.kind not in "fiub")):
+                b = self._inputs.get(name)
+                if b is None:
+                    known = ", ".join(sorted(self._inputs)) or "none"
+                    raise FeedError(f"forward(): unknown input {name!r} (inputs: {known})")
+                value = self.check_feed(name, value)
+                s = (b, self._input_view(b))
+            checked.append((s, value))
+        for s, a in checked:
+            s[1][...] = a
+            if self._unfed:
+                self._unfed.discard(s[0])
+
+    def _feed_slots(self):
+        """``(val, {name: (buffer, view of the value arena, shape)})`` for the inputs ``_feed`` may
+        copy into without ``check_feed`` (not the label inputs, checked by value); remade when
+        the arena moves (``_slots`` is reset then)."""
+        slots = {name: (b, self._input_view(b), self._shape[b])
+                 for name, b in self._inputs.items() if b not in self._labels}
+        self._slots = (self._val, slots)
+        return self._slots
+
+    def _input_view(self, b):
+        self._flush_buffers()  # (no evaluation: _view would evaluate pending instructions)
+        o = self._boff[b]
+        return self._val[o:o + self._bsize[b]].reshape(self._shape[b])
 
     def _refuse_unfed(self, what, mask):
         """FeedError if an instruction of ``mask`` reads an input never fed nor given a
@@ -749,37 +851,48 @@ class Tape:
         with self.lock:
             if self._broken:
                 self._check_intact("values", "backward()", "forward()")
-            self._backward_locked(var, grad_output)
-
-    def _backward_locked(self, var, grad_output):
-        self._seal()
-        b = var._b
-        if self._unfed:
-            self._refuse_unfed("backward()", self._forward_mask([b]))
-        if grad_output is None:
-            if _size(self._shape[b], "") != 1:
-                raise TapegradError(f"backward() of {var._describe()} needs grad_output: only "
-                                    f"a Var of size 1 has an implicit gradient of 1 "
-                                    f"({user_site()})")
-            seed = 1.0
-        else:
-            seed = np.asarray(grad_output, dtype=self.dtype)
-            if seed.shape != self._shape[b]:
-                raise ShapeError(f"backward(): grad_output has shape {seed.shape}, "
-                                 f"{var._describe()} ({user_site()})")
-        self._grad[:] = 0
-        if grad_output is None:
-            self._grad[self._boff[b]] = 1.0
-        else:
-            self._view(self._grad, b)[...] = seed
-        reverse = self._interpreters().reverse
-        announce_compile(reverse)
-        status, k = reverse(self._instr, self._imm, self._boff, self._bsize, self._val,
-                            self._grad, self._reverse_mask(b), 0)
-        if status:
-            raise self._failed(status, k, "grads")
-        if self._broken:
-            self._broken.pop("grads", None)
+            if not self._sealed or self._done < self._n:
+                self._seal()
+            b = var._b
+            if self._unfed:
+                self._refuse_unfed("backward()", self._forward_mask([b]))
+            s = self._seeds.get(b)
+            if s is None:
+                s = self._seeds[b] = (self._reverse_mask(b), int(self._boff[b]),
+                                      _size(self._shape[b], ""))
+            mask, off, size = s
+            if grad_output is None:
+                if size != 1:
+                    raise TapegradError(f"backward() of {var._describe()} needs grad_output: "
+                                        f"only a Var of size 1 has an implicit gradient of 1 "
+                                        f"({user_site()})")
+            else:
+                seed = np.asarray(grad_output, dtype=self.dtype)
+                if seed.shape != self._shape[b]:
+                    raise ShapeError(f"backward(): grad_output has shape {seed.shape}, "
+                                     f"{var._describe()} ({user_site()})")
+            g = self._grad
+            if self._grad_stale or g.shape[0] <= ZERO_ALL_BELOW:  # _zero_grads' first case
+                g.fill(0)
+                self._grad_stale = False
+            else:
+                self._zero_grads()
+            if grad_output is None:
+                g[off] = 1.0
+            else:
+                g[off:off + size] = seed.reshape(-1)
+            interp = self._interp
+            if interp is None or self._opset_n != self._nf:
+                interp = self._interpreters()
+            reverse = interp.reverse
+            if reverse not in _ANNOUNCED:
+                announce_compile(reverse)
+            status, k = reverse(self._instr, self._imm, self._boff, self._bsize, self._val,
+                                self._grad, mask, 0)
+            if status:
+                raise self._failed(status, k, "grads")
+            if self._broken:
+                self._broken.pop("grads", None)
 
     def _failed(self, status, k, *what):
         """The error of a replay stopped at instruction ``k``; ``what`` ("values", "grads")
@@ -822,6 +935,7 @@ class Tape:
                 else:
                     r.__dict__[key] = v
             r._grad = np.zeros_like(self._grad)
+            r._grad_stale, r._slots = False, None
             r.lock = _thread.RLock()
             r._origin = self
         return r
@@ -991,6 +1105,28 @@ def _as_ints(items, code):
     """A flat list of Python ints as a read-only int32 (``"i"``) or int64 (``"q"``) ndarray
     (``struct`` packs a list about twice as fast as ``array.fromlist`` or ``np.array``)."""
     return np.frombuffer(struct.pack(f"{len(items)}{code}", *items), _INT_DTYPES[code])
+
+
+_BLOCK_OPS = {}  # bytes of a small block's opcode column -> its opcode set (None: a MATMUL)
+
+
+def _block_ops(rows, prow):
+    """The opcodes of the pending ``rows`` (their list ``prow``) as a frozenset of ints, or
+    None when one is a MATMUL (``sweep.opcodes_of`` then reads its attributes). A tape
+    recorded afresh every step meets the same small blocks again: those are remembered."""
+    small = rows.shape[0] <= 256
+    if small:
+        key = rows[:, OP].tobytes()
+        if key in _BLOCK_OPS:
+            return _BLOCK_OPS[key]
+    ops = frozenset(map(int, set(prow[0::A0 + 1])))
+    if _MATMUL in ops:  # its interpreter rows depend on its attributes
+        ops = None
+    if small:
+        if len(_BLOCK_OPS) >= 4096:
+            _BLOCK_OPS.clear()
+        _BLOCK_OPS[key] = ops
+    return ops
 
 
 def _as_floats(items):

@@ -90,13 +90,19 @@ class Var:
         ``.value``). Defined for parameters, inputs made with ``requires_grad=True`` and Vars
         computed from them; any other Var (a constant, a plain input) has no gradient and
         raises ``TapegradError`` once a reverse sweep has run."""
-        tape = self.tape
-        tape._seal()
-        if tape._varied is not None and not tape._varied[tape._base[self._b]]:
+        tape, b = self.tape, self._b
+        if not tape._sealed or tape._done < tape._n:
+            tape._seal()
+        varied = tape._varied
+        if varied is not None and not varied[tape._base[b]]:
             raise TapegradError(f".grad of {self._describe()}: it has no gradient -- it "
                                 f"depends on no parameter and no input made with "
                                 f"requires_grad=True ({user_site()})")
-        return tape._view(tape._grad, self._b)
+        if tape._kind[b] != 0 and b not in tape._grad_seen:  # not a parameter (kind 0)
+            tape._grad_seen.add(b)  # the view is writable: backward() zeroes it from now on
+            tape._zero = None
+        o = tape._boff[b]  # (sealed and evaluated: nothing is pending, _view's flush is a no-op)
+        return tape._grad[o:o + tape._bsize[b]].reshape(tape._shape[b])
 
     def item(self):
         """The value as a Python float (size 1 only). The number is frozen: using it in
@@ -104,7 +110,8 @@ class Var:
         tape = self.tape
         if _size(tape._shape[self._b], "") != 1:
             raise TapegradError(f"item() of {self._describe()}: only size-1 Vars convert")
-        tape._flush()
+        if tape._done < tape._n or tape._pbuf:
+            tape._flush()
         return float(tape._val[tape._boff[self._b]])
 
     def numpy(self):

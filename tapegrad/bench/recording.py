@@ -16,6 +16,10 @@ Two tables:
   PyTorch eager (one thread) when installed. Medians of interleaved rounds, of the CPU time
   of the calling thread (every engine here computes on it) and of the wall clock: on a
   shared machine the wall clock also counts the time other processes hold the cores.
+* **per call** (``--percall`` runs this table alone) -- one recorded tape replayed: forward
+  (feeding one input) + backward of a 3-instruction tape, ``loss = sin(w * x) * 2``, what
+  each call costs beyond its arithmetic (locks, feed checks, masks, zeroing gradients, two
+  compiled calls); PyTorch eager computing the same (its graph is built on every call).
 """
 import argparse
 import inspect
@@ -262,8 +266,67 @@ def _reps(engines, budget=0.05):
     return reps
 
 
+# ---------------------------------------------------------------------------- per call
+def percall_engines():
+    """name -> callable doing one forward (one feed) + backward of ``sin(w * x) * 2``."""
+    tape = tg.Tape()
+    w = tape.param(np.array([0.5]), name="w")
+    x = tape.input("x", shape=(1,))
+    loss = tg.sin(w * x) * 2.0
+    assert len(tape) == 3
+    xv = np.array([1.5])
+
+    def tg_call():
+        tape.forward(x=xv)
+        loss.backward()
+
+    def tg_read():
+        tape.forward(x=xv)
+        loss.backward()
+        return float(w.grad[0])
+
+    def tg_forward():
+        tape.forward(x=xv)
+
+    def tg_backward():
+        loss.backward()
+
+    out = {"tapegrad": tg_call, "tg forward": tg_forward, "tg backward": tg_backward,
+           "tg + w.grad": tg_read}
+    try:
+        import torch
+
+        torch.set_num_threads(1)
+        tw = torch.tensor([0.5], dtype=torch.float64, requires_grad=True)
+        tx = torch.tensor([1.5], dtype=torch.float64)
+
+        def torch_call():
+            tw.grad = None
+            (torch.sin(tw * tx) * 2.0).sum().backward()
+            return float(tw.grad[0])
+        out["torch"] = torch_call
+    except ImportError:
+        pass
+    return out
+
+
+def percall(rounds=15):
+    """The per-call table: medians of ``rounds`` interleaved rounds (CPU time and wall)."""
+    engines = percall_engines()
+    ref = engines["tg + w.grad"]()
+    diff = {k: abs(f() - ref) / abs(ref) for k, f in engines.items() if k in ("torch",)}
+    med, wall = time_interleaved(engines, rounds, _reps(engines, 0.05))
+    print(f"per call: forward (one feed) + backward of a 3-instruction tape, medians of "
+          f"{rounds} rounds (CPU time; wall clock)")
+    for k in engines:
+        print(f"  {k:<12} {med[k] * 1e6:>8.2f} us   {med[k] / med['tapegrad']:>6.2f}x tapegrad   "
+              f"wall {wall[k] * 1e6:>8.2f} us" + (f"   (grad rel. diff {diff[k]:.1e})"
+                                                 if k in diff else ""))
+    return {"median_s": med, "wall_median_s": wall, "check_rel_diff": diff}
+
+
 def run(quick=False):
-    """Both tables; returns a dict (also printed)."""
+    """The three tables; returns a dict (also printed)."""
     sizes = [1000, 10000] if quick else [1000, 10000, 100000, 1000000]
     print("recording: chains of scalar instructions, each size in a new process ...",
           flush=True)
@@ -293,15 +356,18 @@ def run(quick=False):
             print(f"  {k:<10} {v * 1e6:>12.1f} us   {v / med['tapegrad']:>6.2f}x tapegrad   "
                   f"wall {wall[k] * 1e6:>10.1f} us   {wall[k] / wall['tapegrad']:>6.2f}x   "
                   f"(results rel. diff {diff[k]:.1e})")
-    return {"scaling": rows, "fresh": fresh}
+    calls = percall(5 if quick else 15)
+    return {"scaling": rows, "fresh": fresh, "percall": calls}
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="python -m tapegrad.bench.recording")
     ap.add_argument("--quick", action="store_true", help="up to 10^4 instructions, fewer rounds")
+    ap.add_argument("--percall", action="store_true",
+                    help="only the per-call table (a 3-instruction tape replayed)")
     ap.add_argument("--out", default=None, help="write recording.json into this directory")
     args = ap.parse_args(argv)
-    res = run(args.quick)
+    res = {"percall": percall(5 if args.quick else 15)} if args.percall else run(args.quick)
     if args.out:
         os.makedirs(args.out, exist_ok=True)
         with open(os.path.join(args.out, "recording.json"), "w") as f:
