@@ -161,6 +161,7 @@ class Tape:
         self._inputs = {}         # name -> buffer index
         self._labels = {}         # input buffer -> number of classes it indexes
         self._sealed = False
+        self._low = None          # sealed: the lowered stream the sweeps run (tapegrad.lower)
         self._base = None         # sealed: int64 array, buffer -> root buffer
         self._layout = 0          # counts seals: arena offsets change only then
         self._n_params = 0        # P: elements in the parameter prefix (when sealed)
@@ -501,8 +502,9 @@ class Tape:
             nb = self._nbf
             forward = self._interpreters().forward
             announce_compile(forward)
-            status, k = forward(self._instr[k0:k1], self._imm[k0:k1], self._boff[:nb],
-                                self._bsize[:nb], self._val, _ones(k1 - k0), 0)
+            low = _sweep.lower(self._instr[k0:k1], self._boff[:nb], self._bsize[:nb])
+            status, k = forward(self._instr[k0:k1], self._imm[k0:k1], low, self._val,
+                                _ones(k1 - k0), 0)
             if status:
                 if not check:
                     raise self._status_error(status, k0 + k)
@@ -525,6 +527,7 @@ class Tape:
 
     def _dirty(self):
         self._sealed = False
+        self._low = None
         self._base = None
         self._varied = None
         self._fwd_masks.clear()
@@ -569,6 +572,7 @@ class Tape:
                 or (n and interp.check_instructions(instr, bsize, N_IN)[0] >= 0)):
             _validate.validate_tape_arrays(instr, self._imm, self._boff, bsize, None, arena,
                                            interp)
+        self._low = _sweep.lower(instr, self._boff, bsize)  # from the validated arrays only
         self._layout += 1
         self._sealed = True
 
@@ -678,8 +682,8 @@ class Tape:
                 self._refuse_unfed("forward()", mask)
             forward = self._interpreters().forward
             announce_compile(forward)
-            status, k = forward(self._instr, self._imm, self._boff, self._bsize, self._val,
-                                mask, 1 if check_finite else 0)
+            status, k = forward(self._instr, self._imm, self._low, self._val, mask,
+                                1 if check_finite else 0)
             if status:
                 raise self._failed(status, k, "values")
             if outputs is None:
@@ -772,8 +776,8 @@ class Tape:
             self._view(self._grad, b)[...] = seed
         reverse = self._interpreters().reverse
         announce_compile(reverse)
-        status, k = reverse(self._instr, self._imm, self._boff, self._bsize, self._val,
-                            self._grad, self._reverse_mask(b), 0)
+        status, k = reverse(self._instr, self._imm, self._low, self._val, self._grad,
+                            self._reverse_mask(b), 0)
         if status:
             raise self._failed(status, k, "grads")
         if self._broken:
@@ -812,7 +816,7 @@ class Tape:
             self._seal()
             r = object.__new__(Tape)
             for key, v in self.__dict__.items():
-                if key in ("_instr", "_imm", "_boff", "_bsize"):
+                if key in ("_instr", "_imm", "_boff", "_bsize", "_low"):
                     r.__dict__[key] = v   # sealed: exactly n (nb) rows, grown (copied) before
                                           # the recorder writes a row, never written in place
                 elif isinstance(v, (list, dict, set, bytearray, np.ndarray)):
