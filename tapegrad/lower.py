@@ -4,8 +4,9 @@
 is sealed (``Tape._seal``, after the tape arrays are validated; ``Tape.load`` likewise) from
 ``instr``, ``boff`` and ``bsize`` only::
 
-    low[k, CODE]   the opcode, or SCALAR + opcode for a size-1 instruction that runs its
-                   scalar row (below)
+    low[k, CODE]   the opcode, or SCALAR + opcode for an instruction that runs its op's
+                   scalar row (below): one of size 1, or a row op (SOFTMAX) over one
+                   contiguous row
     low[k, ANS]    arena offset of the output (of its one element for a scalar PLACE)
     low[k, N]      number of output elements (1 for a scalar row)
     low[k, X:Z+1]  arena offsets of the inputs (0 for an unused slot; the element read by a
@@ -26,7 +27,9 @@ inlined kernel with the arenas, which makes numba count references on every call
 cost of a scalar replay: DESIGN.md's facts). Ops whose size-1 element is not at the buffers'
 offsets (SLICE reads one element of its input, PLACE writes one element of its output) get
 their element's offset resolved here (``IN_ELEMENT`` / ``OUT_ELEMENT``) and a hand-written
-row in ``sweep.SCALAR_FORWARD`` / ``SCALAR_REVERSE``.
+row in ``sweep.SCALAR_FORWARD`` / ``SCALAR_REVERSE``; so does a row op over a single
+contiguous row (``ONE_ROW``: SOFTMAX of an ``(A, n, B) = (1, n, 1)`` view, as of a few stacked
+scalars), whose kernel's generic index arithmetic and call dominate at such sizes.
 """
 import ast
 import builtins
@@ -44,7 +47,7 @@ LOW_WIDTH = 8
 SCALAR = 1 << 16  # low[k, CODE] of an instruction that runs its scalar row
 
 # how a size-1 instruction of an op with a scalar row finds its element (sweep.SCALAR_KIND)
-NONE, ELEMENTWISE, IN_ELEMENT, OUT_ELEMENT = 0, 1, 2, 3
+NONE, ELEMENTWISE, IN_ELEMENT, OUT_ELEMENT, ONE_ROW = 0, 1, 2, 3, 4
 
 
 @jit
@@ -71,6 +74,8 @@ def lower_into(instr, boff, bsize, kind, low):
             code += SCALAR
             ans += np.int64(instr[k, A0 + 3]) * np.int64(instr[k, A0 + 2])
             n = 1
+        elif kd == ONE_ROW and instr[k, A0] == 1 and instr[k, A0 + 2] == 1:  # (1, n, 1)
+            code += SCALAR
         low[k, CODE], low[k, ANS], low[k, N] = code, ans, n
         low[k, LX], low[k, LY], low[k, LZ], low[k, NX] = x, y, z, nx
     return low

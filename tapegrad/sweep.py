@@ -295,12 +295,37 @@ for _table, _scalar in ((FORWARD, SCALAR_FORWARD), (REVERSE, SCALAR_REVERSE)):
             _scalar[_op] = _derived[0]
 SCALAR_FORWARD[Op.SLICE] = SCALAR_FORWARD[Op.PLACE] = "val[ans] = val[x]"
 SCALAR_REVERSE[Op.SLICE] = SCALAR_REVERSE[Op.PLACE] = "grad[x] += grad[ans]"
+# SOFTMAX of one contiguous row (A = B = 1: a softmax of a few stacked scalars): the
+# kernels' (ops/reduce.py) arithmetic with _at(p, 0, n, 1, j, 0) = p + j, written out
+# (tests/test_lower.py holds the two to the same bits)
+SCALAR_FORWARD[Op.SOFTMAX] = """
+        _s_m = -math.inf
+        for _s_j in range(n):
+            _s_e = val[x + _s_j]
+            if _s_e > _s_m or _s_e != _s_e:
+                _s_m = _s_e
+                if _s_e != _s_e:
+                    break
+        _s_s = 0.0
+        for _s_j in range(n):
+            _s_e = math.exp(val[x + _s_j] - _s_m)
+            val[ans + _s_j] = _s_e
+            _s_s += _s_e
+        for _s_j in range(n):
+            val[ans + _s_j] /= _s_s"""
+SCALAR_REVERSE[Op.SOFTMAX] = """
+        _s_dot = 0.0
+        for _s_j in range(n):
+            _s_dot += grad[ans + _s_j] * val[ans + _s_j]
+        for _s_j in range(n):
+            grad[x + _s_j] += val[ans + _s_j] * (grad[ans + _s_j] - _s_dot)"""
 # where a size-1 instruction's element lies (lower_into): SLICE reads one element of its
 # input, PLACE writes one of its output; the elementwise ops' are at the buffers' offsets
 SCALAR_KIND = np.zeros(int(Op.N_OPS), np.int8)
 for _op in set(SCALAR_FORWARD) | set(SCALAR_REVERSE):
     SCALAR_KIND[_op] = _lower.ELEMENTWISE
 SCALAR_KIND[Op.SLICE], SCALAR_KIND[Op.PLACE] = _lower.IN_ELEMENT, _lower.OUT_ELEMENT
+SCALAR_KIND[Op.SOFTMAX] = _lower.ONE_ROW
 assert {o for o in OPCODES if SCALAR_KIND[o] not in (_lower.NONE, _lower.ELEMENTWISE)} <= \
     set(SCALAR_FORWARD) & set(SCALAR_REVERSE), \
     "an op whose scalar element is not at its buffers' offsets needs both scalar rows"
