@@ -944,9 +944,17 @@ class Tape:
         return render(self, path)
 
     def stats(self):
-        """Instruction counts by opcode, buffers, arena bytes, parameter count (prints as a table)."""
+        """Instruction counts by opcode, buffers, arena bytes, parameter count (prints as a
+        table); after ``optimize()`` also the instruction count before it."""
         from .tools import stats
         return stats(self)
+
+    def optimize(self):
+        """Rewrite the tape into fewer instructions (fused EXP-ADDC-LOG chains, dead code)
+        that give every Var still held the same value and gradient; returns the counts
+        ``{"before", "after", "fused", "dead"}``. See ``tapegrad/optimize.py``."""
+        from .optimize import optimize
+        return optimize(self)
 
     def save(self, path):
         """Save to ``.npz`` (no pickle): arrays, shapes, names, parameter values."""
