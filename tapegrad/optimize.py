@@ -3,12 +3,17 @@ values for every Var still held (in the spirit of CppAD's ``f.optimize()``).
 
 Passes, over the flat arrays (``instr``, ``imm``, ``src``), in this order:
 
+* **common subexpressions**: an instruction repeating an earlier one (same opcode, input
+  buffers, attributes and immediate; no effect of its own) is dropped when no live Var holds
+  its output, and later instructions read the earlier output instead;
+* **dead code**: an instruction is dropped when nothing reads its output -- no later kept
+  instruction, no live Var, no name, no parameter or input -- unless it has an effect of
+  its own (a guard, the random draws and their counter);
 * **fusion of EXP, ADDC c, LOG** (c > 0) into one SOFTPLUS instruction (``ops/fused.py``),
   when the two intermediate buffers are read by nothing else and no live Var holds them;
-  SOFTPLUS computes the chain's numbers bit for bit;
-* **dead code**: an instruction is dropped when nothing reads its output -- no later kept
-  instruction, no live Var, no name, no parameter or input -- unless it has an effect of its
-  own (a guard, the random draws and their counter).
+  SOFTPLUS computes the chain's numbers bit for bit.
+
+Chains of ADD (n-ary sums) are not merged yet.
 
 "Live" Vars are the ``Var`` objects of this tape that exist when ``optimize`` runs (found
 through the garbage collector, so recording pays nothing for it); a Var dropped before
@@ -41,66 +46,102 @@ def _live_roots(tape):
     return live
 
 
+def _cse(tape, instr, imm, live):
+    """Common subexpressions: an instruction with the opcode, inputs, attributes and
+    immediate of an earlier one, whose output no live Var holds, is read from the earlier
+    one's output instead (later instructions renamed; the duplicate becomes dead code)."""
+    base, n = tape._base, instr.shape[0]
+    nb = max(tape._nbuf, 1)
+    writers = np.bincount(base[instr[:, OUT]], minlength=nb)
+    views = np.bincount(base, minlength=nb)
+    rename, seen, merged = {}, {}, 0
+    for k in range(n):
+        op = int(instr[k, OP])
+        for j in range(int(N_IN[op])):
+            b = int(instr[k, X + j])
+            if b in rename:
+                instr[k, X + j] = rename[b]
+        out = int(instr[k, OUT])
+        if op in _EFFECTS or base[out] != out or writers[out] != 1 or views[out] != 1:
+            continue
+        key = (op, instr[k, X:].tobytes(), imm[k:k + 1].tobytes())
+        first = seen.get(key)
+        if first is None:
+            seen[key] = out
+        elif (not live[out] and tape._bsize[first] == tape._bsize[out]
+              and tape._shape[first] == tape._shape[out]):
+            rename[out] = first
+            merged += 1
+    return merged
+
+
+def _dead(tape, instr, keep, live):
+    """Drops (``keep[k] = False``) the instructions whose outputs nothing needs, last first:
+    a kept instruction makes its inputs needed. Returns how many it dropped."""
+    base, needed, dead = tape._base, live.copy(), 0
+    for k in range(instr.shape[0] - 1, -1, -1):
+        if not keep[k]:
+            continue
+        op = int(instr[k, OP])
+        if op not in _EFFECTS and not needed[base[instr[k, OUT]]]:
+            keep[k] = False
+            dead += 1
+            continue
+        for j in range(int(N_IN[op])):
+            needed[base[instr[k, X + j]]] = True
+    return dead
+
+
+def _fuse_softplus(tape, instr, imm, keep, live):
+    """EXP -> ADDC c (c > 0) -> LOG, each intermediate read once, by the next, and held by no
+    live Var: the LOG row becomes SOFTPLUS(x, c), the other two are dropped."""
+    base = tape._base
+    nb = max(tape._nbuf, 1)
+    rows = np.flatnonzero(keep)
+    ops = instr[:, OP]
+    reads = np.zeros(nb, np.int64)       # per root: kept instructions reading it
+    for j in range(3):
+        has = rows[N_IN[ops[rows]] > j]
+        np.add.at(reads, base[instr[has, X + j]], 1)
+    outs = base[instr[rows, OUT]]
+    writers = np.bincount(outs, minlength=nb)
+    writer = np.full(nb, -1, np.int64)
+    writer[outs] = rows
+
+    def single(b, op):
+        r = base[b]
+        k = writer[r]
+        if k < 0 or writers[r] != 1 or reads[r] != 1 or live[r] or ops[k] != op:
+            return -1
+        return k
+
+    fused = 0
+    for k3 in rows[ops[rows] == Op.LOG]:
+        k2 = single(instr[k3, X], Op.ADDC)
+        if k2 < 0 or not imm[k2] > 0:
+            continue
+        k1 = single(instr[k2, X], Op.EXP)
+        if k1 < 0:
+            continue
+        instr[k3, OP], instr[k3, X], imm[k3] = Op.SOFTPLUS, instr[k1, X], imm[k2]
+        keep[k1] = keep[k2] = False
+        fused += 1
+    return fused
+
+
 def optimize(tape):
-    """See the module docstring; returns ``{"before": n, "after": m, "fused": f, "dead": d}``
-    (instruction counts)."""
+    """See the module docstring; returns ``{"before": n, "after": m, "merged": c,
+    "fused": f, "dead": d}`` (instruction counts: common subexpressions merged, chains fused,
+    dead instructions dropped)."""
     with tape.lock:
         tape._seal()
-        instr, imm, src = tape._instr, tape._imm, tape._src
-        n = instr.shape[0]
-        base = tape._base
+        n = tape._instr.shape[0]
+        instr, imm, src = tape._instr.copy(), tape._imm.copy(), tape._src
         live = _live_roots(tape)
         keep = np.ones(n, bool)
-        ops = instr[:, OP]
-        n_in = N_IN[ops]
-        reads = np.zeros(max(tape._nbuf, 1), np.int64)      # per root: instructions reading it
-        writers = np.zeros(max(tape._nbuf, 1), np.int64)    # per root: instructions writing it
-        writer = np.full(max(tape._nbuf, 1), -1, np.int64)  # per root: the last writer
-        for j in range(3):
-            has = n_in > j
-            np.add.at(reads, base[instr[has, X + j]], 1)
-        outs = base[instr[:, OUT]]
-        np.add.at(writers, outs, 1)
-        writer[outs] = np.arange(n)
-        instr = instr.copy()
-        imm = imm.copy()
-
-        def single(b, op):
-            """The instruction writing root ``b`` when it is the only writer, an ``op``, read
-            once and held by no live Var; else -1."""
-            r = base[b]
-            k = writer[r]
-            if k < 0 or writers[r] != 1 or reads[r] != 1 or live[r] or ops[k] != op:
-                return -1
-            return k
-
-        fused = 0
-        for k3 in np.flatnonzero(ops == Op.LOG):
-            k2 = single(instr[k3, X], Op.ADDC)
-            if k2 < 0 or not imm[k2] > 0:
-                continue
-            k1 = single(instr[k2, X], Op.EXP)
-            if k1 < 0:
-                continue
-            instr[k3, OP], instr[k3, X], imm[k3] = Op.SOFTPLUS, instr[k1, X], imm[k2]
-            keep[k1] = keep[k2] = False
-            fused += 1
-
-        # dead code, last instruction first: kept ones make their inputs needed
-        needed = live.copy()
-        dead = 0
-        ops = instr[:, OP]
-        for k in range(n - 1, -1, -1):
-            if not keep[k]:
-                continue
-            op = int(ops[k])
-            if op not in _EFFECTS and not needed[base[instr[k, OUT]]]:
-                keep[k] = False
-                dead += 1
-                continue
-            for j in range(int(N_IN[op])):
-                needed[base[instr[k, X + j]]] = True
-
+        merged = _cse(tape, instr, imm, live)
+        dead = _dead(tape, instr, keep, live)
+        fused = _fuse_softplus(tape, instr, imm, keep, live)
         m = int(keep.sum())
         if m != n:
             tape._instr = np.ascontiguousarray(instr[keep])
@@ -110,7 +151,7 @@ def optimize(tape):
             tape._opset, tape._opset_n, tape._interp = frozenset(), 0, None
             tape._dirty()
             tape._seal()
-        info = {"before": int(n), "after": m, "fused": fused, "dead": dead}
+        info = {"before": int(n), "after": m, "merged": merged, "fused": fused, "dead": dead}
         prior = getattr(tape, "_optimized", None)
         tape._optimized = {**info, "before": prior["before"] if prior else int(n)}
         return info

@@ -22,7 +22,7 @@ def test_softplus_chains_fuse_with_the_chains_values_and_numpys_gradient(dtype):
     loss = (w * sp).sum()
     before = sp.value.copy()
     info = tape.optimize()
-    assert info["fused"] == 1 and info["before"] - info["after"] == 2
+    assert info["fused"] == 1 and info["before"] - info["after"] == 2 and info["merged"] == 0
     assert Op.SOFTPLUS in _ops(tape) and Op.EXP not in _ops(tape)
     x1 = rng.normal(size=7) * 3
     x.value[:] = x0
@@ -102,3 +102,25 @@ def test_optimize_twice_keeps_the_first_count_and_a_loaded_tape_replays():
     assert tape.stats()["instructions_before_optimize"] == 4
     loss.backward()
     np.testing.assert_allclose(x.grad, 1 / (1 + 2 * np.exp(-np.array([0.1, 0.2]))))
+
+
+def test_common_subexpressions_merge_unless_a_var_holds_the_repeat():
+    tape = tg.Tape()
+    x = tape.param(np.array([0.3, -0.7]))
+    y = tape.param(np.array([1.5, 2.0]))
+    a = tg.exp(x * y)                    # x * y and exp(x * y) twice: the second pair merges
+    loss = (a * tg.exp(x * y)).sum() + (x + y).sum()
+    held = x + y                         # a repeat the user holds: computed on
+    loss = loss + (held * held).sum()
+    info = tape.optimize()
+    assert info["merged"] == 2 and _ops(tape).count(Op.EXP) == 1
+    assert _ops(tape).count(Op.MUL) == 3  # x * y, a * a, held * held
+    xv, yv = np.array([0.1, 0.2]), np.array([-1.0, 3.0])
+    x.value[:], y.value[:] = xv, yv
+    tape.forward()
+    loss.backward()
+    np.testing.assert_allclose(held.value, xv + yv)
+    np.testing.assert_allclose(loss.value, np.exp(2 * xv * yv).sum() + (xv + yv).sum()
+                               + ((xv + yv) ** 2).sum())
+    np.testing.assert_allclose(x.grad, 2 * yv * np.exp(2 * xv * yv) + 1 + 2 * (xv + yv))
+    np.testing.assert_allclose(y.grad, 2 * xv * np.exp(2 * xv * yv) + 1 + 2 * (xv + yv))
