@@ -109,7 +109,8 @@ class Op(IntEnum):
     MUL3 = 62        # x * y * z * c, imm = c
     # fused by tape.optimize() (tapegrad/optimize.py; kernels in tapegrad/ops/fused.py)
     SOFTPLUS = 63    # log(exp(x) + c), imm = c > 0: EXP, ADDC c, LOG as one instruction
-    N_OPS = 64       # sentinel: the number of opcodes
+    ADD3 = 64        # (x + y) + z: two ADDs as one instruction
+    N_OPS = 65       # sentinel: the number of opcodes
 
 
 class OpSpec(NamedTuple):
@@ -184,6 +185,7 @@ OPS = {
     Op.TANH_GRAD: OpSpec("tanh_grad", 2, ""),
     Op.MUL3: OpSpec("mul3", 3, "imm=c"),
     Op.SOFTPLUS: OpSpec("softplus", 1, ""),
+    Op.ADD3: OpSpec("add3", 3, ""),
 }
 
 # the table as arrays, for the compiled passes over a tape (activity analysis, validation)

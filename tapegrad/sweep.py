@@ -65,8 +65,8 @@ from .ops.elementwise import (abs_bwd, abs_fwd, add_bwd, add_fwd, compare_fwd, c
                               where_bwd, where_fwd)
 from .ops.immediate import (addc_bwd, addc_fwd, divc_bwd, divc_fwd, mulc_bwd, mulc_fwd,
                             rdivc_bwd, rdivc_fwd, rpowc_bwd, rpowc_fwd, rsubc_bwd, rsubc_fwd)
-from .ops.fused import (mul3_bwd, mul3_fwd, softplus_bwd, softplus_fwd, tanh_grad_bwd,
-                        tanh_grad_fwd)
+from .ops.fused import (add3_bwd, add3_fwd, mul3_bwd, mul3_fwd, softplus_bwd, softplus_fwd,
+                        tanh_grad_bwd, tanh_grad_fwd)
 from .ops.factor import (cholesky_bwd, cholesky_fwd, slogdet_bwd, slogdet_fwd, solve_bwd,
                          solve_fwd, trisolve_bwd, trisolve_fwd)
 from .ops.linalg import matmul_bwd, matmul_fwd, plain_matmul_bwd, plain_matmul_fwd
@@ -173,6 +173,7 @@ FORWARD = {
     Op.TANH_GRAD: "tanh_grad_fwd(val, x, y, ans, n)",
     Op.MUL3: "mul3_fwd(val, x, y, z, ans, n, imm[k])",
     Op.SOFTPLUS: "softplus_fwd(val, x, ans, n, imm[k])",
+    Op.ADD3: "add3_fwd(val, x, y, z, ans, n)",
     **{c: "conv_fwd(op, val, x, y, ans, nx, a0, a1, a2, a3, a4, a5)"
        for c in (Op.CONV2D, Op.CONV2D_GRAD_X, Op.CONV2D_GRAD_W, Op.MAX_POOL2D,
                  Op.MAX_UNPOOL2D)},
@@ -240,6 +241,7 @@ REVERSE = {
     Op.TANH_GRAD: "tanh_grad_bwd(val, grad, x, y, ans, n)",
     Op.MUL3: "mul3_bwd(val, grad, x, y, z, ans, n, imm[k])",
     Op.SOFTPLUS: "softplus_bwd(val, grad, x, ans, n, imm[k])",
+    Op.ADD3: "add3_bwd(val, grad, x, y, z, ans, n)",
     **{c: f"""
         conv_bwd(op, val, grad, x, y, ans, nx, a0, a1, a2, a3, a4, a5, {_GX}, {_GY})"""
        for c in (Op.CONV2D, Op.CONV2D_GRAD_X, Op.CONV2D_GRAD_W, Op.MAX_POOL2D,

@@ -124,3 +124,30 @@ def test_common_subexpressions_merge_unless_a_var_holds_the_repeat():
                                + ((xv + yv) ** 2).sum())
     np.testing.assert_allclose(x.grad, 2 * yv * np.exp(2 * xv * yv) + 1 + 2 * (xv + yv))
     np.testing.assert_allclose(y.grad, 2 * xv * np.exp(2 * xv * yv) + 1 + 2 * (xv + yv))
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_chains_of_adds_become_add3_with_the_same_numbers(dtype):
+    rng = np.random.default_rng(3)
+    vals = [rng.normal(size=5) * 10.0 ** rng.integers(-3, 4) for _ in range(5)]
+    tape = tg.Tape(dtype)
+    xs = [tape.param(v) for v in vals]
+    s = xs[0] + xs[1] + xs[2] + xs[3]     # ((a + b) + c) + d: 3 ADDs
+    t = xs[4] + (xs[1] + xs[2])           # the inner sum on the right
+    loss = (s * t).sum()
+    before_s, before_t = s.value.copy(), t.value.copy()
+    info = tape.optimize()
+    assert _ops(tape).count(Op.ADD3) == 2 and _ops(tape).count(Op.ADD) == 1
+    assert info["fused"] == 2
+    tape.forward()
+    bits = np.uint64 if dtype == np.float64 else np.uint32
+    assert np.array_equal(s.value.view(bits), before_s.view(bits))
+    assert np.array_equal(t.value.view(bits), before_t.view(bits))
+    loss.backward()
+    v = [a.astype(dtype).astype(np.float64) for a in vals]
+    sv, tv = v[0] + v[1] + v[2] + v[3], v[4] + v[1] + v[2]
+    tol = 1e-12 if dtype == np.float64 else 1e-4
+    np.testing.assert_allclose(xs[0].grad, tv, rtol=tol)
+    np.testing.assert_allclose(xs[1].grad, tv + sv, rtol=tol, atol=tol * np.abs(sv).max())
+    np.testing.assert_allclose(xs[3].grad, tv, rtol=tol)
+    np.testing.assert_allclose(xs[4].grad, sv, rtol=tol)

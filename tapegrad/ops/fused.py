@@ -6,6 +6,7 @@ memory, no intermediate buffers) where the rule used to record a chain.
   and MUL3, so a PINN's derivatives of derivatives of a tanh network stay two ops a layer.
 * ``MUL3(x, y, z) = x * y * z * c`` (``c`` the immediate): trilinear, its own reverse rule
   records MUL3s (the second derivative of tanh, ``-2 y g G``, was MUL, NEG, MUL, MULC).
+* ``ADD3(x, y, z) = (x + y) + z``: two ADDs, as ``tape.optimize()`` merges sums.
 * ``SOFTPLUS(x) = log(exp(x) + c)`` (``c > 0`` the immediate): what ``tape.optimize()`` makes
   of EXP, ADDC c, LOG (``tapegrad/optimize.py``); its value is the chain's, bit for bit.
 
@@ -106,6 +107,34 @@ def softplus_tan(v, t, x, tx, tans, n, D, k):
         o = i * D
         for d in range(D):
             t[tans + o + d] = s * t[tx + o + d]
+
+
+# ---------------------------------------------------------------------------- add3
+def add3(x, y, z):
+    """``(x + y) + z`` in one instruction, as ``tape.optimize()`` merges two ADDs."""
+    tape, bs, shape = _operands("add3", x, y, z)
+    return Var(tape, tape._emit(Op.ADD3, bs, shape))
+
+
+@kernel
+def add3_fwd(v, x, y, z, ans, n):
+    for i in range(n):  # the two ADDs' numbers: x + y rounded to the arena type, then + z
+        v[ans + i] = v[x + i] + v[y + i]
+        v[ans + i] += v[z + i]
+
+
+@kernel
+def add3_bwd(v, g, x, y, z, ans, n):
+    for i in range(n):
+        G = g[ans + i]
+        g[x + i] += G
+        g[y + i] += G
+        g[z + i] += G
+
+
+@vjp(Op.ADD3)
+def add3_vjp(r, g):
+    return g, g, g
 
 
 # ---------------------------------------------------------------------------- mul3
