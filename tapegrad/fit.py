@@ -70,7 +70,7 @@ def allreduce_prefix(allreduce, handles, grad, n):
 # The template of the compiled step loop: ``tapegrad.sweep`` pastes this function's text into
 # each interpreter module it generates, where ``forward`` and ``reverse`` are that module's
 # sweeps, and compiles it there (``tape._interpreters().train_steps``). Never called as is.
-def train_steps(instr, imm, boff, bsize, val, grad, fmask, rmask, zero, n_clear, loss_b, data,
+def train_steps(instr, imm, low, val, grad, fmask, rmask, zero, n_clear, lo, data,
                 cols, idx, batch, kind, starts, stops, state, hyper, t0, losses,
                 seed, n_params, nranks, allreduce, handles, check_finite):
     """Run ``losses.size`` steps; step s uses samples ``idx[s*batch:(s+1)*batch]``. The
@@ -80,8 +80,8 @@ def train_steps(instr, imm, boff, bsize, val, grad, fmask, rmask, zero, n_clear,
     (1/R for a mean over R ranks). With ``nranks > 1`` the gradient prefix ``[0, n_params)``
     is summed over the ranks by ``allreduce`` (``tapegrad.dist.Link``). ``check_finite`` (0:
     an argument, not a literal, so the forward sweep compiles once for every caller). Returns
-    ``(status, instruction or MPI error code, steps done)``."""
-    lo = boff[loss_b]
+    ``(status, instruction or MPI error code, steps done)``. ``low``: the lowered stream
+    (``tapegrad.lower``); ``lo``: the loss's offset in the arenas."""
     for s in range(losses.shape[0]):
         for r in range(batch):
             row = idx[s * batch + r]
@@ -89,7 +89,7 @@ def train_steps(instr, imm, boff, bsize, val, grad, fmask, rmask, zero, n_clear,
                 off, c0, f = cols[j, 0], cols[j, 1], cols[j, 2]
                 for q in range(f):
                     val[off + r * f + q] = data[row, c0 + q]
-        status, k = forward(instr, imm, boff, bsize, val, fmask, check_finite)
+        status, k = forward(instr, imm, low, val, fmask, check_finite)
         if status == OK:
             losses[s] = val[lo]
             if not math.isfinite(val[lo]):
@@ -98,7 +98,7 @@ def train_steps(instr, imm, boff, bsize, val, grad, fmask, rmask, zero, n_clear,
             for r in range(zero.shape[0]):
                 grad[zero[r, 0]:zero[r, 1]] = 0
             grad[lo] = seed
-            status, k = reverse(instr, imm, boff, bsize, val, grad, rmask,
+            status, k = reverse(instr, imm, low, val, grad, rmask,
                                 1 if s < n_clear else 0)
         if nranks > 1:
             if status != OK:
@@ -338,8 +338,8 @@ def fit(loss, opt, data=None, batch_size=None, steps=None, shuffle=True, seed=0,
             t = time.perf_counter()
             announce_compile(interp.reverse, interp.train_steps)  # (a worker's reverse first)
             status, k, ran = interp.train_steps(
-                tape._instr, tape._imm, tape._boff, tape._bsize, tape._val, tape._grad, fmask,
-                rmask, zero, m if done + m < steps else m - 1, loss._b, packed, cols, ids,
+                tape._instr, tape._imm, tape._low, tape._val, tape._grad, fmask, rmask, zero,
+                m if done + m < steps else m - 1, tape._boff[loss._b], packed, cols, ids,
                 batch, opt.kind, starts, stops,
                 opt.state, opt.hyper, opt.t, losses[done:done + m], weight, tape._n_params,
                 R, link.allreduce, link.handles, 0)
@@ -517,8 +517,7 @@ def _explain_non_finite(tape, loss, fmask, rmask, zero, weight, names, rows):
             if name in fed and len(i) and rows.size:
                 where += f" (data[{name!r}] row {int(rows[i[0]])})"
             parts.append(where)
-    s, k = tape._interpreters().forward(tape._instr, tape._imm, tape._boff, tape._bsize, val,
-                                        fmask, 1)
+    s, k = tape._interpreters().forward(tape._instr, tape._imm, tape._low, val, fmask, 1)
     if s == NON_FINITE:
         parts.append("first op to produce NaN/Inf: " + str(tape._status_error(s, k)))
     elif not parts:
@@ -549,7 +548,7 @@ def _first_bad_gradient(tape, loss, rmask, zero, weight):
         for a, b in zero:
             grad[a:b] = 0
         grad[lo] = weight
-        reverse(tape._instr, tape._imm, tape._boff, tape._bsize, tape._val, grad, mask, 0)
+        reverse(tape._instr, tape._imm, tape._low, tape._val, grad, mask, 0)
         return any(not np.isfinite(grad[a:b]).all() for a, b in zero)
 
     if not bad_after(0):

@@ -405,5 +405,7 @@ def load(path):
         tape._rng_draws = int(draws[:, A0].max()) + 1
     if len(ticks):
         tape._rng = int(ticks[0, OUT])
+    from .sweep import lower
+    tape._low = lower(tape._instr, a_boff, a_bsize)  # from the arrays validated above
     tape._sealed = True
     return tape

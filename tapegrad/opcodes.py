@@ -107,7 +107,10 @@ class Op(IntEnum):
     # fused elementwise ops of the recorded reverse rules (tapegrad/ops/fused.py)
     TANH_GRAD = 61   # x * (1 - y*y): tanh's reverse rule (x the cotangent, y tanh's output)
     MUL3 = 62        # x * y * z * c, imm = c
-    N_OPS = 63       # sentinel: the number of opcodes
+    # fused by tape.optimize() (tapegrad/optimize.py; kernels in tapegrad/ops/fused.py)
+    SOFTPLUS = 63    # log(exp(x) + c), imm = c > 0: EXP, ADDC c, LOG as one instruction
+    ADD3 = 64        # (x + y) + z: two ADDs as one instruction
+    N_OPS = 65       # sentinel: the number of opcodes
 
 
 class OpSpec(NamedTuple):
@@ -181,6 +184,8 @@ OPS = {
     Op.MAX_UNPOOL2D: OpSpec("max_unpool2d", 2, "H W kh kw stride2 pad2"),
     Op.TANH_GRAD: OpSpec("tanh_grad", 2, ""),
     Op.MUL3: OpSpec("mul3", 3, "imm=c"),
+    Op.SOFTPLUS: OpSpec("softplus", 1, ""),
+    Op.ADD3: OpSpec("add3", 3, ""),
 }
 
 # the table as arrays, for the compiled passes over a tape (activity analysis, validation)

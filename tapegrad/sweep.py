@@ -40,14 +40,19 @@ import importlib.util
 import inspect
 import math
 import os
+import re
 import shutil
 import sys
 import tempfile
+import textwrap
 import threading
 import time
+import warnings
 
 import numpy as np
+from numba.core.errors import NumbaIRAssumptionWarning
 
+from . import lower as _lower
 from ._jit import generated_dir, jit, kernel
 from .opcodes import A0, OP, OUT, X, Y, Z, Op
 from .ops.conv import conv_bwd, conv_fwd
@@ -61,13 +66,15 @@ from .ops.elementwise import (abs_bwd, abs_fwd, add_bwd, add_fwd, compare_fwd, c
                               where_bwd, where_fwd)
 from .ops.immediate import (addc_bwd, addc_fwd, divc_bwd, divc_fwd, mulc_bwd, mulc_fwd,
                             rdivc_bwd, rdivc_fwd, rpowc_bwd, rpowc_fwd, rsubc_bwd, rsubc_fwd)
-from .ops.fused import mul3_bwd, mul3_fwd, tanh_grad_bwd, tanh_grad_fwd
+from .ops.fused import (add3_bwd, add3_fwd, mul3_bwd, mul3_fwd, softplus_bwd, softplus_fwd,
+                        tanh_grad_bwd, tanh_grad_fwd)
 from .ops.factor import (cholesky_bwd, cholesky_fwd, slogdet_bwd, slogdet_fwd, solve_bwd,
                          solve_fwd, trisolve_bwd, trisolve_fwd)
 from .ops.linalg import matmul_bwd, matmul_fwd, plain_matmul_bwd, plain_matmul_fwd
 from .ops.gather import gather_bwd, gather_fwd, scatter_add_bwd, scatter_add_fwd
 from .ops.loss import cross_entropy_bwd, cross_entropy_fwd, onehot_fwd
 from .ops.random import rand_fwd, tick_fwd
+from .ops.reduce import _dot_run, _max_run, _sum_run, exp64  # SOFTMAX's one-row rows
 from .ops.reduce import (log_softmax_bwd, log_softmax_fwd, logsumexp_bwd, logsumexp_fwd,
                          max_bwd, max_fwd, softmax_bwd, softmax_fwd, sum_bwd, sum_fwd)
 from .ops.shape import (expand_bwd, expand_fwd, place_bwd, place_fwd, slice_bwd, slice_fwd,
@@ -90,8 +97,10 @@ def _offset(boff, b):
 # ------------------------------------------------------------------ the branch tables
 # One row per opcode: the source of its branch. A branch may use the arenas ``val`` and
 # ``grad``, the offsets ``x y z ans`` (np.uint64) of its inputs and output, the output's size
-# ``n``, the attributes ``a0 .. a5`` (int64), ``imm[k]``, ``mask[k]``, ``k``, ``bsize``,
-# ``instr`` and every kernel imported above; it may ``return STATUS, k``.
+# ``n``, the size ``nx`` (int64) of input x, the attributes ``a0 .. a5`` (int64), the opcode
+# ``op``, ``imm[k]``, ``mask[k]``, ``k``, ``instr`` and every kernel imported above; it may
+# ``return STATUS, k``. (The sweeps read ``op``, ``nx`` and the attributes only in the
+# branches whose text names them.)
 FORWARD = {
     Op.NEG: "neg_fwd(val, x, ans, n, imm[k])",
     Op.EXP: "exp_fwd(val, x, ans, n, imm[k])",
@@ -165,7 +174,9 @@ FORWARD = {
     Op.SLOGDET: "slogdet_fwd(val, np.int64(x), np.int64(ans), a0, a1, a2)",
     Op.TANH_GRAD: "tanh_grad_fwd(val, x, y, ans, n)",
     Op.MUL3: "mul3_fwd(val, x, y, z, ans, n, imm[k])",
-    **{c: "conv_fwd(op, val, x, y, ans, np.int64(bsize[instr[k, X]]), a0, a1, a2, a3, a4, a5)"
+    Op.SOFTPLUS: "softplus_fwd(val, x, ans, n, imm[k])",
+    Op.ADD3: "add3_fwd(val, x, y, z, ans, n)",
+    **{c: "conv_fwd(op, val, x, y, ans, nx, a0, a1, a2, a3, a4, a5)"
        for c in (Op.CONV2D, Op.CONV2D_GRAD_X, Op.CONV2D_GRAD_W, Op.MAX_POOL2D,
                  Op.MAX_UNPOOL2D)},
 }
@@ -231,9 +242,10 @@ REVERSE = {
     Op.SLOGDET: "slogdet_bwd(val, grad, np.int64(x), np.int64(ans), a0, a1, a2)",
     Op.TANH_GRAD: "tanh_grad_bwd(val, grad, x, y, ans, n)",
     Op.MUL3: "mul3_bwd(val, grad, x, y, z, ans, n, imm[k])",
+    Op.SOFTPLUS: "softplus_bwd(val, grad, x, ans, n, imm[k])",
+    Op.ADD3: "add3_bwd(val, grad, x, y, z, ans, n)",
     **{c: f"""
-        conv_bwd(op, val, grad, x, y, ans, np.int64(bsize[instr[k, X]]), a0, a1, a2, a3, a4,
-                 a5, {_GX}, {_GY})"""
+        conv_bwd(op, val, grad, x, y, ans, nx, a0, a1, a2, a3, a4, a5, {_GX}, {_GY})"""
        for c in (Op.CONV2D, Op.CONV2D_GRAD_X, Op.CONV2D_GRAD_W, Op.MAX_POOL2D,
                  Op.MAX_UNPOOL2D)},
 }
@@ -273,7 +285,56 @@ def opcodes_of(instr):
 
 
 
+# ------------------------------------------------------------------ scalar rows
+# An instruction of one element runs its op's scalar row (``tapegrad.lower``): the kernel's
+# loop body pasted in as plain expressions, derived from the row above by
+# ``lower.scalar_row``, or written here where the element is elsewhere (SLICE, PLACE).
+SCALAR_FORWARD, SCALAR_REVERSE = {}, {}
+# (numba's pedantic SSA check warns about the phi nodes of ops/_vmath.py's overloads when
+# they are inlined straight into a sweep, as scalar rows do; the code is correct)
+warnings.filterwarnings("ignore", message=r"variable '_register__locals___impl",
+                        category=NumbaIRAssumptionWarning)
+for _table, _scalar in ((FORWARD, SCALAR_FORWARD), (REVERSE, SCALAR_REVERSE)):
+    for _op, _row in _table.items():
+        _derived = _lower.scalar_row(_row, globals())
+        if _derived is not None and all(globals().setdefault(k, v) is v
+                                        for k, v in _derived[1].items()):
+            _scalar[_op] = _derived[0]
+SCALAR_FORWARD[Op.SLICE] = SCALAR_FORWARD[Op.PLACE] = "val[ans] = val[x]"
+SCALAR_REVERSE[Op.SLICE] = SCALAR_REVERSE[Op.PLACE] = "grad[x] += grad[ans]"
+# SOFTMAX of one contiguous row (A = B = 1: a softmax of a few stacked scalars): the
+# kernels' (ops/reduce.py) row loops written out, with the same called helpers for the
+# maximum, the exps' sum and the dot product (tests/test_lower.py holds the two to the same bits)
+SCALAR_FORWARD[Op.SOFTMAX] = """
+        _s_m = _max_run(val, x, n)
+        for _s_j in range(n):
+            val[ans + _s_j] = exp64(np.float64(val[x + _s_j]) - _s_m)
+        _s_s = _sum_run(val, ans, n)
+        for _s_j in range(n):
+            val[ans + _s_j] /= _s_s"""
+SCALAR_REVERSE[Op.SOFTMAX] = """
+        _s_dot = _dot_run(grad, ans, val, ans, n)
+        for _s_j in range(n):
+            grad[x + _s_j] += val[ans + _s_j] * (grad[ans + _s_j] - _s_dot)"""
+# where a size-1 instruction's element lies (lower_into): SLICE reads one element of its
+# input, PLACE writes one of its output; the elementwise ops' are at the buffers' offsets
+SCALAR_KIND = np.zeros(int(Op.N_OPS), np.int8)
+for _op in set(SCALAR_FORWARD) | set(SCALAR_REVERSE):
+    SCALAR_KIND[_op] = _lower.ELEMENTWISE
+SCALAR_KIND[Op.SLICE], SCALAR_KIND[Op.PLACE] = _lower.IN_ELEMENT, _lower.OUT_ELEMENT
+SCALAR_KIND[Op.SOFTMAX] = _lower.ONE_ROW
+assert {o for o in OPCODES if SCALAR_KIND[o] not in (_lower.NONE, _lower.ELEMENTWISE)} <= \
+    set(SCALAR_FORWARD) & set(SCALAR_REVERSE), \
+    "an op whose scalar element is not at its buffers' offsets needs both scalar rows"
+
+
+def lower(instr, boff, bsize):
+    """The lowered stream of ``instr`` that ``forward`` / ``reverse`` run (``tapegrad.lower``)."""
+    return _lower.lower(instr, boff, bsize, SCALAR_KIND)
+
+
 # ------------------------------------------------------------------ the loops around them
+# (the tangent sweep's: offsets through the buffer table)
 _PREAMBLE = """
         op = instr[k, OP]
         ans, n = np.uint64(boff[instr[k, OUT]]), np.uint64(bsize[instr[k, OUT]])
@@ -281,10 +342,16 @@ _PREAMBLE = """
         a0, a1, a2 = np.int64(instr[k, A0]), np.int64(instr[k, A0 + 1]), np.int64(instr[k, A0 + 2])
         a3, a4, a5 = np.int64(instr[k, A0 + 3]), np.int64(instr[k, A0 + 4]), np.int64(instr[k, A0 + 5])"""
 
+# the value sweeps': one row of the lowered stream
+_LOW_PREAMBLE = """
+        code = low[k, 0]
+        ans, n = np.uint64(low[k, 1]), np.uint64(low[k, 2])
+        x, y, z = np.uint64(low[k, 3]), np.uint64(low[k, 4]), np.uint64(low[k, 5])"""
+
 _FORWARD_LOOP = """
 @jit
-def forward(instr, imm, boff, bsize, val, mask, check_finite):
-    for k in range(instr.shape[0]):
+def forward(instr, imm, low, val, mask, check_finite):
+    for k in range(low.shape[0]):
         if mask[k] == 0:
             continue{preamble}
 {branches}
@@ -299,18 +366,50 @@ def forward(instr, imm, boff, bsize, val, mask, check_finite):
 
 _REVERSE_LOOP = """
 @jit
-def reverse(instr, imm, boff, bsize, val, grad, mask, clear):
-    for k in range(instr.shape[0] - 1, -1, -1):
+def reverse(instr, imm, low, val, grad, mask, clear):
+    for k in range(low.shape[0] - 1, -1, -1):
         if mask[k] & 1 == 0:
             continue{preamble}
 {branches}
         else:
             return UNKNOWN_OP, k
-        if clear and op != Op.PLACE:  # consumed: zero again for the next step (tg.fit)
+        if clear and instr[k, OP] != Op.PLACE:  # consumed: zero again for the next step
             for i in range(n):
                 grad[ans + i] = 0
     return OK, 0
 """
+
+_LAZY = [(re.compile(r"\bop\b"), "op = np.int64(instr[k, OP])"),
+         (re.compile(r"\bnx\b"), "nx = low[k, 6]")] + [
+    (re.compile(rf"\ba{j}\b"), f"a{j} = np.int64(instr[k, A0 + {j}])") for j in range(6)]
+
+
+def _block(code):
+    """A row as lines at the branch's indent (12 spaces)."""
+    code = code.strip("\n")
+    if "\n" not in code:
+        return "            " + code.strip()
+    lines = textwrap.dedent(code).split("\n")
+    return "\n".join("            " + line for line in lines)
+
+
+def _lowered_branches(table, scalar, ops, plain=None):
+    """The ``if code == ...: / elif ...`` chain of the value sweeps: per opcode of ``ops`` its
+    row (from ``plain`` where given), and for one with a scalar kind its size-1 branch (its row
+    in ``scalar``, else its row). Each branch first reads the attributes it names."""
+    ops = sorted(o for o in ops if o >= 0)
+    out = [] if ops else ["        if code < 0:  # no opcodes: any instruction is unknown\n"
+                          "            pass"]
+    for op in ops:
+        rows = [(op, (plain or {}).get(op, table[op]), "")]
+        if SCALAR_KIND[op] != _lower.NONE:
+            rows.insert(0, (op + _lower.SCALAR, scalar.get(op, table[op]), " (one element)"))
+        for code, row, note in rows:
+            lazy = [line for pattern, line in _LAZY if pattern.search(row)]
+            text = "\n".join(["            " + line for line in lazy] + [_block(row)])
+            out.append(f"        {'elif' if out else 'if'} code == {code}:  # {Op(op).name}"
+                       f"{note}\n{text}")
+    return "\n".join(out)
 
 
 def _branches(table, ops, plain=None):
@@ -353,8 +452,10 @@ def source(ops):
         "for _m in ('fit', 'tangent', 'validate', 'sweep'):",
         "    globals().update({k: v for k, v in vars(importlib.import_module('tapegrad.' + _m))"
         ".items() if not k.startswith('__')})",
-        _FORWARD_LOOP.format(preamble=_PREAMBLE, branches=_branches(FORWARD, ops, fwd)),
-        _REVERSE_LOOP.format(preamble=_PREAMBLE, branches=_branches(REVERSE, ops, rev)),
+        _FORWARD_LOOP.format(preamble=_LOW_PREAMBLE,
+                             branches=_lowered_branches(FORWARD, SCALAR_FORWARD, ops, fwd)),
+        _REVERSE_LOOP.format(preamble=_LOW_PREAMBLE,
+                             branches=_lowered_branches(REVERSE, SCALAR_REVERSE, ops, rev)),
         tangent.LOOP.format(preamble=_PREAMBLE, branches=_branches(tangent.TANGENT, ops)),
         validate.LOOP.format(branches=_branches(validate.CHECKS, ops)),
         "\n@jit\n" + steps])
@@ -363,7 +464,7 @@ def source(ops):
 _HERE = os.path.dirname(os.path.abspath(__file__))
 SOURCES = sorted(glob.glob(os.path.join(_HERE, "ops", "*.py"))) + [
     os.path.join(_HERE, f) for f in ("sweep.py", "_jit.py", "opcodes.py", "fit.py", "optim.py",
-                                     "tangent.py", "validate.py")]
+                                     "tangent.py", "validate.py", "lower.py")]
 _digest_value = None
 
 
@@ -539,10 +640,10 @@ def call_types(name, dtype):
 
     def arr(dt, nd=1):
         return types.Array(from_dtype(np.dtype(dt)), nd, "C")
-    instr, imm, idx, mask, v = (arr(np.int32, 2), arr(np.float64), arr(np.int64),
-                                arr(np.uint8), arr(dtype))
-    return {"forward": (instr, imm, idx, idx, v, mask, types.int64),
-            "reverse": (instr, imm, idx, idx, v, v, mask, types.int64),
+    instr, imm, idx, low, mask, v = (arr(np.int32, 2), arr(np.float64), arr(np.int64),
+                                     arr(np.int64, 2), arr(np.uint8), arr(dtype))
+    return {"forward": (instr, imm, low, v, mask, types.int64),
+            "reverse": (instr, imm, low, v, v, mask, types.int64),
             "check_instructions": (instr, idx, idx)}[name]
 
 

@@ -34,7 +34,7 @@ from .ops.immediate import divc_fwd, mulc_fwd
 from .ops.reduce import sum_fwd
 from .ops.shape import expand_fwd, place_fwd, slice_fwd, transpose_fwd, unslice_fwd
 from .ops.gather import gather_fwd, scatter_add_fwd
-from .ops.fused import mul3_tan, tanh_grad_tan
+from .ops.fused import add3_fwd, mul3_tan, softplus_tan, tanh_grad_tan
 from .ops.tangents import (binary_tan, cholesky_tan, conv_tan, cross_entropy_tan,
                            log_softmax_tan, logsumexp_tan, matmul_tan, max_tan, slogdet_tan,
                            softmax_tan, solve_tan, unary_tan, where_tan, zero_tan)
@@ -101,6 +101,8 @@ TANGENT = {
     Op.SLOGDET: "slogdet_tan(val, tan, np.int64(x), np.int64(ans), Di, a0, a1, a2)",
     Op.TANH_GRAD: "tanh_grad_tan(val, tan, x, y, tx, ty, tans, n, D, dx, dy)",
     Op.MUL3: "mul3_tan(val, tan, x, y, z, tx, ty, tz, tans, n, D, imm[k], dx, dy, m & 8 != 0)",
+    Op.SOFTPLUS: "softplus_tan(val, tan, x, tx, tans, n, D, imm[k])",
+    Op.ADD3: "add3_fwd(tan, tx, ty, tz, tans, n * D)",  # linear: its forward kernel
     **{op: _CONV for op in (Op.CONV2D, Op.CONV2D_GRAD_X, Op.CONV2D_GRAD_W, Op.MAX_POOL2D,
                             Op.MAX_UNPOOL2D)},
     # no tangent path (the mask never runs them): the draws, the counter, guards

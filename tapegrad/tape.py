@@ -191,6 +191,7 @@ class Tape:
     _in_order = True          # root buffers created params, inputs, consts, temps: the
     _last_kind = PARAM        # layout needs no reordering when sealed
     _sealed = False
+    _low = None               # sealed: the lowered stream the sweeps run (tapegrad.lower)
     _base = None              # sealed: int64 array, buffer -> root buffer
     _layout = 0               # counts seals: arena offsets change only then
     _n_params = 0             # P: elements in the parameter prefix (when sealed)
@@ -529,8 +530,9 @@ class Tape:
             nb = self._nbf
             forward = self._interpreters().forward
             announce_compile(forward)
-            status, k = forward(self._instr[k0:k1], self._imm[k0:k1], self._boff[:nb],
-                                self._bsize[:nb], self._val, _ones(k1 - k0), 0)
+            low = _sweep.lower(self._instr[k0:k1], self._boff[:nb], self._bsize[:nb])
+            status, k = forward(self._instr[k0:k1], self._imm[k0:k1], low, self._val,
+                                _ones(k1 - k0), 0)
             if status:
                 if not check:
                     raise self._status_error(status, k0 + k)
@@ -557,6 +559,7 @@ class Tape:
 
     def _dirty(self):
         self._sealed = False
+        self._low = None
         self._base = None
         self._varied = None
         self._fwd_masks.clear()
@@ -609,6 +612,7 @@ class Tape:
                 or (n and interp.check_instructions(instr, bsize, N_IN)[0] >= 0)):
             _validate.validate_tape_arrays(instr, self._imm, self._boff, bsize, None, arena,
                                            interp)
+        self._low = _sweep.lower(instr, self._boff, bsize)  # from the validated arrays only
         self._layout += 1
         self._sealed = True
 
@@ -759,8 +763,8 @@ class Tape:
             forward = interp.forward
             if forward not in _ANNOUNCED:
                 announce_compile(forward)
-            status, k = forward(self._instr, self._imm, self._boff, self._bsize, self._val,
-                                mask, 1 if check_finite else 0)
+            status, k = forward(self._instr, self._imm, self._low, self._val, mask,
+                                1 if check_finite else 0)
             if status:
                 raise self._failed(status, k, "values")
             if outputs is None:
@@ -887,8 +891,8 @@ class Tape:
             reverse = interp.reverse
             if reverse not in _ANNOUNCED:
                 announce_compile(reverse)
-            status, k = reverse(self._instr, self._imm, self._boff, self._bsize, self._val,
-                                self._grad, mask, 0)
+            status, k = reverse(self._instr, self._imm, self._low, self._val, self._grad,
+                                mask, 0)
             if status:
                 raise self._failed(status, k, "grads")
             if self._broken:
@@ -927,7 +931,7 @@ class Tape:
             self._seal()
             r = object.__new__(Tape)
             for key, v in self.__dict__.items():
-                if key in ("_instr", "_imm", "_boff", "_bsize"):
+                if key in ("_instr", "_imm", "_boff", "_bsize", "_low"):
                     r.__dict__[key] = v   # sealed: exactly n (nb) rows, grown (copied) before
                                           # the recorder writes a row, never written in place
                 elif isinstance(v, (list, dict, set, bytearray, np.ndarray)):
@@ -1056,9 +1060,17 @@ class Tape:
         return render(self, path)
 
     def stats(self):
-        """Instruction counts by opcode, buffers, arena bytes, parameter count (prints as a table)."""
+        """Instruction counts by opcode, buffers, arena bytes, parameter count (prints as a
+        table); after ``optimize()`` also the instruction count before it."""
         from .tools import stats
         return stats(self)
+
+    def optimize(self):
+        """Rewrite the tape into fewer instructions (fused EXP-ADDC-LOG chains, dead code)
+        that give every Var still held the same value and gradient; returns the counts
+        ``{"before", "after", "fused", "dead"}``. See ``tapegrad/optimize.py``."""
+        from .optimize import optimize
+        return optimize(self)
 
     def save(self, path):
         """Save to ``.npz`` (no pickle): arrays, shapes, names, parameter values."""

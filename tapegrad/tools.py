@@ -199,6 +199,8 @@ class TapeStats(dict):
 
     def __str__(self):
         rows = [("instructions", self["instructions"])]
+        if "instructions_before_optimize" in self:
+            rows += [("  before optimize()", self["instructions_before_optimize"])]
         rows += [(f"  {name}", c) for name, c in self["by_opcode"].items()]
         rows += [("buffers", self["buffers"]), ("  views (reshapes)", self["views"]),
                  ("arena bytes (values+grads)", self["arena_bytes"]),
@@ -217,7 +219,9 @@ def stats(tape):
     tape._flush()
     counts = np.bincount(tape._instr[:tape._n, OP], minlength=Op.N_OPS)
     ops = Counter({OPS[Op(i)].name: int(c) for i, c in enumerate(counts) if c})
-    return TapeStats(
+    before = getattr(tape, "_optimized", None)
+    extra = {"instructions_before_optimize": before["before"]} if before else {}
+    return TapeStats(**extra,
         instructions=int(tape._n),
         by_opcode=dict(ops.most_common()),
         buffers=int(tape._nbuf),

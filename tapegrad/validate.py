@@ -109,6 +109,12 @@ CHECKS = {
     Op.TANH_GRAD: """
         if i0 != out or i1 != out:
             return k, 5""",
+    Op.SOFTPLUS: """
+        if i0 != out:
+            return k, 4""",
+    Op.ADD3: """
+        if i0 != out or i1 != out or i2 != out:
+            return k, 5""",
     Op.GUARD: """
         if i0 != 1 or (a0 != 0 and a0 != 1):
             return k, 6""",

@@ -811,7 +811,7 @@ SPECS.extend([
 
 # ---------------------------------------------------------------------------- fused (ops/fused.py)
 # the recorded reverse rule of tanh emits TANH_GRAD, whose own rule emits MUL3
-from tapegrad.ops.fused import mul3, tanh_grad  # noqa: E402
+from tapegrad.ops.fused import add3, mul3, softplus, tanh_grad  # noqa: E402
 
 
 def _np_d2tanh(x):
@@ -828,6 +828,14 @@ SPECS.extend([
           C((), (2, 3), (3,), id="broadcast", c=0.5),
           C((2, 1), (1, 3), (2, 3), id="both", c=1.0),
           C((4,), (4,), (4,), id="self_c3", c=3.0)]),
+    Spec("softplus", (Op.SOFTPLUS,), lambda x, c: softplus(x, c),
+         lambda x, c: np.log(np.exp(x) + c),
+         [C((2, 3), c=1.0), C((), id="scalar_c05", c=0.5), C((5,), id="c2", c=2.0)]),
+    Spec("add3", (Op.ADD3,), lambda x, y, z: add3(x, y, z), lambda x, y, z: x + y + z,
+         [C((2, 3), (2, 3), (2, 3)), C((), (2, 3), (3,), id="broadcast"),
+          C((4,), (4,), (4,), id="vec")]),
+    Spec("add3_reuse", (Op.ADD3,), lambda x, y: add3(x, y, x), lambda x, y: x + y + x,
+         [C((3,), (3,))]),
     Spec("mul3_reuse", (Op.MUL3,), lambda x, y: mul3(x, x, y, -2.0),
          lambda x, y: -2.0 * x * x * y, [C((2, 3), (2, 3))]),
     # tanh's second derivative, recorded: TANH_GRAD of TANH_GRAD's rule, and MUL3

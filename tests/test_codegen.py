@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import tapegrad as tg
-from tapegrad import sweep
+from tapegrad import lower, sweep
 from tapegrad.opcodes import A0, OP, Op
 
 
@@ -33,8 +33,9 @@ def test_a_module_holds_the_branches_of_its_opcodes_only():
     text = sweep.source({Op.MUL, Op.CROSS_ENTROPY})
     fwd = text.split("def forward")[1].split("def reverse")[0]
     rev = text.split("def reverse")[1].split("def tangent")[0]
-    for part in (fwd, rev):
-        assert re.findall(r"op == (\d+):", part) == [str(int(Op.MUL)), str(int(Op.CROSS_ENTROPY))]
+    for part in (fwd, rev):  # MUL's size-1 row (lowered code SCALAR + op) and general row
+        assert re.findall(r"code == (\d+):", part) == [
+            str(int(Op.MUL) + lower.SCALAR), str(int(Op.MUL)), str(int(Op.CROSS_ENTROPY))]
     assert "mul_fwd(" in fwd and "cross_entropy_fwd(" in fwd and "tanh_fwd(" not in fwd
     assert "def train_steps" in text   # tg.fit's loop, calling this module's sweeps
     tan = text.split("def tangent")[1].split("def check_instructions")[0]
@@ -72,9 +73,9 @@ def test_an_opcode_outside_the_module_is_refused_not_skipped():
     ops = _opset(tape)
     mod = sweep.interpreter(ops - {int(Op.TANH)})
     mask = np.ones(len(tape), np.uint8)
-    status, k = mod.forward(tape._instr, tape._imm, tape._boff, tape._bsize, tape._val, mask, 0)
+    status, k = mod.forward(tape._instr, tape._imm, tape._low, tape._val, mask, 0)
     assert status == sweep.UNKNOWN_OP and tape._instr[k, OP] == Op.TANH
-    status, k = mod.reverse(tape._instr, tape._imm, tape._boff, tape._bsize, tape._val,
+    status, k = mod.reverse(tape._instr, tape._imm, tape._low, tape._val,
                             tape._grad, mask, 0)
     assert status == sweep.UNKNOWN_OP and tape._instr[k, OP] == Op.TANH
 
@@ -92,7 +93,7 @@ def test_products_without_transposed_operands_leave_the_flagged_code_out():
     grown = sweep.opcodes_of(tape._instr)
     mod = sweep.interpreter(grown - {sweep.FLAGGED_MATMUL})  # plain rows, every opcode:
     mask = np.ones(len(tape), np.uint8)
-    status, k = mod.forward(tape._instr, tape._imm, tape._boff, tape._bsize, tape._val, mask, 0)
+    status, k = mod.forward(tape._instr, tape._imm, tape._low, tape._val, mask, 0)
     assert status == sweep.UNKNOWN_OP            # refused, never run as an unflagged product
     assert tape._instr[k, OP] == Op.MATMUL and max(tape._instr[k, A0 + 4:A0 + 6]) > 1
     pen = sum((gi * gi).sum() for gi in g)

@@ -167,6 +167,7 @@ def main(argv=None):
     print(f"scalar-graph: tapegrad recorded {n_big} anchor ops as {sg.n_instr} instructions "
           f"({sg.n_instr / n_big:.2f} per op) in {sg.record_s:.2f} s")
     B.add("scalar-graph", "tg-replay", sg, 1, unit_div=n_big)
+    B.add("scalar-graph", "tg-optimized", ScalarTg(n_big, optimize=True), 1, unit_div=n_big)
     small = ScalarTg(n_small)
     checks = {"tg-replay": small.run(1, collect=True)}
     for name, cls, ok in (("pyobj", ScalarNodes, want("pyobj")),

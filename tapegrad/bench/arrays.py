@@ -175,7 +175,7 @@ def _tg_kernel(name, n, xs):
     rmask = tape._reverse_mask(y._b)
     tape._grad[:] = 0
     y.grad[...] = 1.0
-    args = (tape._instr, tape._imm, tape._boff, tape._bsize, tape._val)
+    args = (tape._instr, tape._imm, tape._low, tape._val)
     sweep = tape._interpreters()
     grad = tape._grad
 
@@ -480,7 +480,7 @@ class _TgSweeps(_TgWorkload):
         self.sweep = tape._interpreters()
         self.fmask = np.ones(len(tape), np.uint8)
         self.rmask = tape._reverse_mask(self.loss._b)
-        self.args = (tape._instr, tape._imm, tape._boff, tape._bsize, tape._val)
+        self.args = (tape._instr, tape._imm, tape._low, tape._val)
         place = np.unique(tape._instr[tape._instr[:, OP] == Op.PLACE, OUT])
         self.zero = [(0, tape._n_params)] + [
             (int(tape._boff[b]), int(tape._boff[b] + tape._bsize[b])) for b in place]

@@ -32,7 +32,7 @@ def op_profile(tape, loss, reps=200):
     tape.forward()
     loss.backward()
     fm, rm = tape._forward_mask([loss._b]), tape._reverse_mask(loss._b)
-    args = (tape._instr, tape._imm, tape._boff, tape._bsize, tape._val)
+    args = (tape._instr, tape._imm, tape._low, tape._val)
     sweep = tape._interpreters()
 
     def fwd(mask):

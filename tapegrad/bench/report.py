@@ -222,6 +222,11 @@ def _report(B, refs, info, warm, cold, versions, args, elapsed):
     target("scalar-graph: tg-replay / C anchor", r, "<= 2",
            None if r is None else r <= 2,
            f"({sgm * 1e9:.1f} vs {c * 1e9:.1f} ns/op)" if c else "")
+    sgo = med("scalar-graph", "tg-optimized")
+    r = sgo / c if c and sgo else None
+    target("scalar-graph: tg-optimized / C anchor", r, "<= 2",
+           None if r is None else r <= 2,
+           f"({sgo * 1e9:.1f} vs {c * 1e9:.1f} ns/op)" if r else "")
     w = warm.get("process_start_to_first_step_s") if warm else None
     target("new process, warm cache -> first replayed step [s]", w, "<= 1.5",
            None if w is None else w <= 1.5,

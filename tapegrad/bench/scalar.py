@@ -14,9 +14,10 @@ from .workloads import ANCHOR_C, LEAVES, _wsum, scalar_graph
 
 
 class ScalarTg:
-    """tapegrad: record the graph once (float32, like the anchor), replay forward + reverse."""
+    """tapegrad: record the graph once (float32, like the anchor), replay forward + reverse;
+    with ``optimize``, after ``tape.optimize()`` (softplus chains fused, dead code dropped)."""
 
-    def __init__(self, n_ops, dtype=np.float32):
+    def __init__(self, n_ops, dtype=np.float32, optimize=False):
         import tapegrad as tg
         t = time.perf_counter()
         self.tape = tape = tg.Tape(dtype)
@@ -27,6 +28,8 @@ class ScalarTg:
             return [s[0], s[1], s[2], s[3]]
         self.last = scalar_graph(n_ops, self.leaves, lambda x: tg.log(1.0 + tg.exp(x)),
                                  lambda a, b, c, d: a + b + c + d, lambda a, b: a * b, softmax4)
+        if optimize:
+            tape.optimize()
         self.record_s = time.perf_counter() - t
         self.n_instr = len(tape)
         self.n_ops = n_ops

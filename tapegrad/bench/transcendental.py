@@ -89,7 +89,7 @@ def _tg_kernel(name, x):
     rmask = fmask * np.uint8(3)
     tape._grad[:] = 0
     y.grad[...] = 1.0
-    args = (tape._instr, tape._imm, tape._boff, tape._bsize, tape._val)
+    args = (tape._instr, tape._imm, tape._low, tape._val)
     sweep = tape._interpreters()
     fwd = lambda: sweep.forward(*args, fmask, 0)  # noqa: E731
     bwd = lambda: sweep.reverse(*args, tape._grad, rmask, 0)  # noqa: E731

@@ -6,6 +6,9 @@ memory, no intermediate buffers) where the rule used to record a chain.
   and MUL3, so a PINN's derivatives of derivatives of a tanh network stay two ops a layer.
 * ``MUL3(x, y, z) = x * y * z * c`` (``c`` the immediate): trilinear, its own reverse rule
   records MUL3s (the second derivative of tanh, ``-2 y g G``, was MUL, NEG, MUL, MULC).
+* ``ADD3(x, y, z) = (x + y) + z``: two ADDs, as ``tape.optimize()`` merges sums.
+* ``SOFTPLUS(x) = log(exp(x) + c)`` (``c > 0`` the immediate): what ``tape.optimize()`` makes
+  of EXP, ADDC c, LOG (``tapegrad/optimize.py``); its value is the chain's, bit for bit.
 
 Each computes in the order of the chain it replaces (``(x*y)*z*c``; ``x*(1 - y*y)``), so the
 values recorded before and after the fusion are the same numbers. Operands broadcast like
@@ -19,7 +22,7 @@ from ..opcodes import Op
 from ..var import Var
 from ._record import broadcast_shape, broadcast_to, vars_of
 from ._vjp import vjp
-from ._vmath import one_like
+from ._vmath import one_like, vexp, vlog
 
 
 def _operands(name, *xs):
@@ -66,6 +69,72 @@ def tanh_grad_tan(v, t, x, y, tx, ty, tans, n, D, dx, dy):
         o = i * D
         for d in range(D):
             t[tans + o + d] = sx * t[tx + o + d] + sy * t[ty + o + d]
+
+
+# ---------------------------------------------------------------------------- softplus
+def softplus(x, c=1.0):
+    """``log(exp(x) + c)`` in one instruction (``c > 0`` the immediate; 1: softplus), as
+    ``tape.optimize()`` fuses the chain EXP, ADDC c, LOG."""
+    tape, (x,) = vars_of([x], "softplus")
+    c = float(np.float32(c)) if tape._f32 else float(c)
+    return Var(tape, tape._emit(Op.SOFTPLUS, [x._b], tape._shape[x._b], imm=c))
+
+
+@kernel
+def softplus_fwd(v, x, ans, n, k):
+    for i in range(n):  # the chain's numbers: exp, + c and log each rounded to the arena type
+        v[ans + i] = vexp(v[x + i]) + k
+        v[ans + i] = vlog(v[ans + i])
+
+
+@kernel
+def softplus_bwd(v, g, x, ans, n, k):
+    for i in range(n):  # d/dx = e^x / (e^x + c) = 1 / (1 + c e^-x): no inf / inf for large x
+        g[x + i] += g[ans + i] / (1.0 + k * vexp(-v[x + i]))
+
+
+@vjp(Op.SOFTPLUS)
+def softplus_vjp(r, g):
+    from .elementwise import exp  # (elementwise imports this module)
+    return (g * exp(r.x - r.ans),)  # e^x / (e^x + c) = e^(x - ans)
+
+
+@kernel
+def softplus_tan(v, t, x, tx, tans, n, D, k):
+    """d ans = dx / (1 + c e^-x)."""
+    for i in range(n):
+        s = 1.0 / (1.0 + k * vexp(-(1.0 * v[x + i])))
+        o = i * D
+        for d in range(D):
+            t[tans + o + d] = s * t[tx + o + d]
+
+
+# ---------------------------------------------------------------------------- add3
+def add3(x, y, z):
+    """``(x + y) + z`` in one instruction, as ``tape.optimize()`` merges two ADDs."""
+    tape, bs, shape = _operands("add3", x, y, z)
+    return Var(tape, tape._emit(Op.ADD3, bs, shape))
+
+
+@kernel
+def add3_fwd(v, x, y, z, ans, n):
+    for i in range(n):  # the two ADDs' numbers: x + y rounded to the arena type, then + z
+        v[ans + i] = v[x + i] + v[y + i]
+        v[ans + i] += v[z + i]
+
+
+@kernel
+def add3_bwd(v, g, x, y, z, ans, n):
+    for i in range(n):
+        G = g[ans + i]
+        g[x + i] += G
+        g[y + i] += G
+        g[z + i] += G
+
+
+@vjp(Op.ADD3)
+def add3_vjp(r, g):
+    return g, g, g
 
 
 # ---------------------------------------------------------------------------- mul3

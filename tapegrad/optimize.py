@@ -1,0 +1,192 @@
+"""``tape.optimize()``: rewrites a sealed tape into fewer instructions that compute the same
+values for every Var still held (in the spirit of CppAD's ``f.optimize()``).
+
+Passes, over the flat arrays (``instr``, ``imm``, ``src``), in this order:
+
+* **common subexpressions**: an instruction repeating an earlier one (same opcode, input
+  buffers, attributes and immediate; no effect of its own) is dropped when no live Var holds
+  its output, and later instructions read the earlier output instead;
+* **dead code**: an instruction is dropped when nothing reads its output -- no later kept
+  instruction, no live Var, no name, no parameter or input -- unless it has an effect of
+  its own (a guard, the random draws and their counter);
+* **fusion of EXP, ADDC c, LOG** (c > 0) into one SOFTPLUS instruction (``ops/fused.py``),
+  when the two intermediate buffers are read by nothing else and no live Var holds them;
+  SOFTPLUS computes the chain's numbers bit for bit;
+* **sums**: ``(a + b) + c`` -- an ADD of an ADD whose output is read only there and held by no
+  live Var -- becomes one ADD3 (same numbers), so a chain of n ADDs takes about n / 2
+  instructions.
+
+"Live" Vars are the ``Var`` objects of this tape that exist when ``optimize`` runs (found
+through the garbage collector, so recording pays nothing for it); a Var dropped before
+``optimize`` may read a stale value afterwards, and so may a Var of a buffer the optimizer
+removed if it is rebuilt (``tape.replica()[v]`` excepted: replicas keep their own copy of the
+instructions). Buffers keep their offsets: the arenas are unchanged.
+
+The tape is re-sealed afterwards (validated and lowered again). Not on by default: whether a
+Var is still held is only known by scanning the heap, which ``optimize()`` does once.
+"""
+import gc
+
+import numpy as np
+
+from .opcodes import N_IN, OP, OUT, X, Op
+from .var import Var
+
+# instructions with an effect besides their output (never dropped as dead)
+_EFFECTS = frozenset(int(o) for o in (Op.GUARD, Op.TICK, Op.RAND, Op.RANDN))
+
+
+def _live_roots(tape):
+    """Root buffers that must keep their values: those of the live Vars of ``tape``, named
+    buffers, parameters and inputs."""
+    bufs = [v._b for v in gc.get_objects() if type(v) is Var and v.tape is tape]
+    bufs += list(tape._names.values()) + list(tape._params) + list(tape._inputs.values())
+    live = np.zeros(max(tape._nbuf, 1), bool)
+    if bufs:
+        live[tape._base[np.array(bufs, np.int64)]] = True
+    return live
+
+
+def _cse(tape, instr, imm, live):
+    """Common subexpressions: an instruction with the opcode, inputs, attributes and
+    immediate of an earlier one, whose output no live Var holds, is read from the earlier
+    one's output instead (later instructions renamed; the duplicate becomes dead code)."""
+    base, n = tape._base, instr.shape[0]
+    nb = max(tape._nbuf, 1)
+    writers = np.bincount(base[instr[:, OUT]], minlength=nb)
+    views = np.bincount(base, minlength=nb)
+    rename, seen, merged = {}, {}, 0
+    for k in range(n):
+        op = int(instr[k, OP])
+        for j in range(int(N_IN[op])):
+            b = int(instr[k, X + j])
+            if b in rename:
+                instr[k, X + j] = rename[b]
+        out = int(instr[k, OUT])
+        if op in _EFFECTS or base[out] != out or writers[out] != 1 or views[out] != 1:
+            continue
+        key = (op, instr[k, X:].tobytes(), imm[k:k + 1].tobytes())
+        first = seen.get(key)
+        if first is None:
+            seen[key] = out
+        elif (not live[out] and tape._bsize[first] == tape._bsize[out]
+              and tape._shape[first] == tape._shape[out]):
+            rename[out] = first
+            merged += 1
+    return merged
+
+
+def _dead(tape, instr, keep, live):
+    """Drops (``keep[k] = False``) the instructions whose outputs nothing needs, last first:
+    a kept instruction makes its inputs needed. Returns how many it dropped."""
+    base, needed, dead = tape._base, live.copy(), 0
+    for k in range(instr.shape[0] - 1, -1, -1):
+        if not keep[k]:
+            continue
+        op = int(instr[k, OP])
+        if op not in _EFFECTS and not needed[base[instr[k, OUT]]]:
+            keep[k] = False
+            dead += 1
+            continue
+        for j in range(int(N_IN[op])):
+            needed[base[instr[k, X + j]]] = True
+    return dead
+
+
+def _fuse_softplus(tape, instr, imm, keep, live):
+    """EXP -> ADDC c (c > 0) -> LOG, each intermediate read once, by the next, and held by no
+    live Var: the LOG row becomes SOFTPLUS(x, c), the other two are dropped."""
+    base = tape._base
+    nb = max(tape._nbuf, 1)
+    rows = np.flatnonzero(keep)
+    ops = instr[:, OP]
+    reads = np.zeros(nb, np.int64)       # per root: kept instructions reading it
+    for j in range(3):
+        has = rows[N_IN[ops[rows]] > j]
+        np.add.at(reads, base[instr[has, X + j]], 1)
+    outs = base[instr[rows, OUT]]
+    writers = np.bincount(outs, minlength=nb)
+    writer = np.full(nb, -1, np.int64)
+    writer[outs] = rows
+
+    def single(b, op):
+        r = base[b]
+        k = writer[r]
+        if k < 0 or writers[r] != 1 or reads[r] != 1 or live[r] or ops[k] != op:
+            return -1
+        return k
+
+    fused = 0
+    for k3 in rows[ops[rows] == Op.LOG]:
+        k2 = single(instr[k3, X], Op.ADDC)
+        if k2 < 0 or not imm[k2] > 0:
+            continue
+        k1 = single(instr[k2, X], Op.EXP)
+        if k1 < 0:
+            continue
+        instr[k3, OP], instr[k3, X], imm[k3] = Op.SOFTPLUS, instr[k1, X], imm[k2]
+        keep[k1] = keep[k2] = False
+        fused += 1
+    return fused
+
+
+def _fuse_sums(tape, instr, keep, live):
+    """ADD(t, c) or ADD(c, t) with t = ADD(a, b) read only there and held by no live Var:
+    the outer row becomes ADD3(a, b, c) ((a + b) + c: the same numbers, IEEE addition being
+    commutative), the inner one is dropped. A chain of n ADDs becomes about n / 2."""
+    base = tape._base
+    nb = max(tape._nbuf, 1)
+    rows = np.flatnonzero(keep)
+    ops = instr[:, OP]
+    reads = np.zeros(nb, np.int64)
+    for j in range(3):
+        has = rows[N_IN[ops[rows]] > j]
+        np.add.at(reads, base[instr[has, X + j]], 1)
+    outs = base[instr[rows, OUT]]
+    writers = np.bincount(outs, minlength=nb)
+    writer = np.full(nb, -1, np.int64)
+    writer[outs] = rows
+    fused = 0
+    for k in rows[ops[rows] == Op.ADD]:
+        for j in (0, 1):
+            t = base[instr[k, X + j]]
+            k0 = writer[t]
+            if (k0 < 0 or ops[k0] != Op.ADD or writers[t] != 1 or reads[t] != 1 or live[t]
+                    or not keep[k0] or tape._bsize[t] != tape._bsize[instr[k, OUT]]):
+                continue
+            c = instr[k, X + 1 - j]
+            instr[k, OP] = Op.ADD3
+            instr[k, X], instr[k, X + 1], instr[k, X + 2] = instr[k0, X], instr[k0, X + 1], c
+            keep[k0] = False
+            fused += 1
+            break
+    return fused
+
+
+def optimize(tape):
+    """See the module docstring; returns ``{"before": n, "after": m, "merged": c,
+    "fused": f, "dead": d}`` (instruction counts: common subexpressions merged, chains fused,
+    dead instructions dropped)."""
+    with tape.lock:
+        tape._seal()
+        n = tape._instr.shape[0]
+        instr, imm, src = tape._instr.copy(), tape._imm.copy(), tape._src
+        live = _live_roots(tape)
+        keep = np.ones(n, bool)
+        merged = _cse(tape, instr, imm, live)
+        dead = _dead(tape, instr, keep, live)
+        fused = _fuse_softplus(tape, instr, imm, keep, live)
+        fused += _fuse_sums(tape, instr, keep, live)
+        m = int(keep.sum())
+        if m != n:
+            tape._instr = np.ascontiguousarray(instr[keep])
+            tape._imm = np.ascontiguousarray(imm[keep])
+            tape._src = np.ascontiguousarray(src[keep])
+            tape._n = tape._nf = tape._done = m
+            tape._opset, tape._opset_n, tape._interp = frozenset(), 0, None
+            tape._dirty()
+            tape._seal()
+        info = {"before": int(n), "after": m, "merged": merged, "fused": fused, "dead": dead}
+        prior = getattr(tape, "_optimized", None)
+        tape._optimized = {**info, "before": prior["before"] if prior else int(n)}
+        return info
