@@ -74,6 +74,7 @@ from .ops.linalg import matmul_bwd, matmul_fwd, plain_matmul_bwd, plain_matmul_f
 from .ops.gather import gather_bwd, gather_fwd, scatter_add_bwd, scatter_add_fwd
 from .ops.loss import cross_entropy_bwd, cross_entropy_fwd, onehot_fwd
 from .ops.random import rand_fwd, tick_fwd
+from .ops._vmath import vexp, vlog, vsigmoid, vtanh
 from .ops.reduce import _dot_run, _max_run, _sum_run, exp64  # SOFTMAX's one-row rows
 from .ops.reduce import (log_softmax_bwd, log_softmax_fwd, logsumexp_bwd, logsumexp_fwd,
                          max_bwd, max_fwd, softmax_bwd, softmax_fwd, sum_bwd, sum_fwd)
@@ -294,12 +295,39 @@ SCALAR_FORWARD, SCALAR_REVERSE = {}, {}
 # they are inlined straight into a sweep, as scalar rows do; the code is correct)
 warnings.filterwarnings("ignore", message=r"variable '_register__locals___impl",
                         category=NumbaIRAssumptionWarning)
+# A scalar row calls the vectorisable transcendentals of ops/_vmath.py through functions of
+# their own, compiled once per dtype: inlined into every scalar row, beside the kernels' own
+# copies, they made up much of the full forward sweep's compile time. (Same code, same bits:
+# tests/test_lower.py.)
+_CALLED = re.compile(r"\b(vexp|vlog|vtanh|vsigmoid)\(")
+
+
+@jit
+def scalar_vexp(x):
+    return vexp(x)
+
+
+@jit
+def scalar_vlog(x):
+    return vlog(x)
+
+
+@jit
+def scalar_vtanh(x):
+    return vtanh(x)
+
+
+@jit
+def scalar_vsigmoid(x):
+    return vsigmoid(x)
+
+
 for _table, _scalar in ((FORWARD, SCALAR_FORWARD), (REVERSE, SCALAR_REVERSE)):
     for _op, _row in _table.items():
         _derived = _lower.scalar_row(_row, globals())
         if _derived is not None and all(globals().setdefault(k, v) is v
                                         for k, v in _derived[1].items()):
-            _scalar[_op] = _derived[0]
+            _scalar[_op] = _CALLED.sub(r"scalar_\1(", _derived[0])
 SCALAR_FORWARD[Op.SLICE] = SCALAR_FORWARD[Op.PLACE] = "val[ans] = val[x]"
 SCALAR_REVERSE[Op.SLICE] = SCALAR_REVERSE[Op.PLACE] = "grad[x] += grad[ans]"
 # SOFTMAX of one contiguous row (A = B = 1: a softmax of a few stacked scalars): the
