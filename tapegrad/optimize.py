@@ -93,14 +93,13 @@ def _dead(tape, instr, keep, live):
     return dead
 
 
-def _fuse_softplus(tape, instr, imm, keep, live):
-    """EXP -> ADDC c (c > 0) -> LOG, each intermediate read once, by the next, and held by no
-    live Var: the LOG row becomes SOFTPLUS(x, c), the other two are dropped."""
-    base = tape._base
-    nb = max(tape._nbuf, 1)
+def _uses(tape, instr, keep):
+    """Of the kept instructions: their rows, the opcode column, and per root buffer how many
+    read it, how many write it and the (last) row writing it (-1: none)."""
+    base, nb = tape._base, max(tape._nbuf, 1)
     rows = np.flatnonzero(keep)
     ops = instr[:, OP]
-    reads = np.zeros(nb, np.int64)       # per root: kept instructions reading it
+    reads = np.zeros(nb, np.int64)
     for j in range(3):
         has = rows[N_IN[ops[rows]] > j]
         np.add.at(reads, base[instr[has, X + j]], 1)
@@ -108,6 +107,14 @@ def _fuse_softplus(tape, instr, imm, keep, live):
     writers = np.bincount(outs, minlength=nb)
     writer = np.full(nb, -1, np.int64)
     writer[outs] = rows
+    return rows, ops, reads, writers, writer
+
+
+def _fuse_softplus(tape, instr, imm, keep, live):
+    """EXP -> ADDC c (c > 0) -> LOG, each intermediate read once, by the next, and held by no
+    live Var: the LOG row becomes SOFTPLUS(x, c), the other two are dropped."""
+    base = tape._base
+    rows, ops, reads, writers, writer = _uses(tape, instr, keep)
 
     def single(b, op):
         r = base[b]
@@ -135,17 +142,7 @@ def _fuse_sums(tape, instr, keep, live):
     the outer row becomes ADD3(a, b, c) ((a + b) + c: the same numbers, IEEE addition being
     commutative), the inner one is dropped. A chain of n ADDs becomes about n / 2."""
     base = tape._base
-    nb = max(tape._nbuf, 1)
-    rows = np.flatnonzero(keep)
-    ops = instr[:, OP]
-    reads = np.zeros(nb, np.int64)
-    for j in range(3):
-        has = rows[N_IN[ops[rows]] > j]
-        np.add.at(reads, base[instr[has, X + j]], 1)
-    outs = base[instr[rows, OUT]]
-    writers = np.bincount(outs, minlength=nb)
-    writer = np.full(nb, -1, np.int64)
-    writer[outs] = rows
+    rows, ops, reads, writers, writer = _uses(tape, instr, keep)
     fused = 0
     for k in rows[ops[rows] == Op.ADD]:
         for j in (0, 1):
