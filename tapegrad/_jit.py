@@ -244,6 +244,46 @@ def announce_compile(*dispatchers):
             sys.stderr.flush()
 
 
+def _log_compiles(path):
+    """``TAPEGRAD_COMPILE_LOG=path``: append a line per numba compile (not per cache load) to
+    ``path`` -- pid, nesting depth, wall and CPU seconds, function, argument types -- from this
+    process and its children (they inherit the variable). For finding where a cold start or a
+    test suite spends its compile time: ``sort -k3 -n path``."""
+    import threading
+    import time
+    from numba.core import event
+
+    class Log(event.Listener):
+        def __init__(self):
+            self.open = threading.local()
+
+        def on_start(self, ev):
+            stack = self.open.__dict__.setdefault("stack", [])
+            stack.append((time.perf_counter(), time.process_time()))
+
+        def on_end(self, ev):
+            stack = self.open.__dict__.setdefault("stack", [])
+            if not stack:
+                return
+            t0, c0 = stack.pop()
+            d = ev.data or {}
+            fn = getattr(d.get("dispatcher"), "py_func", None)
+            name = f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', '?')}"
+            args = ",".join(str(a) for a in d.get("args", ()))[:160]
+            try:
+                with open(path, "a") as fh:
+                    fh.write(f"{os.getpid()} {len(stack)} {time.perf_counter() - t0:.3f} "
+                             f"{time.process_time() - c0:.3f} {name} ({args})\n")
+            except OSError:
+                pass
+
+    event.register("numba:compile", Log())
+
+
+if os.environ.get("TAPEGRAD_COMPILE_LOG"):
+    _log_compiles(os.environ["TAPEGRAD_COMPILE_LOG"])
+
+
 def drop_stale_cache(dispatcher, files):
     """Make ``dispatcher``'s on-disk cache entries valid only for the present content of
     ``files``.

@@ -53,7 +53,9 @@ import numpy as np
 from numba.core.errors import NumbaIRAssumptionWarning
 
 from . import lower as _lower
-from ._jit import generated_dir, jit, kernel
+from numba.core.dispatcher import Dispatcher
+
+from ._jit import cached, drop_stale_cache, generated_dir, jit, kernel
 from .opcodes import A0, OP, OUT, X, Y, Z, Op
 from .ops.conv import conv_bwd, conv_fwd
 from .ops.elementwise import (abs_bwd, abs_fwd, add_bwd, add_fwd, compare_fwd, cos_bwd,
@@ -480,6 +482,7 @@ def source(ops):
         "for _m in ('fit', 'tangent', 'validate', 'sweep'):",
         "    globals().update({k: v for k, v in vars(importlib.import_module('tapegrad.' + _m))"
         ".items() if not k.startswith('__')})",
+        "globals().update(called(globals()))",
         _FORWARD_LOOP.format(preamble=_LOW_PREAMBLE,
                              branches=_lowered_branches(FORWARD, SCALAR_FORWARD, ops, fwd)),
         _REVERSE_LOOP.format(preamble=_LOW_PREAMBLE,
@@ -487,6 +490,36 @@ def source(ops):
         tangent.LOOP.format(preamble=_PREAMBLE, branches=_branches(tangent.TANGENT, ops)),
         validate.LOOP.format(branches=_branches(validate.CHECKS, ops)),
         "\n@jit\n" + steps])
+
+
+# ------------------------------------------------------------------ kernels called, not inlined
+# numba inlines an ``inline="always"`` kernel by copying its IR into the caller and re-running
+# its analyses over the *whole* caller after each copy: in a sweep of sixty branches that cost
+# grows with the square of the sweep's size (most of a cold compile, issue 11). The generated
+# sweeps therefore call a cached, non-inlined twin of each kernel instead -- compiled once per
+# dtype and shared by every interpreter -- and keep inline code only for the size-1 scalar
+# rows, which are plain text. A call costs tens of ns with its reference counting: nothing
+# beside an array kernel's work.
+# tiny helpers that stay inline: the tangent sweep's per-instruction offsets, and what the
+# scalar rows call (SOFTMAX's one-row rows; ``one_like``)
+INLINED = {"_offset", "_dot_run", "_max_run", "_sum_run", "exp64", "one_like"}
+_twins = {}
+
+
+def called(kernels):
+    """``{name: twin}`` for the inline kernels among ``kernels`` (a module's globals): the
+    same Python function compiled as a cached function of its own."""
+    out = {}
+    for name, disp in kernels.items():
+        if (name in INLINED or not isinstance(disp, Dispatcher)
+                or disp.targetoptions.get("inline") != "always"):
+            continue
+        twin = _twins.get(disp)
+        if twin is None:
+            twin = _twins[disp] = cached(disp.py_func, error_model="numpy")
+            drop_stale_cache(twin, SOURCES)  # it inlines kernels from other files
+        out[name] = twin
+    return out
 
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
