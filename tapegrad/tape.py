@@ -198,6 +198,8 @@ class Tape:
     _param_elems = 0          # elements of the parameters recorded so far
     _varied = None            # after a reverse sweep: uint8 per root buffer, 1 if it has a
                               # gradient (depends on a param or a requires_grad input)
+    planning = None           # arena memory planning: "auto", "always", "off" (None:
+    _plan = None              # tapegrad.plan.MODE); the plan of this layout (tapegrad.plan)
 
     @property
     def seed(self):
@@ -558,6 +560,8 @@ class Tape:
         return self._interp
 
     def _dirty(self):
+        if self._plan is not None:  # recording reads any buffer: the dense layout back
+            _plan.unplan(self)
         self._sealed = False
         self._low = None
         self._base = None
@@ -596,6 +600,7 @@ class Tape:
         if not self._in_order:
             self._relayout(base)
         self._base = base
+        clear = _plan.plan(self, base) if self._n else None  # shared slots (tapegrad.plan)
         total = self._used
         if self._grad.shape[0] != max(total, 1):
             self._grad = np.zeros(max(total, 1), self.dtype)
@@ -613,6 +618,8 @@ class Tape:
             _validate.validate_tape_arrays(instr, self._imm, self._boff, bsize, None, arena,
                                            interp)
         self._low = _sweep.lower(instr, self._boff, bsize)  # from the validated arrays only
+        if clear is not None:
+            self._low[:, _lower.CLEAR] = clear
         self._layout += 1
         self._sealed = True
 
@@ -1168,6 +1175,8 @@ def _ones(m):
 
 # imported last: these import the ops, which import this module
 from . import activity as _activity  # noqa: E402
+from . import lower as _lower  # noqa: E402
+from . import plan as _plan  # noqa: E402
 from . import sweep as _sweep  # noqa: E402
 from . import validate as _validate  # noqa: E402
 from .var import Var  # noqa: E402
