@@ -23,7 +23,9 @@ a slot only when neither their values nor their gradients are ever live at once:
   and read by its writer's, so it is live inside that interval as well. Two candidates whose
   intervals do not overlap (strictly: an instruction never reads and writes one slot) share
   a slot of their common size. Slots are handed out in order of ``def`` from per-size free
-  lists (``_assign``): slots of different sizes never share. A root that no instruction
+  lists (``_assign``): slots of different sizes never share, nor do roots with a gradient
+  and roots without one (no parameter reaches them: their writer never runs in reverse, so
+  never clears the writes that rules such as ``add_bwd`` make into every input's gradient). A root that no instruction
   reads or writes (left by ``tape.optimize()``'s dead code) and no Var holds takes no memory
   of its own (offset 0).
 
@@ -264,6 +266,19 @@ def _assign(order, first, last, size, cls, n_cls, slot_off):
     return end
 
 
+def _varied(tape, instr, base):
+    """uint8 per buffer: 1 for the roots with a gradient (depending on a parameter or an
+    input with ``requires_grad``), as ``Tape._reverse_mask`` finds them."""
+    from . import activity
+    from .opcodes import DIFFERENTIABLE
+    varied = np.zeros(max(tape._nbuf, 1), np.uint8)
+    leaves = list(tape._params) + sorted(tape._requires_grad)
+    if leaves:
+        varied[np.array(leaves, np.int64)] = 1
+    activity.reverse_mask(instr, N_IN, DIFFERENTIABLE, base, varied, int(instr[0, OUT]))
+    return varied
+
+
 def enabled(tape):
     mode = tape.planning if tape.planning is not None else MODE
     return mode if mode in ("auto", "always") else None
@@ -287,7 +302,11 @@ def plan(tape, base):
     size = tape._bsize
     if not cand.size:
         return None
-    sizes, cls = np.unique(size[cand], return_inverse=True)
+    # a gradient slot of a root no parameter reaches still receives writes (add_bwd adds into
+    # both inputs whatever the mask) but is never cleared (its writer never runs in reverse):
+    # such roots share slots only among themselves
+    varied = _varied(tape, instr, base)
+    sizes, cls = np.unique(size[cand] * 2 + (varied[cand] != 0), return_inverse=True)
     cls_all = np.zeros(nb, np.int64)
     cls_all[cand] = cls
     unused = cand[last[cand] < 0]                # no instruction reads or writes them
