@@ -180,7 +180,11 @@ def optimize(tape):
     "fused": f, "dead": d}`` (instruction counts: common subexpressions merged, chains fused,
     dead instructions dropped)."""
     with tape.lock:
-        tape._seal()
+        hold, tape.planning = tape.planning, "off"  # (planned only after the rewrite)
+        try:
+            tape._seal()
+        finally:
+            tape.planning = hold
         planned = tape._plan is not None
         if planned:  # a fused op may read a value no rule read before: every value back
             _plan.unplan(tape)
@@ -201,7 +205,7 @@ def optimize(tape):
             tape._opset, tape._opset_n, tape._interp = frozenset(), 0, None
             tape._dirty()
             tape._seal()
-        elif planned:  # the dense layout needs its stream lowered again (and a new plan)
+        elif planned or _plan.enabled(tape):  # lowered again (and planned) in the layout
             tape._dirty()
             tape._seal()
         info = {"before": int(n), "after": m, "merged": merged, "fused": fused, "dead": dead}

@@ -284,11 +284,12 @@ def enabled(tape):
     return mode if mode in ("auto", "always") else None
 
 
-def plan(tape, base):
+def plan(tape, base, src=None):
     """Plan the sealed-to-be tape's arenas (called by ``Tape._seal`` after the dense layout
     is made, before the gradient arena is allocated and the stream lowered): new offsets,
-    the value arena moved into them. Returns the clear flags per instruction (uint8) or None
-    when the tape stays dense."""
+    the value arena moved into them from offsets ``src`` (per buffer; default: the dense
+    ones -- ``Tape._relayout`` leaves the values where they were until one is chosen).
+    Returns the clear flags per instruction (uint8) or None when the tape stays dense."""
     mode = enabled(tape)
     if mode is None or tape._n == 0:
         return None
@@ -329,17 +330,14 @@ def plan(tape, base):
     new_root[cand] = excl_len + slot_off[cand]
     new_root[unused] = 0
     dense_off = tape._boff[:nb].copy()
-    val = np.zeros(max(total, 1), tape.dtype)
-    if excl_len:  # the exclusive values move (in order: a gather of their elements)
-        val[:excl_len] = tape._val[np.repeat(dense_off[keep] - new_root[keep], size[keep])
-                                   + np.arange(excl_len)]
+    move_values(tape, (dense_off if src is None else src)[keep], new_root[keep], size[keep],
+                total)  # the exclusive values; the shared region holds anything
     shared = np.zeros(nb, np.uint8)
     shared[cand] = 1
     shared[unused] = 1
     tape._plan = Plan(dense_off, int(tape._used), total, shared, nb)
     tape._boff = new_root[base[:nb]]
-    tape._val, tape._cap, tape._used = val, val.shape[0], total
-    tape._slots = None
+    tape._used = total
     flags = shared[base[instr[:, OUT]]]
     flags[instr[:, OP] == Op.PLACE] = 0
     return flags
@@ -368,12 +366,9 @@ def unplan(tape):
     val = np.zeros(max(total, 1), tape.dtype)
     grad = np.zeros(max(total, 1), tape.dtype)
     if excl.size:
-        sz = size[excl]
-        src = np.repeat(old_off[excl], sz) + _ranges(sz)
-        dst = np.repeat(p.dense_off[excl], sz) + _ranges(sz)
-        val[dst] = old_val[src]
+        copy_runs(old_val, old_off[excl], val, p.dense_off[excl], size[excl])
         if old_grad.shape[0] >= p.used:
-            grad[dst] = old_grad[src]
+            copy_runs(old_grad, old_off[excl], grad, p.dense_off[excl], size[excl])
     if tail:
         val[p.dense_used:total] = old_val[p.used:p.used + tail]
     tape._boff[:nb] = new_off
@@ -396,11 +391,48 @@ def unplan(tape):
                 tape._broken["values"] = f"{type(err).__name__}: {err}"
 
 
-def _ranges(sizes):
-    """0..s-1 for each s of ``sizes``, concatenated."""
-    total = int(sizes.sum())
-    starts = np.repeat(np.cumsum(sizes) - sizes, sizes)
-    return np.arange(total, dtype=np.int64) - starts
+@jit
+def copy_runs(src, src_off, dst, dst_off, sizes):
+    """``dst[dst_off[i]:+sizes[i]] = src[src_off[i]:+sizes[i]]`` for each i in order, element
+    by element from the first (so within one array a run may move down over itself); no
+    index arrays as long as the arena, which would double the peak memory of a seal."""
+    for i in range(sizes.shape[0]):
+        a, b = src_off[i], dst_off[i]
+        for j in range(sizes[i]):
+            dst[b + j] = src[a + j]
+
+
+def move_values(tape, src, dst, sizes, total):
+    """Rearrange the value arena: run i (``sizes[i]`` elements) from ``src[i]`` to
+    ``dst[i]`` (the ``dst`` runs disjoint), the arena then ``total`` long. In place when no
+    view of the arena is held elsewhere (numpy's ``refcheck``): the runs moving down slide
+    in order of destination, the few moving up wait in copies, and the arena shrinks by
+    ``resize`` -- a seal then never holds two arenas (the peak memory of a large tape).
+    Otherwise into a new arena (a view handed out keeps the old one)."""
+    try:
+        tape._val.resize(tape._val.shape[0], refcheck=True)  # (only the reference check)
+        alone = tape._val.shape[0] >= total
+    except ValueError:
+        alone = False
+    if not alone:
+        val = np.zeros(max(total, 1), tape.dtype)
+        copy_runs(tape._val, src, val, dst, sizes)
+        tape._val = val
+    else:
+        up = dst > src
+        waits = [(int(d), tape._val[int(a):int(a) + int(m)].copy())
+                 for a, d, m in zip(src[up], dst[up], sizes[up])]
+        o = np.flatnonzero(~up)
+        o = o[np.argsort(dst[o], kind="stable")]
+        copy_runs(tape._val, src[o], tape._val, dst[o], sizes[o])
+        for d, run in waits:
+            tape._val[d:d + run.shape[0]] = run
+        try:
+            tape._val.resize(max(total, 1), refcheck=True)
+        except ValueError:  # (a reference appeared: never expected) a copy then
+            tape._val = tape._val[:max(total, 1)].copy()
+    tape._cap = tape._val.shape[0]
+    tape._slots = None
 
 
 def seal_dense(tape):
@@ -422,9 +454,7 @@ def dense_arrays(tape):
         return tape._boff[:nb], tape._val[:max(tape._used, 1)]
     val = np.zeros(max(p.dense_used, 1), tape.dtype)
     excl = np.flatnonzero((tape._base[:nb] == np.arange(nb)) & (p.shared[:nb] == 0))
-    sz = tape._bsize[excl]
-    val[np.repeat(p.dense_off[excl], sz) + _ranges(sz)] = \
-        tape._val[np.repeat(tape._boff[excl], sz) + _ranges(sz)]
+    copy_runs(tape._val, tape._boff[excl], val, p.dense_off[excl], tape._bsize[excl])
     return p.dense_off, val
 
 
