@@ -313,3 +313,33 @@ def test_every_reverse_rule_has_a_read_set():
     assert reads[int(Op.ADD)] == frozenset()
     assert reads[int(Op.EXPAND)] == frozenset()
     assert reads[int(Op.MATMUL)] == {"x", "y", "z", "ans"}  # not read off: all
+
+
+def test_a_bad_plan_is_refused_by_validation(monkeypatch):
+    """The planned offsets go through the seal's validation like any layout: a planner bug
+    that put a buffer past the arena raises instead of reaching the compiled sweeps."""
+    real = plan._assign
+
+    def short(*args):
+        return real(*args) // 2  # a shared region too short for its slots
+    monkeypatch.setattr(plan, "_assign", short)
+    tape, w, x, held, loss = _chain("always")
+    with pytest.raises(tg.TapegradError):
+        loss.backward()
+
+
+def test_loaded_tape_is_planned_when_resealed(tmp_path):
+    tape, w, x, held, loss = _chain("off")
+    loss.name = "loss"
+    del held
+    path = tape.save(tmp_path / "chain.tape.npz")
+    loss.backward()
+    want = w.grad.copy()
+    t2 = tg.Tape.load(path)
+    t2.planning = "always"
+    t2.const(np.zeros(1))  # recording re-seals it at the next replay
+    t2.forward()
+    t2["loss"].backward()
+    assert t2._plan is not None
+    _layout_sound(t2)
+    np.testing.assert_array_equal(t2.params[0].grad, want)
