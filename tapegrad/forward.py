@@ -29,6 +29,7 @@ class _Entry:
         dtype = (np.float32 if arrays and all(a.dtype == np.float32 for a in arrays)
                  else np.float64)
         self.tape = tape = Tape(dtype)
+        tape.planning = "off"  # the tangent sweep reads every value (tapegrad.plan)
         self.ins = [tape.input(f"arg{i}", value=a) for i, a in enumerate(arrays)]
         out = f(*self.ins)
         self.single = isinstance(out, Var)

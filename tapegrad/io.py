@@ -55,6 +55,7 @@ import numpy as np
 
 from .errors import TapeFormatError, TapegradError, intern_site, site_text
 from .opcodes import A0, OP, OUT, WIDTH, X, Op
+from .plan import dense_arrays
 from .validate import validate_tape_arrays
 
 FORMAT_VERSION = 2  # 2: sites table; immediates renumbered the opcodes
@@ -94,6 +95,7 @@ def save(tape, path):
         shapes[b, :len(s)] = s
     labels = sorted(tape._labels.items())
     n = tape._n
+    boff, val = dense_arrays(tape)  # a planned tape is saved in its dense layout
     site_ids, where = np.unique(np.concatenate([tape._src[:n], tape._bsite[:nb]]),
                                 return_inverse=True)
     arrays = dict(
@@ -103,7 +105,7 @@ def save(tape, path):
         imm=np.ascontiguousarray(tape._imm[:tape._n], np.float64),
         src=where[:n].astype(np.int64),
         sites=_ustr([site_text(int(i)) for i in site_ids]),
-        boff=np.asarray(tape._boff[:nb], np.int64), bsize=np.asarray(tape._bsize[:nb], np.int64),
+        boff=np.asarray(boff, np.int64), bsize=np.asarray(tape._bsize[:nb], np.int64),
         shapes=shapes, ndim=np.array([len(s) for s in tape._shape], np.int64),
         kind=np.frombuffer(bytes(tape._kind), np.int8).astype(np.int64).reshape(nb),
         base=np.asarray(tape._base, np.int64).reshape(nb),
@@ -115,7 +117,7 @@ def save(tape, path):
         label_bufs=np.array([b for b, _ in labels], np.int64).reshape(-1),
         label_classes=np.array([c for _, c in labels], np.int64).reshape(-1),
         requires_grad=np.array(sorted(tape._requires_grad), np.int64).reshape(-1),
-        val=np.asarray(tape._val[:max(tape._used, 1)]),
+        val=np.asarray(val),
     )
     _atomic_write(path, lambda f: np.savez(f, **arrays))
     return path

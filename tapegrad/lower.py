@@ -12,6 +12,8 @@ is sealed (``Tape._seal``, after the tape arrays are validated; ``Tape.load`` li
     low[k, X:Z+1]  arena offsets of the inputs (0 for an unused slot; the element read by a
                    scalar SLICE)
     low[k, NX]     size of input x (0 when unused)
+    low[k, CLEAR]  1: the reverse sweep zeroes the output's gradient once the rule has read
+                   it (a slot shared by arena planning, ``tapegrad.plan``), else 0
 
 so the sweeps (``tapegrad.sweep``) read an instruction's offsets from one row instead of
 going through the buffer table, and read ``instr`` only for the attributes of the branches
@@ -42,7 +44,7 @@ import numpy as np
 from ._jit import drop_stale_cache, jit
 from .opcodes import A0, OP, OUT, X, Y, Z
 
-CODE, ANS, N, LX, LY, LZ, NX = range(7)
+CODE, ANS, N, LX, LY, LZ, NX, CLEAR = range(8)
 LOW_WIDTH = 8
 SCALAR = 1 << 16  # low[k, CODE] of an instruction that runs its scalar row
 
@@ -86,6 +88,7 @@ def lower(instr, boff, bsize, kind):
     low = np.empty((instr.shape[0], LOW_WIDTH), np.int64)
     if instr.shape[0]:
         lower_into(instr, boff, bsize, kind, low)
+        low[:, CLEAR] = 0
     return low
 
 

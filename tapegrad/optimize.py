@@ -5,7 +5,8 @@ Passes, over the flat arrays (``instr``, ``imm``, ``src``), in this order:
 
 * **common subexpressions**: an instruction repeating an earlier one (same opcode, input
   buffers, attributes and immediate; no effect of its own) is dropped when no live Var holds
-  its output, and later instructions read the earlier output instead;
+  its output, and later instructions read the earlier output instead; views of one buffer
+  with one shape count as one input buffer;
 * **dead code**: an instruction is dropped when nothing reads its output -- no later kept
   instruction, no live Var, no name, no parameter or input -- unless it has an effect of
   its own (a guard, the random draws and their counter);
@@ -29,6 +30,7 @@ import gc
 
 import numpy as np
 
+from . import plan as _plan
 from .opcodes import N_IN, OP, OUT, X, Op
 from .var import Var
 
@@ -55,7 +57,7 @@ def _cse(tape, instr, imm, live):
     nb = max(tape._nbuf, 1)
     writers = np.bincount(base[instr[:, OUT]], minlength=nb)
     views = np.bincount(base, minlength=nb)
-    rename, seen, merged = {}, {}, 0
+    rename, seen, merged = _same_views(tape), {}, 0
     for k in range(n):
         op = int(instr[k, OP])
         for j in range(int(N_IN[op])):
@@ -74,6 +76,19 @@ def _cse(tape, instr, imm, live):
             rename[out] = first
             merged += 1
     return merged
+
+
+def _same_views(tape):
+    """Views (reshapes) of one buffer with one shape are the same operand: each -> the first
+    of them, so their readers count as repeats (``x.reshape(1)`` taken again in every step of
+    a loop, broadcast again each time, becomes one broadcast)."""
+    first, rename = {}, {}
+    for b, r in tape._alias.items():
+        key = (tape._base[r], tape._shape[b])
+        c = first.setdefault(key, b)
+        if c != b:
+            rename[b] = c
+    return rename
 
 
 def _dead(tape, instr, keep, live):
@@ -165,7 +180,14 @@ def optimize(tape):
     "fused": f, "dead": d}`` (instruction counts: common subexpressions merged, chains fused,
     dead instructions dropped)."""
     with tape.lock:
-        tape._seal()
+        hold, tape.planning = tape.planning, "off"  # (planned only after the rewrite)
+        try:
+            tape._seal()
+        finally:
+            tape.planning = hold
+        planned = tape._plan is not None
+        if planned:  # a fused op may read a value no rule read before: every value back
+            _plan.unplan(tape)
         n = tape._instr.shape[0]
         instr, imm, src = tape._instr.copy(), tape._imm.copy(), tape._src
         live = _live_roots(tape)
@@ -181,6 +203,9 @@ def optimize(tape):
             tape._src = np.ascontiguousarray(src[keep])
             tape._n = tape._nf = tape._done = m
             tape._opset, tape._opset_n, tape._interp = frozenset(), 0, None
+            tape._dirty()
+            tape._seal()
+        elif planned or _plan.enabled(tape):  # lowered again (and planned) in the layout
             tape._dirty()
             tape._seal()
         info = {"before": int(n), "after": m, "merged": merged, "fused": fused, "dead": dead}

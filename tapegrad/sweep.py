@@ -403,7 +403,8 @@ def reverse(instr, imm, low, val, grad, mask, clear):
 {branches}
         else:
             return UNKNOWN_OP, k
-        if clear and instr[k, OP] != Op.PLACE:  # consumed: zero again for the next step
+        if (clear or low[k, 7] != 0) and instr[k, OP] != Op.PLACE:  # consumed: zero again
+            # for the next step (low[k, 7]: lower.CLEAR, a slot that tapegrad.plan shares)
             for i in range(n):
                 grad[ans + i] = 0
     return OK, 0

@@ -167,6 +167,8 @@ def _mask(tape, outs, seeded):
 def _run(tape, tan, ndir, mask):
     """The tangent sweep over ``tape``'s current values; ``tan`` (flat, ``ndir * len(val)``
     elements) holds the seeds and zeros elsewhere."""
+    if tape._plan is not None:  # (callers seal it with plan.seal_dense first)
+        raise TapegradError("internal: the tangent sweep of a tape whose arena is planned")
     tangent = tape._interpreters().tangent
     announce_compile(tangent)
     status, k = tangent(tape._instr, tape._imm, tape._boff, tape._bsize, tape._val,
@@ -206,7 +208,8 @@ def tangents(ys, seeds, ndir=None):
     D = 1 if ndir is None else int(ndir)
     if D < 1:
         raise TapegradError(f"tangents(): ndir must be >= 1, got {ndir!r} ({user_site()})")
-    tape._seal()
+    from .plan import seal_dense
+    seal_dense(tape)  # the tangent sweep reads values of every instruction (tapegrad.plan)
     checked, roots = [], set()
     for leaf, s in seeds.items():
         if _tape_of(leaf, "tangents(): a seed's key") is not tape:

@@ -49,6 +49,7 @@ FLUSH_EVERY = 4096           # pending instructions evaluated together
 ZERO_ALL_BELOW = 4096        # a gradient arena this small is zeroed whole (one memset),
 ZERO_WHOLE_ABOVE = 0.5       # and one whose swept buffers fill more than this fraction
 _ZERO_ALL = "whole"          # Tape._zero when the ranges would fill most of the arena
+GROW_IN_PLACE_ABOVE = 64 << 20  # a value arena this large grows by resizing (_grow_arena)
 MAX_BUFFER_ELEMENTS = 2 ** 31 - 1  # attributes that describe sizes are int32
 _INT32 = 2 ** 31
 _CROSS_ENTROPY = int(Op.CROSS_ENTROPY)  # the op whose forward can fail: evaluated at once
@@ -198,6 +199,8 @@ class Tape:
     _param_elems = 0          # elements of the parameters recorded so far
     _varied = None            # after a reverse sweep: uint8 per root buffer, 1 if it has a
                               # gradient (depends on a param or a requires_grad input)
+    planning = None           # arena memory planning: "auto", "always", "off" (None:
+    _plan = None              # tapegrad.plan.MODE); the plan of this layout (tapegrad.plan)
 
     @property
     def seed(self):
@@ -306,9 +309,19 @@ class Tape:
                                 f"(values and gradients); this machine has {_PHYS_BYTES:,} "
                                 f"({user_site()})")
         try:
-            self._val = _grow(self._val, n)
-            self._cap = self._val.shape[0]
             self._slots = None
+            m = self._val.shape[0]
+            if m * self.dtype.itemsize >= GROW_IN_PLACE_ABOVE:
+                # large: a quarter more, in place when nothing else views the arena (realloc
+                # moves the pages: no copy and no second arena at once, which made the peak of
+                # recording twice the arena); else copied (a view handed out stays valid)
+                try:
+                    self._val.resize(max(n, m + m // 4), refcheck=True)
+                except ValueError:
+                    self._val = _grow(self._val, max(n, m + m // 4))
+            else:
+                self._val = _grow(self._val, n)
+            self._cap = self._val.shape[0]
         except MemoryError:
             raise TapegradError(f"cannot allocate the value arena for a {what} of shape {shape} "
                                 f"({n * self.dtype.itemsize:,} bytes) ({user_site()})") from None
@@ -558,6 +571,8 @@ class Tape:
         return self._interp
 
     def _dirty(self):
+        if self._plan is not None:  # recording reads any buffer: the dense layout back
+            _plan.unplan(self)
         self._sealed = False
         self._low = None
         self._base = None
@@ -593,9 +608,12 @@ class Tape:
                 np.fromiter(self._alias.values(), np.int64, len(self._alias))
         else:
             base = _identity(nb)  # shared, never written: every buffer is a root
-        if not self._in_order:
-            self._relayout(base)
+        src = None if self._in_order else self._relayout(base, move=False)
         self._base = base
+        # shared slots (tapegrad.plan), the values moved there from where they are now
+        clear = _plan.plan(self, base, src) if self._n else None
+        if src is not None and self._plan is None:
+            self._move_values(base, src)
         total = self._used
         if self._grad.shape[0] != max(total, 1):
             self._grad = np.zeros(max(total, 1), self.dtype)
@@ -613,12 +631,15 @@ class Tape:
             _validate.validate_tape_arrays(instr, self._imm, self._boff, bsize, None, arena,
                                            interp)
         self._low = _sweep.lower(instr, self._boff, bsize)  # from the validated arrays only
+        if clear is not None:
+            self._low[:, _lower.CLEAR] = clear
         self._layout += 1
         self._sealed = True
 
-    def _relayout(self, base):
+    def _relayout(self, base, move=True):
         """New offsets with the root buffers ordered params, inputs, consts, temps (creation
-        order within a kind); values move with their buffers."""
+        order within a kind); values move with their buffers (``move=False``: not yet, see
+        ``_move_values``). Returns the old offsets."""
         nb = self._nbuf
         kind = np.frombuffer(bytes(self._kind), np.int8)
         roots = np.flatnonzero(base == np.arange(nb))
@@ -626,19 +647,24 @@ class Tape:
         order = roots[np.lexsort((roots, rk, rk != PARAM))]
         sizes = self._bsize[order]
         ends = np.cumsum(sizes)
-        total = int(ends[-1]) if nb else 0
         root_off = ends - sizes
         new_off = np.empty(nb, np.int64)
         new_off[order] = root_off
-        val = np.zeros(max(total, 1), self.dtype)
-        if total:
-            val[:total] = self._val[np.repeat(self._boff[order] - root_off, sizes)
-                                    + np.arange(total)]
+        old = self._boff
         self._boff = new_off[base]
-        self._val, self._cap = val, val.shape[0]
-        self._slots = None
         self._in_order = True
         self._last_kind = TEMP
+        if move:
+            self._move_values(base, old)
+        return old
+
+    def _move_values(self, base, old):
+        """A new value arena with every root's values moved from offset ``old[b]`` to
+        ``_boff[b]``."""
+        nb = self._nbuf
+        roots = np.flatnonzero(base == np.arange(nb))
+        sizes = self._bsize[roots]
+        _plan.move_values(self, old[roots], self._boff[roots], sizes, int(sizes.sum()))
 
     # ------------------------------------------------------------------ activity
     def _forward_mask(self, outputs):
@@ -1168,6 +1194,8 @@ def _ones(m):
 
 # imported last: these import the ops, which import this module
 from . import activity as _activity  # noqa: E402
+from . import lower as _lower  # noqa: E402
+from . import plan as _plan  # noqa: E402
 from . import sweep as _sweep  # noqa: E402
 from . import validate as _validate  # noqa: E402
 from .var import Var  # noqa: E402

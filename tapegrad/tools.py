@@ -22,6 +22,7 @@ from collections import Counter
 import numpy as np
 
 from .opcodes import A0, N_ATTRS, OP, OPS, OUT, X, Op
+from .plan import arena_bytes
 
 PARAM, INPUT, CONST, TEMP = 0, 1, 2, 3
 _SMALL = 4  # buffers with at most this many elements show their numbers in DOT labels
@@ -138,7 +139,10 @@ def to_dot(tape, values=True, grads=True):
     out = ["digraph tape {", "  rankdir=LR;", '  node [fontname="monospace", fontsize=10];']
     for b in range(tape._nbuf):
         label = [f"%{b}" + (f" {tape._name_of(b)}" if tape._name_of(b) else ""), _ty(tape, b)]
-        if tape._bsize[b] <= _SMALL:
+        shared = tape._plan is not None and tape._plan.shared[tape._base[b]]
+        if shared:  # its slot is shared (tapegrad.plan): no value or gradient to show
+            label.append("(memory shared by planning)")
+        elif tape._bsize[b] <= _SMALL:
             if values:
                 label.append("data " + _nums(_value(tape, tape._val, b)))
             if grads:
@@ -195,7 +199,8 @@ def render(tape, path):
 
 class TapeStats(dict):
     """``tape.stats()``: a dict (``instructions``, ``by_opcode``, ``buffers``, ``views``,
-    ``arena_bytes``, ``params``, ``param_tensors``, ``dtype``) that prints as a table."""
+    ``arena_bytes``, ``arena_bytes_unplanned`` (the same without arena planning,
+    ``tapegrad.plan``), ``params``, ``param_tensors``, ``dtype``) that prints as a table."""
 
     def __str__(self):
         rows = [("instructions", self["instructions"])]
@@ -204,6 +209,8 @@ class TapeStats(dict):
         rows += [(f"  {name}", c) for name, c in self["by_opcode"].items()]
         rows += [("buffers", self["buffers"]), ("  views (reshapes)", self["views"]),
                  ("arena bytes (values+grads)", self["arena_bytes"]),
+                 ("  without planning", self.get("arena_bytes_unplanned",
+                                                 self["arena_bytes"])),
                  ("parameters", self["params"]), ("  parameter tensors", self["param_tensors"])]
         w = max(len(r[0]) for r in rows)
         head = f"{'tape (' + self['dtype'] + ')':<{w}}  {'count':>10}"
@@ -226,7 +233,8 @@ def stats(tape):
         by_opcode=dict(ops.most_common()),
         buffers=int(tape._nbuf),
         views=len(tape._alias),
-        arena_bytes=2 * int(tape._used) * tape.dtype.itemsize,
+        arena_bytes=arena_bytes(tape)[0],
+        arena_bytes_unplanned=arena_bytes(tape)[1],
         params=int(tape._bsize[tape._params].sum()) if tape._params else 0,
         param_tensors=len(tape._params),
         dtype=tape.dtype.name,

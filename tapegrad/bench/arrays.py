@@ -32,7 +32,8 @@ largest relative difference of their gradients from tapegrad's):
   K = 50), gradient in the weights, means and log-scales.
 Peak memory: each (workload, engine) in a child process, the peak resident size (VmHWM)
 minus the resident size after imports and data (``--no-memory`` skips it); for tapegrad also
-the arena bytes.
+the arena bytes, planned (``tapegrad.plan``, on by default for large arenas) and without
+planning, and after ``tape.optimize()`` (engine ``tg-optimized``).
 
 Blocks of calls are timed in interleaved rounds (process CPU time by default), medians
 reported. BLAS, torch and XLA run one thread (``tapegrad.bench`` sets XLA_FLAGS and the
@@ -440,6 +441,8 @@ def _loss(name, m, D, P, cat=None, lse=None):
 
 
 class _TgWorkload:
+    optimize = False  # _TgOptimized: tape.optimize() after recording
+
     def __init__(self, name, data):
         tape = self.tape = tg.Tape()
         D = {k: v for k, v in data.items() if k not in WRT[name]}
@@ -453,8 +456,14 @@ class _TgWorkload:
         P = dict(zip(WRT[name], self.ps))
         self.loss = _loss(name, tg, D, P, cat=lambda xs: tg.concatenate(xs),
                           lse=lambda v, ax: tg.logsumexp(v, axis=ax))
+        if self.optimize:
+            tape.optimize()
         self.instructions = len(tape)
-        self.arena_bytes = tape._val.nbytes + tape._grad.nbytes
+
+    def arena_bytes(self):
+        """(planned, without planning) bytes of both arenas, once sealed (tapegrad.plan)."""
+        st = self.tape.stats()
+        return st["arena_bytes"], st["arena_bytes_unplanned"]
 
     def __call__(self):
         self.tape.forward()
@@ -494,6 +503,11 @@ class _TgSweeps(_TgWorkload):
             grad[a:b] = 0
         grad[self.seed] = 1.0
         self.sweep.reverse(*self.args, grad, self.rmask, 1)
+
+
+class _TgOptimized(_TgWorkload):
+    """The tape after ``tape.optimize()`` (equal broadcasts merged, chains fused), planned."""
+    optimize = True
 
 
 class _TorchWorkload:
@@ -551,7 +565,8 @@ class _JaxWorkload:
         return [np.asarray(g) for g in self.step(self.ps)[1]]
 
 
-ENGINES = {"tapegrad": _TgWorkload, "tg-sweeps": _TgSweeps, "torch": _TorchWorkload,
+ENGINES = {"tapegrad": _TgWorkload, "tg-optimized": _TgOptimized, "tg-sweeps": _TgSweeps,
+           "torch": _TorchWorkload,
            "jax": _JaxWorkload}
 
 
@@ -591,9 +606,12 @@ def workload_table(rounds, engines, quick, memory, names=WORKLOADS, out=print):
             check[e] = max(float(np.max(np.abs(a - b)) / (np.max(np.abs(a)) + 1e-300))
                            for a, b in zip(ref, g))
         med = _tr._time_rounds(ws, rounds, target_s=0.02)
+        planned, dense = ws["tapegrad"].arena_bytes()
         row = {"workload": name, "median_s": med, "check": check,
                "instructions": ws["tapegrad"].instructions,
-               "arena_mb": ws["tapegrad"].arena_bytes / 2 ** 20}
+               "arena_mb": planned / 2 ** 20, "arena_unplanned_mb": dense / 2 ** 20}
+        if "tg-optimized" in ws:
+            row["arena_optimized_mb"] = ws["tg-optimized"].arena_bytes()[0] / 2 ** 20
         if memory:
             row["memory"] = {e: _memory(name, e, quick) for e in ws if e != "tg-sweeps"}
         rows.append(row)
@@ -622,7 +640,10 @@ def _workload_lines(r):
         verdict.append(f"tapegrad/torch {tgt / pt:.2f} ({'ok' if tgt <= pt else 'MISS'})")
     if pj:
         verdict.append(f"tapegrad/jax {tgt / pj:.2f} ({'ok' if tgt <= 1.5 * pj else 'MISS'})")
-    lines.append(f"{'':10s} {r['instructions']} instructions, arenas {r['arena_mb']:.0f} MB; "
+    opt = r.get("arena_optimized_mb")
+    lines.append(f"{'':10s} {r['instructions']} instructions, arenas {r['arena_mb']:.0f} MB "
+                 f"planned ({r.get('arena_unplanned_mb', r['arena_mb']):.0f} MB without"
+                 + (f", {opt:.0f} MB after optimize()" if opt is not None else "") + "); "
                  + ", ".join(verdict))
     return lines
 
@@ -692,7 +713,7 @@ def main(argv=None):
               "<= 1.5x jax")
         print(WORKLOAD_HEADER)
         report["workloads"] = workload_table(
-            rounds, {"tapegrad", "tg-sweeps"} | set(engines), args.quick,
+            rounds, {"tapegrad", "tg-optimized", "tg-sweeps"} | set(engines), args.quick,
             not args.no_memory and not args.quick, [w for w in args.workloads.split(",") if w])
     if args.json:
         with open(args.json, "w") as fh:
