@@ -6,7 +6,9 @@ truncations of the file, reshaped arrays, missing or extra keys, wrong dtypes, w
 version, permuted instructions) are each loaded and, when loading succeeds, listed and
 replayed (forward + backward). The loads run in a few subprocesses, so a segfault shows up
 as a signal instead of killing pytest; a subprocess that dies is rerun on the file it died
-on to name it.
+on to name it. They all replay with the interpreter of every opcode, compiled (or loaded from
+numba's cache) once by the test before they start: each corrupted opcode set would otherwise
+make each subprocess compile interpreters of its own.
 """
 import os
 import subprocess
@@ -19,13 +21,15 @@ import tapegrad as tg
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 N_PER_TAPE = 650          # variants per base tape; two base tapes
-N_BATCHES = 4
+N_BATCHES = 2           # subprocesses (CI has two cores)
 
 RUNNER = textwrap.dedent("""
     import sys
     import numpy as np
     import tapegrad as tg
+    from tapegrad import sweep
 
+    sweep.MAX_SPECIALISED = -1  # the full interpreter, which the test compiled
     for path in sys.argv[1:]:
         try:
             tape = tg.Tape.load(path)
@@ -172,8 +176,19 @@ def _run(files, runner):
                           cwd=ROOT, timeout=300)
 
 
+def _ready_full_interpreter():
+    """Compile the interpreter of every opcode for both dtypes into numba's disk cache (or
+    load it): the subprocesses then only load it."""
+    from tapegrad import sweep
+    full = sweep.interpreter(sweep.ALL_OPS)
+    for dt in (np.float64, np.float32):
+        for name in ("forward", "reverse", "check_instructions"):
+            getattr(full, name).compile(sweep.call_types(name, dt))
+
+
 def test_corrupted_tapes_raise_tapegraderror_only(tmp_path):
     files = _write_variants(tmp_path)
+    _ready_full_interpreter()
     assert len(files) >= 1000
     runner = str(tmp_path / "runner.py")
     with open(runner, "w") as f:
