@@ -181,6 +181,9 @@ def start_worker(dispatcher, argv, path):
     """Run ``argv``, a process that compiles ``dispatcher`` into numba's disk cache, with
     ``path`` (the directory holding this tapegrad) first on its import path."""
     import subprocess
+    for d, w in list(_workers.items()):  # reap the finished ones (else they stay zombies)
+        if w.poll() is not None:
+            del _workers[d]
     env = dict(os.environ, TAPEGRAD_COMPILE_WORKERS="0",
                PYTHONPATH=os.pathsep.join([path] + [p for p in os.environ.get(
                    "PYTHONPATH", "").split(os.pathsep) if p]))
