@@ -14,6 +14,11 @@ otherwise ``fit`` raises ``NonFiniteError`` naming the step, leaving the paramet
 optimizer state as after the last good step, and replays that step (inputs, then the forward
 sweep with ``check_finite``, then the reverse sweep cut short) to name the first bad op.
 
+The optimizer runs inside the step (``fuse_optimizer``, ``_fused_plan``): each parameter is
+updated once the reverse sweep has made its gradient final, each update checking the
+gradients it reads; a step failing after some updates is undone from the chunk's checkpoint
+(``_checkpoint``) and the chunk rerun unfused (reverse sweep, check, one optimizer pass).
+
 With ``comm`` (``tapegrad.dist``) the same compiled loop sums the gradients of all ranks with
 one ``MPI_Allreduce`` over the parameter prefix ``[0, P)`` before the check and the
 optimizer. A rank that fails puts a NaN into its gradient before that Allreduce, so every rank
