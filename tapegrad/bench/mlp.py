@@ -2,10 +2,13 @@
 digits-mlp rows of ``tapegrad bench`` alone -- ``numba-fused``, ``tg-fit`` (fused optimizer),
 ``tg-fit-unfused`` (``tg.fit(..., fuse_optimizer=False)``), ``tg-loop`` and ``jax-jit`` when
 installed -- timed the same way (blocks of ~0.15 s, interleaved round-robin, medians), with the
-ratios of issue 11's targets. A minute or two instead of the full run's several."""
+ratios to the reference of issue 11's targets (the hand-fused step; JAX for digits), in CPU
+time and wall clock (on a shared machine the CPU time is the steadier). A minute or two
+instead of the full run's several."""
 import argparse
 import os
 import sys
+import time
 
 os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false "
                                    "intra_op_parallelism_threads=1")
@@ -60,7 +63,6 @@ def main(argv=None):
     except ImportError:
         pass
     B = Bench(False)
-    B.repeats = args.rounds
     jax = _have_jax()
     only = args.only.split(",")
     wls = []
@@ -100,12 +102,25 @@ def main(argv=None):
         err = max(max(abs(a - b) / max(abs(b), 1e-12) for a, b in zip(r["check"], base))
                   for r in res.values())
         B.calibrate(wl)
-        B.time(wl)
-        B.summary(wl, ref)
-        print(f"{wl} ({args.rounds} interleaved rounds; first 3 losses agree to {err:.1e}):")
-        for name, r in res.items():
-            print(f"  {name:15} {_fmt_t(r['median']):>10}   IQR {_fmt_t(r['q1'])}-"
-                  f"{_fmt_t(r['q3'])}   {r['ratio']:.2f}x {ref}")
+        cpu = {name: [] for name in res}
+        wall = {name: [] for name in res}
+        names = list(res)
+        for rep in range(args.rounds):  # interleaved, starting from a different engine
+            for name in names[rep % len(names):] + names[:rep % len(names)]:
+                n = res[name]["block"]
+                c, t = time.process_time(), time.perf_counter()
+                res[name]["engine"].run(n)
+                wall[name].append((time.perf_counter() - t) / n)
+                cpu[name].append((time.process_time() - c) / n)
+        print(f"{wl} ({args.rounds} interleaved rounds of ~0.15 s blocks; first 3 losses agree "
+              f"to {err:.1e}); medians, IQR, ratio to {ref}:")
+        for label, clock in (("CPU time", cpu), ("wall clock", wall)):
+            ref_med = np.median(clock[ref])
+            print(f"  {label}:")
+            for name in names:
+                q1, m, q3 = np.percentile(clock[name], [25, 50, 75])
+                print(f"    {name:15} {_fmt_t(m):>10}   IQR {_fmt_t(q1)}-{_fmt_t(q3)}   "
+                      f"{m / ref_med:.2f}x")
         sys.stdout.flush()
     return 0
 
