@@ -158,12 +158,14 @@ class _Order:
     """Sample indices: passes over the data, each shuffled (seeded) or in order."""
 
     def __init__(self, n, shuffle, seed):
-        self.n, self.shuffle = n, shuffle
-        self.rng = np.random.default_rng(seed)
+        self.n, self.shuffle, self.seed = n, shuffle, seed
+        self.rng = None  # made when first needed (it costs ~0.1 ms)
         self.buf = np.zeros(0, np.int64)
 
     def take(self, m):
         while self.buf.size < m:
+            if self.shuffle and self.rng is None:
+                self.rng = np.random.default_rng(self.seed)
             p = self.rng.permutation(self.n) if self.shuffle else np.arange(self.n)
             self.buf = np.concatenate([self.buf, p.astype(np.int64)])
         out, self.buf = self.buf[:m], self.buf[m:]
@@ -181,6 +183,21 @@ def _count(name, value, least):
     if v < least:
         raise TapegradError(f"fit(): need {name} >= {least}, got {v}")
     return v
+
+
+def _cached(tape, key, mask, make):
+    """``make()``, remembered per tape until its layout, its instructions or the activity
+    ``mask`` it is derived from (the tape's cached array: the same object) change -- what
+    ``tg.fit`` derives from the tape and the loss on every call took ~1 ms, as long as a
+    thousand steps of a small model."""
+    stamp = (tape._layout, len(tape))
+    memo = tape.__dict__.get("_fit_memo")
+    if memo is None or memo[0] != stamp:
+        memo = tape._fit_memo = (stamp, {})
+    got = memo[1].get(key)
+    if got is None or got[0] is not mask:
+        got = memo[1][key] = (mask, make())
+    return got[1]
 
 
 def _needed_inputs(tape, fmask):
@@ -367,7 +384,9 @@ def fit(loss, opt, data=None, batch_size=None, steps=None, shuffle=True, seed=0,
     if R > 1:  # every rank raises the same error, or none does
         seed = _agree(link, problem, tape, opt, steps, batch, n, shuffle, seed, reduce)
     rmask = tape._reverse_mask(loss._b)
-    zero = tape._grad_ranges(rmask, cleared=True)  # the sweeps zero the rest as they go
+    zero = _cached(tape, ("zero", loss._b), rmask,
+                   lambda: tape._grad_ranges(rmask, cleared=True))
+    # (the sweeps zero the rest as they go)
     starts, stops = opt.ranges()
     segs, upd = (_fused_plan(tape, opt, loss, rmask) if fuse_optimizer and R == 1
                  else (_NO_SEGS, _NO_SEGS))
@@ -444,11 +463,11 @@ def _fused_plan(tape, opt, loss, rmask, min_elems=None):
     updates of the parameters it finished; a parameter no rule reads, or of fewer than
     ``min_elems`` elements, is updated after the last segment (a cut costs 0.3-0.5 us, about
     a hundred elements' AdamW, and saves nothing measurable while the gradients still sit
-    in the L2 cache: BENCHMARKS.md). Cached on ``opt`` per layout and loss."""
+    in the L2 cache: BENCHMARKS.md). Cached on ``opt`` per layout, loss and ``rmask``."""
     min_elems = FUSE_MIN_ELEMS if min_elems is None else min_elems
     key = (tape._layout, loss._b, len(tape), min_elems)
     cached = getattr(opt, "_fit_plan", None)
-    if cached is not None and cached[0] == key:
+    if cached is not None and cached[0] == key and cached[2] is rmask:
         return cached[1]
     run = np.flatnonzero(rmask & 1).astype(np.int64)
     n = int(tape._instr.shape[0])
@@ -476,7 +495,7 @@ def _fused_plan(tape, opt, loss, rmask, min_elems=None):
         segs.append((k, hi, u0, len(upd)))
         hi = k
     plan = (np.array(segs, np.int64).reshape(-1, 4), np.array(upd, np.int64).reshape(-1, 3))
-    opt._fit_plan = (key, plan)
+    opt._fit_plan = (key, plan, rmask)
     return plan
 
 
@@ -513,7 +532,7 @@ def _prepare(loss, opt, data, batch_size, steps, reduce):
     tape = loss.tape
     tape._seal()
     fmask = tape._forward_mask([loss._b])
-    needed = _needed_inputs(tape, fmask)
+    needed = _cached(tape, ("needed", loss._b), fmask, lambda: _needed_inputs(tape, fmask))
     if data is not None:
         packed, cols, n, batch, names = _pack(tape, data, batch_size, needed)
         return steps, batch, packed, cols, n, names, fmask

@@ -1,4 +1,4 @@
-"""``python -m tapegrad.bench.mlp [--rounds N] [--only seed,digits]``: the seed-mlp and
+"""``python -m tapegrad.bench.mlp [--rounds N] [--only seed,digits] [--skip ENGINES]``: the seed-mlp and
 digits-mlp rows of ``tapegrad bench`` alone -- ``numba-fused``, ``tg-fit`` (fused optimizer),
 ``tg-fit-unfused`` (``tg.fit(..., fuse_optimizer=False)``), ``tg-loop`` and ``jax-jit`` when
 installed -- timed the same way (blocks of ~0.15 s, interleaved round-robin, medians), with the
@@ -56,6 +56,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=11)
     ap.add_argument("--only", default="seed,digits")
+    ap.add_argument("--skip", default="", help="engines to leave out, e.g. jax-jit,tg-loop")
     args = ap.parse_args(argv)
     try:
         from threadpoolctl import threadpool_limits
@@ -98,6 +99,9 @@ def main(argv=None):
         wls.append(("digits-mlp", "jax-jit" if jax else "numba-fused"))
     for wl, ref in wls:
         res = B.results[wl]
+        for name in args.skip.split(","):
+            if name != ref:
+                res.pop(name, None)
         base = res["tg-fit"]["check"]
         err = max(max(abs(a - b) / max(abs(b), 1e-12) for a, b in zip(r["check"], base))
                   for r in res.values())
