@@ -14,6 +14,11 @@ otherwise ``fit`` raises ``NonFiniteError`` naming the step, leaving the paramet
 optimizer state as after the last good step, and replays that step (inputs, then the forward
 sweep with ``check_finite``, then the reverse sweep cut short) to name the first bad op.
 
+The optimizer runs inside the step (``fuse_optimizer``, ``_fused_plan``): each parameter is
+updated once the reverse sweep has made its gradient final, each update checking the
+gradients it reads; a step failing after some updates is undone from the chunk's checkpoint
+(``_checkpoint``) and the chunk rerun unfused (reverse sweep, check, one optimizer pass).
+
 With ``comm`` (``tapegrad.dist``) the same compiled loop sums the gradients of all ranks with
 one ``MPI_Allreduce`` over the parameter prefix ``[0, P)`` before the check and the
 optimizer. A rank that fails puts a NaN into its gradient before that Allreduce, so every rank
@@ -34,7 +39,7 @@ from ._jit import announce_compile, kernel
 from .errors import (BranchChanged, FeedError, LinAlgError, NonFiniteError, ShapeError,
                      TapegradError)
 from .opcodes import N_IN, OP, OPS, OUT, X, Op
-from .optim import Optimizer, step_kernel
+from .optim import Optimizer, step_kernel, update_range
 from .sweep import NON_FINITE, OK
 
 LOSS_NOT_FINITE, GRAD_NOT_FINITE, MPI_FAILED = 100, 101, 102
@@ -42,14 +47,22 @@ _MAX_COUNT = 1 << 30  # elements per MPI call (its count is a C int)
 
 
 @kernel
-def all_finite(a, starts, stops):
-    """No NaN/Inf in ``a[starts[r]:stops[r]]`` for any r (an or-reduction LLVM vectorises)."""
+def finite_range(a, lo, hi):
+    """No NaN/Inf in ``a[lo:hi]`` (an or-reduction LLVM vectorises)."""
+    g = a[lo:hi]
     bad = False
-    for r in range(starts.shape[0]):
-        g = a[starts[r]:stops[r]]
-        for i in range(g.size):
-            bad |= g[i] - g[i] != 0  # x - x is NaN for NaN and +-Inf, 0 otherwise
+    for i in range(g.size):
+        bad |= g[i] - g[i] != 0  # x - x is NaN for NaN and +-Inf, 0 otherwise
     return not bad
+
+
+@kernel
+def all_finite(a, starts, stops):
+    """No NaN/Inf in ``a[starts[r]:stops[r]]`` for any r."""
+    for r in range(starts.shape[0]):
+        if not finite_range(a, starts[r], stops[r]):
+            return False
+    return True
 
 
 @kernel
@@ -72,7 +85,7 @@ def allreduce_prefix(allreduce, handles, grad, n):
 # sweeps, and compiles it there (``tape._interpreters().train_steps``). Never called as is.
 def train_steps(instr, imm, low, val, grad, fmask, rmask, zero, n_clear, lo, data,
                 cols, idx, batch, kind, starts, stops, state, hyper, t0, losses,
-                seed, n_params, nranks, allreduce, handles, check_finite):
+                seed, n_params, nranks, allreduce, handles, check_finite, segs, upd):
     """Run ``losses.size`` steps; step s uses samples ``idx[s*batch:(s+1)*batch]``. The
     reverse sweeps of the first ``n_clear`` steps zero each output gradient once read
     (``sweep.reverse``'s ``clear``), so ``zero`` lists only the gradient ranges they leave: the
@@ -81,7 +94,15 @@ def train_steps(instr, imm, low, val, grad, fmask, rmask, zero, n_clear, lo, dat
     is summed over the ranks by ``allreduce`` (``tapegrad.dist.Link``). ``check_finite`` (0:
     an argument, not a literal, so the forward sweep compiles once for every caller). Returns
     ``(status, instruction or MPI error code, steps done)``. ``low``: the lowered stream
-    (``tapegrad.lower``); ``lo``: the loss's offset in the arenas."""
+    (``tapegrad.lower``); ``lo``: the loss's offset in the arenas.
+
+    ``segs`` empty: the optimizer steps over ``starts/stops`` after the reverse sweep (and the
+    check that those gradients are finite). Otherwise the optimizer is fused into the sweep
+    (``_fused_plan``): row q of ``segs`` is ``(a, b, u0, u1)``: run the reverse rules of
+    instructions ``b-1 .. a``, then check and update the parameter ranges ``upd[u0:u1]``
+    (rows ``(start, stop, state column)``), whose gradients are then final; a non-finite
+    gradient is found by the update that reads it. A failure after some of a step's updates
+    leaves them applied: ``fit`` then restores the chunk's checkpoint and runs it unfused."""
     for s in range(losses.shape[0]):
         for r in range(batch):
             row = idx[s * batch + r]
@@ -98,8 +119,26 @@ def train_steps(instr, imm, low, val, grad, fmask, rmask, zero, n_clear, lo, dat
             for r in range(zero.shape[0]):
                 grad[zero[r, 0]:zero[r, 1]] = 0
             grad[lo] = seed
-            status, k = reverse(instr, imm, low, val, grad, rmask,
-                                1 if s < n_clear else 0)
+            clear = 1 if s < n_clear else 0
+            if segs.shape[0] == 0:
+                status, k = reverse(instr, imm, low, val, grad, rmask, clear)
+            for q in range(segs.shape[0]):
+                a, b = segs[q, 0], segs[q, 1]
+                if a == 0 and b == low.shape[0]:  # uncut (slicing costs ~0.1 us)
+                    status, k = reverse(instr, imm, low, val, grad, rmask, clear)
+                elif b > a:  # views of the rows: the sweep's k counts from a
+                    status, k = reverse(instr[a:b], imm[a:b], low[a:b], val, grad,
+                                        rmask[a:b], clear)
+                    k += a
+                if status != OK:
+                    break
+                for u in range(segs[q, 2], segs[q, 3]):
+                    if not update_range(kind, val, grad, upd[u, 0], upd[u, 1], state,
+                                        upd[u, 2], hyper, t0 + s + 1):
+                        status, k = GRAD_NOT_FINITE, 0
+                        break
+                if status != OK:
+                    break
         if nranks > 1:
             if status != OK:
                 grad[starts[0]] = np.nan  # so every rank stops at this step
@@ -108,9 +147,10 @@ def train_steps(instr, imm, low, val, grad, fmask, rmask, zero, n_clear, lo, dat
                 return MPI_FAILED, err, s
         if status != OK:
             return status, k, s
-        if not all_finite(grad, starts, stops):
-            return GRAD_NOT_FINITE, 0, s
-        step_kernel(kind, val, grad, starts, stops, state, hyper, t0 + s + 1)
+        if segs.shape[0] == 0:
+            if not all_finite(grad, starts, stops):
+                return GRAD_NOT_FINITE, 0, s
+            step_kernel(kind, val, grad, starts, stops, state, hyper, t0 + s + 1)
     return OK, 0, losses.shape[0]
 
 
@@ -118,12 +158,14 @@ class _Order:
     """Sample indices: passes over the data, each shuffled (seeded) or in order."""
 
     def __init__(self, n, shuffle, seed):
-        self.n, self.shuffle = n, shuffle
-        self.rng = np.random.default_rng(seed)
+        self.n, self.shuffle, self.seed = n, shuffle, seed
+        self.rng = None  # made when first needed (it costs ~0.1 ms)
         self.buf = np.zeros(0, np.int64)
 
     def take(self, m):
         while self.buf.size < m:
+            if self.shuffle and self.rng is None:
+                self.rng = np.random.default_rng(self.seed)
             p = self.rng.permutation(self.n) if self.shuffle else np.arange(self.n)
             self.buf = np.concatenate([self.buf, p.astype(np.int64)])
         out, self.buf = self.buf[:m], self.buf[m:]
@@ -141,6 +183,21 @@ def _count(name, value, least):
     if v < least:
         raise TapegradError(f"fit(): need {name} >= {least}, got {v}")
     return v
+
+
+def _cached(tape, key, mask, make):
+    """``make()``, remembered per tape until its layout, its instructions or the activity
+    ``mask`` it is derived from (the tape's cached array: the same object) change -- what
+    ``tg.fit`` derives from the tape and the loss on every call took ~1 ms, as long as a
+    thousand steps of a small model."""
+    stamp = (tape._layout, len(tape))
+    memo = tape.__dict__.get("_fit_memo")
+    if memo is None or memo[0] != stamp:
+        memo = tape._fit_memo = (stamp, {})
+    got = memo[1].get(key)
+    if got is None or got[0] is not mask:
+        got = memo[1][key] = (mask, make())
+    return got[1]
 
 
 def _needed_inputs(tape, fmask):
@@ -273,7 +330,7 @@ def _locked(fn):
 
 @_locked
 def fit(loss, opt, data=None, batch_size=None, steps=None, shuffle=True, seed=0,
-        progress=None, comm=None, reduce="mean"):
+        progress=None, comm=None, reduce="mean", fuse_optimizer=True):
     """Train for ``steps`` steps inside compiled code; returns the per-step losses.
 
     ``data``: dict input name -> array whose first axis is the samples; each step feeds
@@ -298,6 +355,12 @@ def fit(loss, opt, data=None, batch_size=None, steps=None, shuffle=True, seed=0,
     and inputs'; intermediate gradients are zero, as each step's reverse sweep clears them
     once read).
 
+    ``fuse_optimizer`` (default): alone (no ``comm``), each parameter is updated inside the
+    reverse sweep as soon as its gradient is final -- right after the reverse rule of the
+    first instruction that reads it -- instead of in a pass over all parameters after the
+    sweep; the same update kernel, so the same bits. ``False``: that separate pass (what
+    ``comm`` always does: the gradients are summed over the ranks first).
+
     >>> hist = tg.fit(loss, opt, {"x": X, "y": Y}, batch_size=32, steps=1000)  # doctest: +SKIP
     """
     from .var import Var
@@ -321,8 +384,12 @@ def fit(loss, opt, data=None, batch_size=None, steps=None, shuffle=True, seed=0,
     if R > 1:  # every rank raises the same error, or none does
         seed = _agree(link, problem, tape, opt, steps, batch, n, shuffle, seed, reduce)
     rmask = tape._reverse_mask(loss._b)
-    zero = tape._grad_ranges(rmask, cleared=True)  # the sweeps zero the rest as they go
+    zero = _cached(tape, ("zero", loss._b), rmask,
+                   lambda: tape._grad_ranges(rmask, cleared=True))
+    # (the sweeps zero the rest as they go)
     starts, stops = opt.ranges()
+    segs, upd = (_fused_plan(tape, opt, loss, rmask) if fuse_optimizer and R == 1
+                 else (_NO_SEGS, _NO_SEGS))
     weight = 1.0 / R if reduce == "mean" else 1.0
     interp = tape._interpreters()
     tape._grad[:] = 0  # the last step does not clear: then every .grad is that of that step
@@ -337,12 +404,20 @@ def fit(loss, opt, data=None, batch_size=None, steps=None, shuffle=True, seed=0,
             ids = order.take(m * R * batch).reshape(m, R, batch)[:, rank].ravel()
             t = time.perf_counter()
             announce_compile(interp.reverse, interp.train_steps)  # (a worker's reverse first)
-            status, k, ran = interp.train_steps(
-                tape._instr, tape._imm, tape._low, tape._val, tape._grad, fmask, rmask, zero,
-                m if done + m < steps else m - 1, tape._boff[loss._b], packed, cols, ids,
-                batch, opt.kind, starts, stops,
-                opt.state, opt.hyper, opt.t, losses[done:done + m], weight, tape._n_params,
-                R, link.allreduce, link.handles, 0)
+            fused = segs.shape[0] > 0 and m >= FUSE_MIN_STEPS
+            saved = _checkpoint(tape, opt) if fused else None
+
+            def run(plan):
+                return interp.train_steps(
+                    tape._instr, tape._imm, tape._low, tape._val, tape._grad, fmask, rmask,
+                    zero, m if done + m < steps else m - 1, tape._boff[loss._b], packed, cols,
+                    ids, batch, opt.kind, starts, stops, opt.state, opt.hyper, opt.t,
+                    losses[done:done + m], weight, tape._n_params, R, link.allreduce,
+                    link.handles, 0, *plan)
+            status, k, ran = run((segs, upd) if fused else (_NO_SEGS, _NO_SEGS))
+            if status != OK and fused:  # a step failed after updating some parameters:
+                _restore(tape, opt, saved)  # redo the chunk the unfused way, which stops
+                status, k, ran = run((_NO_SEGS, _NO_SEGS))  # before the failed step's update
             dt = time.perf_counter() - t
             nxt = max(1, min(chunk * 4, int(chunk * 0.1 / dt) if dt > 0 else chunk * 4))
             if R > 1:
@@ -373,6 +448,75 @@ def fit(loss, opt, data=None, batch_size=None, steps=None, shuffle=True, seed=0,
     return losses[:done] if sigint is not None and sigint.hit else losses
 
 
+# ------------------------------------------------------------------ the fused optimizer
+FUSE_MIN_STEPS = 8  # chunks of fewer steps run unfused: the checkpoint would cost too much
+FUSE_MIN_ELEMS = 1 << 16  # smaller parameters are updated after the sweep, which is not cut
+_NO_SEGS = np.zeros((0, 4), np.int64)
+
+
+def _fused_plan(tape, opt, loss, rmask, min_elems=None):
+    """Where the reverse sweep can update each of ``opt``'s parameters: ``(segs, upd)`` for
+    ``train_steps``. A parameter's gradient is final, and no rule reads its value any more,
+    once the reverse rules of every instruction that reads it (through any view, or writes
+    it) have run: in reverse order, after the first such instruction the sweep runs (``rmask
+    & 1``). So the sweep is cut at those instructions into segments, each followed by the
+    updates of the parameters it finished; a parameter no rule reads, or of fewer than
+    ``min_elems`` elements, is updated after the last segment (a cut costs 0.3-0.5 us, about
+    a hundred elements' AdamW, and saves nothing measurable while the gradients still sit
+    in the L2 cache: BENCHMARKS.md). Cached on ``opt`` per layout, loss and ``rmask``."""
+    min_elems = FUSE_MIN_ELEMS if min_elems is None else min_elems
+    key = (tape._layout, loss._b, len(tape), min_elems)
+    cached = getattr(opt, "_fit_plan", None)
+    if cached is not None and cached[0] == key and cached[2] is rmask:
+        return cached[1]
+    run = np.flatnonzero(rmask & 1).astype(np.int64)
+    n = int(tape._instr.shape[0])
+    first = np.full(max(tape._nbuf, 1), n, np.int64)  # per root buffer: first reader
+    for slot in (OUT, X, X + 1, X + 2):  # (every slot: an unused one holds -1)
+        b = tape._instr[run, slot].astype(np.int64)
+        ok = b >= 0
+        np.minimum.at(first, tape._base[b[ok]], run[ok])
+    rows, j = {}, 0
+    for p in opt.params:
+        k = int(first[tape._base[p._b]])
+        o = int(tape._boff[p._b])
+        if k >= n or p.size < min_elems:  # unread, or small: updated after the sweep
+            k = 0
+        rows.setdefault(k, []).append((o, o + p.size, j))
+        j += p.size
+    segs, upd, hi = [], [], n
+    for k in sorted(set(rows) | {0}, reverse=True):
+        u0 = len(upd)
+        for a, b, col in sorted(rows.get(k, ())):
+            if len(upd) > u0 and upd[-1][1] == a and upd[-1][2] + (a - upd[-1][0]) == col:
+                upd[-1] = (upd[-1][0], b, upd[-1][2])  # adjacent in the arena and the state
+            else:
+                upd.append((a, b, col))
+        segs.append((k, hi, u0, len(upd)))
+        hi = k
+    plan = (np.array(segs, np.int64).reshape(-1, 4), np.array(upd, np.int64).reshape(-1, 3))
+    opt._fit_plan = (key, plan, rmask)
+    return plan
+
+
+def _checkpoint(tape, opt):
+    """What a fused chunk changes and ``_restore`` puts back: the optimizer's parameters,
+    its state, the draws' counter."""
+    starts, stops = opt.ranges()
+    rng = tape._rng
+    extra = [] if rng is None else [(int(tape._boff[rng]), int(tape._boff[rng]) + 2)]
+    ranges = list(zip(starts.tolist(), stops.tolist())) + extra
+    return ranges, [tape._val[a:b].copy() for a, b in ranges], opt.state.copy()
+
+
+def _restore(tape, opt, saved):
+    ranges, values, state = saved
+    for (a, b), v in zip(ranges, values):
+        tape._val[a:b] = v
+    opt.state[:] = state
+    tape._grad[:] = 0  # a sweep cut short leaves gradients that its rules would have cleared
+
+
 def _prepare(loss, opt, data, batch_size, steps, reduce):
     """Validate the arguments; return (steps, batch, packed data, column table, samples,
     input names in column order, forward mask)."""
@@ -388,7 +532,7 @@ def _prepare(loss, opt, data, batch_size, steps, reduce):
     tape = loss.tape
     tape._seal()
     fmask = tape._forward_mask([loss._b])
-    needed = _needed_inputs(tape, fmask)
+    needed = _cached(tape, ("needed", loss._b), fmask, lambda: _needed_inputs(tape, fmask))
     if data is not None:
         packed, cols, n, batch, names = _pack(tape, data, batch_size, needed)
         return steps, batch, packed, cols, n, names, fmask

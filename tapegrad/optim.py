@@ -28,14 +28,19 @@ SGD_KIND, ADAM_KIND, ADAMW_KIND = 0, 1, 2
 LR, B1, B2, EPS, WD, MOMENTUM, DAMPENING, NESTEROV, BIAS_CORRECTION, CENTERED = range(10)
 
 
+# Each update also returns whether every gradient it read was finite (``tg.fit``'s fused
+# steps check that way; x - x is NaN for NaN and +-Inf, 0 otherwise).
 @kernel
 def sgd_update(p, g, buf, t, lr, wd, mom, damp, nesterov):
+    bad = False
     for i in range(p.size):
+        bad |= g[i] - g[i] != 0
         d = g[i] + wd * p[i]
         if mom != 0:
             buf[i] = d if t == 1 else mom * buf[i] + (1 - damp) * d
             d = d + mom * buf[i] if nesterov else buf[i]
         p[i] -= lr * d
+    return not bad
 
 
 @kernel
@@ -43,44 +48,59 @@ def adam_update(p, g, m, v, lr, b1, b2, eps, wd, bc1, bc2_sqrt, decoupled):
     step = lr / bc1
     shrink = 1 - lr * wd if decoupled else 1.0   # AdamW: decoupled decay, before the update
     l2 = 0.0 if decoupled else wd                # Adam: L2 penalty added to the gradient
+    bad = False
     for i in range(p.size):
+        bad |= g[i] - g[i] != 0
         d = g[i] + l2 * p[i]
         m[i] = b1 * m[i] + (1 - b1) * d
         v[i] = b2 * v[i] + (1 - b2) * d * d
         p[i] = p[i] * shrink - step * (m[i] / (math.sqrt(v[i]) / bc2_sqrt + eps))
+    return not bad
 
 
 @kernel
 def centered_update(p, g, m, v, lr, b1, b2, eps, wd, bc1, bc2):
     # the seed post's AdamW: centred second moment, decay after the update
+    bad = False
     for i in range(p.size):
+        bad |= g[i] - g[i] != 0
         m[i] = b1 * m[i] + (1 - b1) * g[i]
         v[i] = b2 * v[i] + (1 - b2) * g[i] * g[i]
         mh, vh = m[i] / bc1, v[i] / bc2
         q = p[i] - lr * mh / (math.sqrt(max(vh - mh * mh, 0.0)) + eps)
         p[i] = q - lr * wd * q
+    return not bad
+
+
+@jit
+def update_range(kind, val, grad, a, b, state, j, hyper, t):
+    """One optimizer step (``t`` counts from 1) of the parameter elements ``val[a:b]``, whose
+    state is ``state[:, j:j + b - a]``. Every element's update depends only on its own
+    element, so any partition of the parameters into ranges gives the same bits: ``tg.fit``
+    updates each parameter as soon as its gradient is final (``tapegrad.fit``), ``step()``
+    all of them after the reverse sweep, both through this function. Returns whether every
+    gradient it read was finite (the update is applied either way)."""
+    lr, b1, b2, eps, wd = hyper[LR], hyper[B1], hyper[B2], hyper[EPS], hyper[WD]
+    bc1 = 1.0 - b1 ** t if hyper[BIAS_CORRECTION] != 0 else 1.0
+    bc2 = 1.0 - b2 ** t if hyper[BIAS_CORRECTION] != 0 else 1.0
+    p, g = val[a:b], grad[a:b]
+    m, v = state[0, j:j + b - a], state[1, j:j + b - a]
+    if kind == SGD_KIND:
+        return sgd_update(p, g, m, t, lr, wd, hyper[MOMENTUM], hyper[DAMPENING],
+                          hyper[NESTEROV] != 0)
+    if kind == ADAM_KIND or hyper[CENTERED] == 0:
+        return adam_update(p, g, m, v, lr, b1, b2, eps, wd, bc1, math.sqrt(bc2),
+                           kind == ADAMW_KIND)
+    return centered_update(p, g, m, v, lr, b1, b2, eps, wd, bc1, bc2)
 
 
 @jit
 def step_kernel(kind, val, grad, starts, stops, state, hyper, t):
     """One optimizer step (``t`` counts from 1) over ``val[starts[r]:stops[r]]`` for all r."""
-    lr, b1, b2, eps, wd = hyper[LR], hyper[B1], hyper[B2], hyper[EPS], hyper[WD]
-    bc1 = 1.0 - b1 ** t if hyper[BIAS_CORRECTION] != 0 else 1.0
-    bc2 = 1.0 - b2 ** t if hyper[BIAS_CORRECTION] != 0 else 1.0
     j = 0
     for r in range(starts.shape[0]):
-        a, b = starts[r], stops[r]
-        p, g = val[a:b], grad[a:b]
-        m, v = state[0, j:j + b - a], state[1, j:j + b - a]
-        if kind == SGD_KIND:
-            sgd_update(p, g, m, t, lr, wd, hyper[MOMENTUM], hyper[DAMPENING],
-                       hyper[NESTEROV] != 0)
-        elif kind == ADAM_KIND or hyper[CENTERED] == 0:
-            adam_update(p, g, m, v, lr, b1, b2, eps, wd, bc1, math.sqrt(bc2),
-                        kind == ADAMW_KIND)
-        else:
-            centered_update(p, g, m, v, lr, b1, b2, eps, wd, bc1, bc2)
-        j += b - a
+        update_range(kind, val, grad, starts[r], stops[r], state, j, hyper, t)
+        j += stops[r] - starts[r]
 
 
 _HYPER_NAMES = ("lr", "betas[0]", "betas[1]", "eps", "weight_decay", "momentum", "dampening",
