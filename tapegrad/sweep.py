@@ -1,8 +1,8 @@
 """The compiled interpreters: a forward sweep (instructions 0..n), a reverse sweep (n..0), the
 tangent sweep (``tapegrad.tangent``), the checks (``tapegrad.validate``) and ``tg.fit``'s step
-loop, each a loop with one branch per opcode that calls the op's inlined
-kernel (``tapegrad.ops.*``: ``<op>_fwd`` / ``<op>_bwd``) with the arenas and the buffers'
-offsets. Offsets go to the kernels as np.uint64 (vectorisable loops) and attributes as int64;
+loop, each a loop with one branch per opcode that calls the op's kernel
+(``tapegrad.ops.*``: ``<op>_fwd`` / ``<op>_bwd``; a cached non-inlined twin of it, see
+``called``) with the arenas and the buffers' offsets. Offsets go to the kernels as np.uint64 (vectorisable loops) and attributes as int64;
 no array views are made per instruction (each would cost reference counting), except for
 matrix products.
 
