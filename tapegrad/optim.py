@@ -97,7 +97,7 @@ def update_range(kind, val, grad, a, b, state, j, hyper, t):
 @jit
 def step_kernel(kind, val, grad, starts, stops, state, hyper, t):
     """One optimizer step (``t`` counts from 1) over ``val[starts[r]:stops[r]]`` for all r."""
-    j = 0
+    j = np.int64(0)  # (a literal 0 compiled update_range a second time, for Literal[int](0))
     for r in range(starts.shape[0]):
         update_range(kind, val, grad, starts[r], stops[r], state, j, hyper, t)
         j += stops[r] - starts[r]
