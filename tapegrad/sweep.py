@@ -501,9 +501,10 @@ def source(ops):
 # dtype and shared by every interpreter -- and keep inline code only for the size-1 scalar
 # rows, which are plain text. A call costs tens of ns with its reference counting: nothing
 # beside an array kernel's work.
-# tiny helpers that stay inline: the tangent sweep's per-instruction offsets, and what the
-# scalar rows call (SOFTMAX's one-row rows; ``one_like``)
-INLINED = {"_offset", "_dot_run", "_max_run", "_sum_run", "exp64", "one_like"}
+# tiny helpers that stay inline: the tangent sweep's per-instruction offsets, the checks'
+# ``_prod`` (called with literal arguments), and what the scalar rows call (SOFTMAX's
+# one-row rows; ``one_like``)
+INLINED = {"_offset", "_prod", "_dot_run", "_max_run", "_sum_run", "exp64", "one_like"}
 _twins = {}
 
 
