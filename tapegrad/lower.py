@@ -15,6 +15,11 @@ is sealed (``Tape._seal``, after the tape arrays are validated; ``Tape.load`` li
     low[k, CLEAR]  1: the reverse sweep zeroes the output's gradient once the rule has read
                    it (a slot shared by arena planning, ``tapegrad.plan``), else 0
 
+A scalar SLICE or PLACE whose element is the other buffer's own slot -- a copy onto itself,
+as ``tape.optimize()`` makes them by moving a scalar into the vector element it is copied
+to or from (``optimize._alias_copies``) -- is lowered to ``SKIP`` with ``N`` 0: neither
+sweep runs it (its reverse rule would add the element's gradient to itself).
+
 so the sweeps (``tapegrad.sweep``) read an instruction's offsets from one row instead of
 going through the buffer table, and read ``instr`` only for the attributes of the branches
 that use them. The forward and reverse sweeps of ``tg.fit``, ``tape.forward`` and
@@ -47,6 +52,7 @@ from .opcodes import A0, OP, OUT, X, Y, Z
 CODE, ANS, N, LX, LY, LZ, NX, CLEAR = range(8)
 LOW_WIDTH = 8
 SCALAR = 1 << 16  # low[k, CODE] of an instruction that runs its scalar row
+SKIP = 1 << 17    # low[k, CODE] of a copy onto itself: nothing to run
 
 # how a size-1 instruction of an op with a scalar row finds its element (sweep.SCALAR_KIND)
 NONE, ELEMENTWISE, IN_ELEMENT, OUT_ELEMENT, ONE_ROW = 0, 1, 2, 3, 4
@@ -72,10 +78,14 @@ def lower_into(instr, boff, bsize, kind, low):
         elif kd == IN_ELEMENT and n == 1:  # (A, count, B) = (1, 1, 1): row `start` of x
             code += SCALAR
             x += np.int64(instr[k, A0 + 3]) * np.int64(instr[k, A0 + 2])
+            if x == ans:
+                code, n = np.int64(SKIP), 0
         elif kd == OUT_ELEMENT and nx == 1:  # x is (1, 1, 1): written at row `start`
             code += SCALAR
             ans += np.int64(instr[k, A0 + 3]) * np.int64(instr[k, A0 + 2])
             n = 1
+            if x == ans:
+                code, n = np.int64(SKIP), 0
         elif kd == ONE_ROW and instr[k, A0] == 1 and instr[k, A0 + 2] == 1:  # (1, n, 1)
             code += SCALAR
         low[k, CODE], low[k, ANS], low[k, N] = code, ans, n

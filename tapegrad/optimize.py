@@ -15,7 +15,21 @@ Passes, over the flat arrays (``instr``, ``imm``, ``src``), in this order:
   SOFTPLUS computes the chain's numbers bit for bit;
 * **sums**: ``(a + b) + c`` -- an ADD of an ADD whose output is read only there and held by no
   live Var -- becomes one ADD3 (same numbers), so a chain of n ADDs takes about n / 2
-  instructions.
+  instructions;
+* **scalar copies in place** (``_alias_copies``): a one-element PLACE (``tg.stack`` of
+  scalars) or SLICE (``s[i]`` of such a vector) copies one element between two slots of the
+  arena. Where nothing can tell the two slots apart, the scalar buffer is moved *into* the
+  element (its offset becomes the element's): its writer writes the element directly, its
+  readers read it, and the copy becomes a copy onto itself, which the lowered stream skips
+  (``lower.SKIP``) in both sweeps. ``softmax(stack([a, b, c, d]))[i]``: 9 instructions
+  replayed -> 1. Conditions (so that every value and gradient is the same, bit for bit): the
+  scalar is a temporary root without views, written once, held by no live Var; a PLACE's
+  vector is written only by one-element PLACEs of distinct elements and read by exactly one
+  later instruction, with no reader of the scalar between the PLACE and it; a SLICE's vector
+  is written once (not by PLACE) and read only by one-element SLICEs of distinct elements.
+  Not on a planned tape (``tapegrad.plan`` shares slots by live interval; an aliased tape is
+  not planned). ``tape.save`` writes the dense layout; recording a new parameter, input or
+  constant lays the tape out densely again.
 
 "Live" Vars are the ``Var`` objects of this tape that exist when ``optimize`` runs (found
 through the garbage collector, so recording pays nothing for it); a Var dropped before
@@ -31,7 +45,7 @@ import gc
 import numpy as np
 
 from . import plan as _plan
-from .opcodes import N_IN, OP, OUT, X, Op
+from .opcodes import A0, N_IN, OP, OUT, X, Op
 from .var import Var
 
 # instructions with an effect besides their output (never dropped as dead)
@@ -175,9 +189,96 @@ def _fuse_sums(tape, instr, keep, live):
     return fused
 
 
+def _readers(tape, instr, nb):
+    """Per root buffer the rows reading it, one entry per input slot: ``(rows, start)`` with
+    the readers of root r in ``rows[start[r]:start[r + 1]]``, ascending."""
+    base, ops = tape._base, instr[:, OP]
+    bufs, rows = [], []
+    for j in range(3):
+        has = np.flatnonzero(N_IN[ops] > j)
+        bufs.append(base[instr[has, X + j]])
+        rows.append(has)
+    bufs, rows = np.concatenate(bufs), np.concatenate(rows)
+    order = np.lexsort((rows, bufs))
+    start = np.searchsorted(bufs[order], np.arange(nb + 1))
+    return rows[order], start
+
+
+def _alias_copies(tape, live):
+    """Moves scalar buffers into the vector elements that one-element PLACEs and SLICEs copy
+    them to or from (module docstring); returns how many. The tape is sealed, dense, not
+    planned; ``live``: ``_live_roots``."""
+    from .tape import TEMP
+    instr, nb = tape._instr, tape._nbuf
+    if not instr.shape[0] or nb == 0:
+        return 0
+    base, boff, bsize = tape._base[:nb], tape._boff, tape._bsize
+    kind = np.frombuffer(bytes(tape._kind), np.int8)[:nb]
+    ops, outs = instr[:, OP], base[instr[:, OUT]]
+    ident = base == np.arange(nb)
+    views = np.bincount(base, minlength=nb)
+    writers = np.bincount(outs, minlength=nb)
+    writer = np.full(nb, -1, np.int64)
+    writer[outs] = np.arange(instr.shape[0])
+    rows, start = _readers(tape, instr, nb)
+
+    def movable(b):  # a scalar temporary nothing else can observe
+        return (ident[b] and views[b] == 1 and bsize[b] == 1 and kind[b] == TEMP
+                and not live[b] and writers[b] == 1 and not moved[b])
+
+    def element(k):  # arena offset of the element a scalar PLACE / SLICE copies
+        return np.int64(instr[k, A0 + 3]) * np.int64(instr[k, A0 + 2])
+
+    moved = np.zeros(nb, bool)
+    new_off = {}
+    # SLICE: s[i] of a vector written once and read only by scalar SLICEs, one per element
+    slices = np.flatnonzero((ops == Op.SLICE) & (bsize[instr[:, OUT]] == 1))
+    for v in np.unique(base[instr[slices, X]]):
+        rd = rows[start[v]:start[v + 1]]
+        if (live[v] or not ident[v] or writers[v] != 1 or ops[writer[v]] == Op.PLACE
+                or not np.all(ops[rd] == Op.SLICE) or not np.all(bsize[instr[rd, OUT]] == 1)):
+            continue
+        el = [element(k) for k in rd]
+        if len(set(el)) != len(el) or not all(movable(outs[k]) for k in rd):
+            continue
+        for k, e in zip(rd, el):
+            c = outs[k]
+            moved[c] = True
+            new_off[c] = boff[instr[k, X]] + e
+    # PLACE: stack([a, b, ...]) of scalars into a vector read once, after its last PLACE
+    places = np.flatnonzero((ops == Op.PLACE) & (bsize[instr[:, X]] == 1))
+    for v in np.unique(outs[places]):
+        wr = np.flatnonzero(outs == v)
+        rd = rows[start[v]:start[v + 1]]
+        if (live[v] or not ident[v] or rd.size != 1 or rd[0] < wr[-1]
+                or not np.all(ops[wr] == Op.PLACE) or not np.all(bsize[instr[wr, X]] == 1)):
+            continue
+        el = [element(k) for k in wr]
+        if len(set(el)) != len(el):
+            continue
+        r = rd[0]
+        for k, e in zip(wr, el):
+            b = instr[k, X]
+            if not movable(b) or writer[b] > k:
+                continue
+            between = rows[start[b]:start[b + 1]]
+            if np.any((between > k) & (between < r)):
+                continue
+            moved[b] = True
+            new_off[b] = boff[v] + e
+    if not new_off:
+        return 0
+    bufs = np.fromiter(new_off, np.int64, len(new_off))
+    old = tape._copy_alias
+    tape._copy_alias = np.concatenate([old[0], bufs]), np.concatenate([old[1], boff[bufs]])
+    tape._boff = boff.copy()
+    tape._boff[bufs] = np.fromiter(new_off.values(), np.int64, len(new_off))
+    return len(new_off)
+
+
 def optimize(tape):
     """See the module docstring; returns ``{"before": n, "after": m, "merged": c,
-    "fused": f, "dead": d}`` (instruction counts: common subexpressions merged, chains fused,
+    "fused": f, "dead": d, "aliased": a}`` (instruction counts: common subexpressions merged, chains fused,
     dead instructions dropped)."""
     with tape.lock:
         hold, tape.planning = tape.planning, "off"  # (planned only after the rewrite)
@@ -208,7 +309,14 @@ def optimize(tape):
         elif planned or _plan.enabled(tape):  # lowered again (and planned) in the layout
             tape._dirty()
             tape._seal()
-        info = {"before": int(n), "after": m, "merged": merged, "fused": fused, "dead": dead}
+        aliased = 0
+        if tape._plan is None:
+            aliased = _alias_copies(tape, live)
+            if aliased:
+                tape._dirty()
+                tape._seal()
+        info = {"before": int(n), "after": m, "merged": merged, "fused": fused, "dead": dead,
+                "aliased": aliased}
         prior = getattr(tape, "_optimized", None)
         tape._optimized = {**info, "before": prior["before"] if prior else int(n)}
         return info

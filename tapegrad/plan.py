@@ -291,7 +291,7 @@ def plan(tape, base, src=None):
     ones -- ``Tape._relayout`` leaves the values where they were until one is chosen).
     Returns the clear flags per instruction (uint8) or None when the tape stays dense."""
     mode = enabled(tape)
-    if mode is None or tape._n == 0:
+    if mode is None or tape._n == 0 or tape._copy_alias[0].size:  # (aliased: optimize.py)
         return None
     dense_bytes = tape._used * tape.dtype.itemsize
     if mode == "auto" and dense_bytes < MIN_BYTES:
@@ -451,7 +451,13 @@ def dense_arrays(tape):
     nb = tape._nbuf
     p = tape._plan
     if p is None:
-        return tape._boff[:nb], tape._val[:max(tape._used, 1)]
+        moved, dense = tape._copy_alias  # scalars optimize() moved into vector elements
+        if not moved.size:
+            return tape._boff[:nb], tape._val[:max(tape._used, 1)]
+        boff, val = tape._boff[:nb].copy(), tape._val[:max(tape._used, 1)].copy()
+        val[dense] = val[boff[moved]]
+        boff[moved] = dense
+        return boff, val
     val = np.zeros(max(p.dense_used, 1), tape.dtype)
     excl = np.flatnonzero((tape._base[:nb] == np.arange(nb)) & (p.shared[:nb] == 0))
     copy_runs(tape._val, tape._boff[excl], val, p.dense_off[excl], tape._bsize[excl])

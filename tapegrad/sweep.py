@@ -77,7 +77,7 @@ from .ops.gather import gather_bwd, gather_fwd, scatter_add_bwd, scatter_add_fwd
 from .ops.loss import cross_entropy_bwd, cross_entropy_fwd, onehot_fwd
 from .ops.random import rand_fwd, tick_fwd
 from .ops._vmath import vexp, vlog, vsigmoid, vtanh
-from .ops.reduce import _dot_run, _max_run, _sum_run, exp64  # SOFTMAX's one-row rows
+from .ops.reduce import _dot_run, _max_run, _sum_run, exp_for  # SOFTMAX's one-row rows
 from .ops.reduce import (log_softmax_bwd, log_softmax_fwd, logsumexp_bwd, logsumexp_fwd,
                          max_bwd, max_fwd, softmax_bwd, softmax_fwd, sum_bwd, sum_fwd)
 from .ops.shape import (expand_bwd, expand_fwd, place_bwd, place_fwd, slice_bwd, slice_fwd,
@@ -338,7 +338,7 @@ SCALAR_REVERSE[Op.SLICE] = SCALAR_REVERSE[Op.PLACE] = "grad[x] += grad[ans]"
 SCALAR_FORWARD[Op.SOFTMAX] = """
         _s_m = _max_run(val, x, n)
         for _s_j in range(n):
-            val[ans + _s_j] = exp64(np.float64(val[x + _s_j]) - _s_m)
+            val[ans + _s_j] = exp_for(val, np.float64(val[x + _s_j]) - _s_m)
         _s_s = _sum_run(val, ans, n)
         for _s_j in range(n):
             val[ans + _s_j] /= _s_s"""
@@ -431,6 +431,8 @@ def _lowered_branches(table, scalar, ops, plain=None):
     ops = sorted(o for o in ops if o >= 0)
     out = [] if ops else ["        if code < 0:  # no opcodes: any instruction is unknown\n"
                           "            pass"]
+    if Op.PLACE in ops or Op.SLICE in ops:  # a copy onto itself (tape.optimize())
+        out.append(f"        if code == {_lower.SKIP}:  # SKIP\n            pass")
     for op in ops:
         rows = [(op, (plain or {}).get(op, table[op]), "")]
         if SCALAR_KIND[op] != _lower.NONE:
@@ -504,7 +506,8 @@ def source(ops):
 # tiny helpers that stay inline: the tangent sweep's per-instruction offsets, the checks'
 # ``_prod`` (called with literal arguments), and what the scalar rows call (SOFTMAX's
 # one-row rows; ``one_like``)
-INLINED = {"_offset", "_prod", "_dot_run", "_max_run", "_sum_run", "exp64", "one_like"}
+INLINED = {"_offset", "_prod", "_dot_run", "_max_run", "_sum_run", "exp64", "exp_for",
+           "one_like"}
 _twins = {}
 
 

@@ -193,6 +193,8 @@ class Tape:
     _last_kind = PARAM        # layout needs no reordering when sealed
     _sealed = False
     _low = None               # sealed: the lowered stream the sweeps run (tapegrad.lower)
+    _copy_alias = (_EMPTY_I64, _EMPTY_I64)  # scalars moved into vector elements by
+                              # optimize() (tapegrad.optimize._alias_copies): (buffers, dense offsets)
     _base = None              # sealed: int64 array, buffer -> root buffer
     _layout = 0               # counts seals: arena offsets change only then
     _n_params = 0             # P: elements in the parameter prefix (when sealed)
@@ -652,6 +654,7 @@ class Tape:
         new_off[order] = root_off
         old = self._boff
         self._boff = new_off[base]
+        self._copy_alias = (_EMPTY_I64, _EMPTY_I64)  # (dense again: each value moves out)
         self._in_order = True
         self._last_kind = TEMP
         if move:

@@ -32,6 +32,7 @@ from ._precision import is_f32
 from ._record import norm_axes, prod, reshape_var, runs, vars_of
 from ._vjp import expand_mid, view3, vjp
 from ._vmath import _exp64 as exp64
+from ._vmath import _exp64_short
 from .elementwise import exp, lt, mul
 
 
@@ -432,6 +433,14 @@ def softmax(x, axis=-1):
 
 # ans = exp(x - m) / sum_j exp(x - m);  gx += ans * (g - sum_j g * ans)
 @kernel
+def exp_for(v, d):
+    """exp(d) (a float64) for an element of arena ``v``: to float64 accuracy, or on a float32
+    arena to the ~1e-11 a float32 result needs (``_exp64_short``: the softmax's exps are
+    rounded to the arena's dtype as they are stored)."""
+    return _exp64_short(d) if is_f32(v) else exp64(d)
+
+
+@kernel
 def softmax_fwd(v, x, ans, A, n, B):
     _softmax_fwd(v, x, ans, A, n, B)
 
@@ -444,7 +453,7 @@ def _softmax_fwd(v, x, ans, A, n, B):
             row, out = x + a * un, ans + a * un
             m = _max_run(v, row, n)
             for j in range(un):
-                v[out + j] = exp64(np.float64(v[row + j]) - m)
+                v[out + j] = exp_for(v, np.float64(v[row + j]) - m)
             s = _sum_run(v, out, n)
             for j in range(un):
                 v[out + j] /= s
@@ -458,7 +467,7 @@ def _softmax_fwd(v, x, ans, A, n, B):
         for j in range(n):
             src, dst = _at(x, a, n, B, j, 0), _at(ans, a, n, B, j, 0)
             for b in range(uB):
-                e = exp64(np.float64(v[src + b]) - mx[b])
+                e = exp_for(v, np.float64(v[src + b]) - mx[b])
                 v[dst + b] = e
                 s[b] += e
         for j in range(n):
