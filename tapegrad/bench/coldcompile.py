@@ -33,8 +33,15 @@ with event.install_recorder("numba:compile") as rec:
     tape.forward()
     loss.backward()
 total = time.perf_counter() - t0
+tier = getattr(tape._interp, "forward", None)
+tier = "Python tier" if getattr(tier, "tier", None) else "compiled"
+if hasattr(tape._interp, "settle"):  # the Python tier's workers: until their code is in
+    t = time.perf_counter()
+    tape._interp.settle(); tape.forward(); loss.backward()
+    print(f"  first gradient from the {tier}; compiled sweeps in use "
+          f"{time.perf_counter() - t0:.1f} s after start")
 if ALL:
-    stages = [("first float64 gradient", total)]
+    stages = [(f"first float64 gradient ({tier})", total)]
     def stage(name, fn):
         t = time.perf_counter()
         fn()
