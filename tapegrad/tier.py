@@ -25,7 +25,6 @@ it to the compiled results over the op-spec table, forward and reverse, both dty
 without compile workers (``TAPEGRAD_COMPILE_WORKERS=0``, numba's JIT off, no disk cache) it
 is off too, since nothing would compile in the background.
 """
-import atexit
 import ctypes
 import ctypes.util
 import math
@@ -319,14 +318,8 @@ def cost(name, args):
 
 
 # ------------------------------------------------------------------ the stand-in
-_procs = []
-
-
-def _stop():
-    for p in _procs:
-        if p.poll() is None:
-            p.kill()
-            p.wait()
+_procs = []  # (a worker still compiling when this process exits finishes on its own, niced:
+#               the next process then finds the code in the cache instead of starting over)
 
 
 def _start(mod, names, dtype):
@@ -343,8 +336,6 @@ def _start(mod, names, dtype):
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     except OSError:
         return None
-    if not _procs:
-        atexit.register(_stop)
     _procs.append(p)
     return p
 
