@@ -375,6 +375,10 @@ class Tiered:
         from ._jit import announce_compile
         p = self._workers.get(name)
         if p is not None and p.poll() is None:
+            try:  # this process now waits for it: its priority back (where permitted)
+                os.setpriority(os.PRIO_PROCESS, p.pid, 0)
+            except (AttributeError, OSError):
+                pass
             p.wait()
         d = getattr(self._mod, name)
         announce_compile(d)
