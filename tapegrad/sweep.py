@@ -639,20 +639,25 @@ def _import(path):
 
 
 def _ready(dispatcher, dtype):
-    """Whether ``dispatcher`` runs float ``dtype`` arenas without compiling: compiled in this
-    process, or in numba's disk cache (read from disk until it is; then remembered)."""
-    want = f"array({np.dtype(dtype).name}, 1d, C)"
-    if (dispatcher, want) in _ready_seen:
+    """Whether ``dispatcher`` (a generated function) runs float ``dtype`` arenas without
+    compiling: compiled in this process, or in numba's disk cache (read from disk until it
+    is; then remembered). Its signature must be ``call_types`` of its name."""
+    key = (dispatcher, np.dtype(dtype).char)
+    if key in _ready_seen:
         return True
-    ready = any(str(sig[4]) == want for sig in getattr(dispatcher, "signatures", ()))
+    try:
+        want = call_types(dispatcher.py_func.__name__, dtype)
+    except (AttributeError, KeyError):
+        return False
+    ready = any(tuple(sig) == want for sig in getattr(dispatcher, "signatures", ()))
     if not ready:
         try:
             index = dispatcher._cache._cache_file._load_index()
-            ready = any(str(key[0][4]) == want for key in index)
+            ready = any(tuple(k[0]) == want for k in index)
         except Exception:  # no cache (NUMBA_DISABLE_JIT, unwritable) or numba's internals
             ready = False
     if ready:
-        _ready_seen.add((dispatcher, want))
+        _ready_seen.add(key)
     return ready
 
 
@@ -675,10 +680,27 @@ def for_ops(ops, dtype):
 def _choose(ops, dtype):
     full = interpreter(ALL_OPS)
     if ops == ALL_OPS or ops in _modules:
-        return _modules.get(ops, full)
+        return _tiered(_modules.get(ops, full), dtype)
     if _ready(full.forward, dtype) or len(_modules) > MAX_SPECIALISED:
-        return full
-    return interpreter(ops)
+        return _tiered(full, dtype)
+    return _tiered(interpreter(ops), dtype)
+
+
+def _tiered(mod, dtype):
+    """``mod``, or while its sweeps are neither compiled nor cached (and the Python tier is
+    on), a ``tier.Tiered`` stand-in running them as Python while workers compile them."""
+    from . import tier
+    if not tier.enabled() or all(_ready(getattr(mod, n), dtype)
+                                 for n in ("forward", "reverse", "check_instructions")):
+        return mod
+    if getattr(getattr(mod.forward, "_cache", None), "_cache_file", None) is None:
+        return mod  # no disk cache (or no JIT): nothing for a worker to hand over
+    want = os.environ.get("TAPEGRAD_COMPILE_WORKERS", "").strip()
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cpus = os.cpu_count() or 1
+    return tier.Tiered(mod, dtype, int(want) if want.isdigit() else min(2, cpus))
 
 
 
@@ -710,7 +732,8 @@ def call_types(name, dtype):
                                      arr(np.int64, 2), arr(np.uint8), arr(dtype))
     return {"forward": (instr, imm, low, v, mask, types.int64),
             "reverse": (instr, imm, low, v, v, mask, types.int64),
-            "check_instructions": (instr, idx, idx)}[name]
+            "check_instructions": (instr, idx, idx),
+            "tangent": (instr, imm, idx, idx, v, v, types.int64, mask)}[name]
 
 
 def _worker_budget():
@@ -750,5 +773,13 @@ def compile_ahead(mod, dtype):
 
 def _worker():
     """A compile worker's body: ``python -c ... MODULE_PATH NAME DTYPE``."""
-    path, name, dtype = sys.argv[1:4]
-    getattr(_import(path), name).compile(call_types(name, np.dtype(dtype)))
+    path, names, dtype = sys.argv[1:4]
+    nice = os.environ.get("TAPEGRAD_WORKER_NICE", "")
+    if nice.isdigit() and hasattr(os, "nice"):
+        try:
+            os.nice(int(nice))
+        except OSError:
+            pass
+    mod = _import(path)
+    for name in names.split(","):  # (several: one after the other)
+        getattr(mod, name).compile(call_types(name, np.dtype(dtype)))
