@@ -13,6 +13,12 @@ The recorded tapes are kept in a least-recently-used cache of ``cache_size`` ent
 wrapped function (default ``CACHE_SIZE`` = 64, read when the function is wrapped): a caller
 that sees many shapes re-records the oldest instead of holding every tape forever.
 ``wrapped.cache_info()`` reports hits, misses, the bound and the current size.
+
+A tape replayed a second time is optimized (``tape.optimize()``: dead code, common
+subexpressions, fused chains, scalar copies in place) before its third replay -- safe here, as
+the tape is this module's own: no Var of it is held but its inputs and output (and whatever
+``f`` kept, which the optimizer sees and leaves alone). ``OPTIMIZE_AFTER`` (default 2) sets
+after how many replays; 0 turns it off.
 """
 import collections
 import numbers
@@ -26,6 +32,7 @@ from .var import Var
 
 
 CACHE_SIZE = 64
+OPTIMIZE_AFTER = 2   # replays of a cached tape before tape.optimize() runs on it (0: never)
 
 CacheInfo = collections.namedtuple("CacheInfo", "hits misses maxsize currsize")
 
@@ -91,6 +98,7 @@ def value_and_grad(f, argnums=0, cache_size=None):
         if entry is not None:
             cache.move_to_end(key)
             with entry[0].lock:  # another thread may be replaying the same entry
+                _maybe_optimize(entry[0])
                 try:
                     entry[0].forward(**feeds)
                 except BranchChanged:
@@ -137,6 +145,14 @@ def grad(f, argnums=0, cache_size=None):
 
     wrapped.cache_info, wrapped.cache_clear = vg.cache_info, vg.cache_clear
     return wrapped
+
+
+def _maybe_optimize(tape):
+    """Count a replay of a cached tape; optimize it once it has had ``OPTIMIZE_AFTER``."""
+    n = tape.__dict__.get("_replays", 0) + 1
+    tape._replays = n
+    if OPTIMIZE_AFTER and n == OPTIMIZE_AFTER + 1:
+        tape.optimize()
 
 
 def _results(entry, nums, single):

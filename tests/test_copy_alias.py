@@ -189,3 +189,30 @@ def test_fit_on_an_aliased_tape_is_the_unaliased_fit(opt, monkeypatch):
     assert np.array_equal(np.asarray(ha), np.asarray(hb))
     assert np.array_equal(np.array([float(p.value) for p in la]),
                           np.array([float(p.value) for p in lb]))
+
+
+def test_tg_grad_optimizes_its_own_tape_after_two_replays(monkeypatch):
+    calls = []
+    real = tg.Tape.optimize
+    monkeypatch.setattr(tg.Tape, "optimize", lambda self: calls.append(1) or real(self))
+
+    def f(v):
+        xs = [tg.log(1.0 + tg.exp(v[i])) for i in range(4)]
+        s = tg.softmax(tg.stack(xs))
+        return s[0] * 2.0 + s[3] * s[1]
+
+    df = tg.value_and_grad(f)
+    rng = np.random.default_rng(6)
+    for k in range(5):
+        v = rng.normal(size=4)
+        val, g = df(v)
+        assert len(calls) == (1 if k >= 3 else 0)     # recorded, replayed twice, then optimized
+        h, fd = 1e-6, np.empty(4)
+        sp = lambda u: np.logaddexp(0, u)
+        ref = lambda u: (lambda p: p[0] * 2 + p[3] * p[1])(_softmax_np(sp(u)))
+        for i in range(4):
+            e = np.zeros(4)
+            e[i] = h
+            fd[i] = (ref(v + e) - ref(v - e)) / (2 * h)
+        np.testing.assert_allclose(val, ref(v), rtol=1e-14)
+        np.testing.assert_allclose(g, fd, rtol=1e-6, atol=1e-9)
