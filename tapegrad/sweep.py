@@ -38,6 +38,7 @@ import hashlib
 import importlib
 import importlib.util
 import inspect
+import json
 import math
 import os
 import re
@@ -324,12 +325,75 @@ def scalar_vsigmoid(x):
     return vsigmoid(x)
 
 
-for _table, _scalar in ((FORWARD, SCALAR_FORWARD), (REVERSE, SCALAR_REVERSE)):
-    for _op, _row in _table.items():
-        _derived = _lower.scalar_row(_row, globals())
-        if _derived is not None and all(globals().setdefault(k, v) is v
-                                        for k, v in _derived[1].items()):
-            _scalar[_op] = _CALLED.sub(r"scalar_\1(", _derived[0])
+_HERE = os.path.dirname(os.path.abspath(__file__))
+SOURCES = sorted(glob.glob(os.path.join(_HERE, "ops", "*.py"))) + [
+    os.path.join(_HERE, f) for f in ("sweep.py", "_jit.py", "opcodes.py", "fit.py", "optim.py",
+                                     "tangent.py", "validate.py", "lower.py")]
+_digest_value = None
+
+
+def _digest():
+    """sha256 of every file whose code the interpreters compile (inlined kernels, called
+    functions, the loop templates), read once per process."""
+    global _digest_value
+    if _digest_value is None:
+        h = hashlib.sha256()
+        for f in sorted(SOURCES):
+            with open(f, "rb") as fh:
+                h.update(fh.read())
+        _digest_value = h.hexdigest()[:16]
+    return _digest_value
+
+
+def _derive_scalar_rows():
+    """Fill ``SCALAR_FORWARD`` / ``SCALAR_REVERSE`` with the rows ``lower.scalar_row`` derives
+    from the kernels' sources, binding the globals they name into this module. Parsing ~130
+    kernels costs a tenth of a second per import, so the result is kept in a file named by
+    ``_digest()`` (every source it comes from) beside the generated modules, and read back."""
+    path = os.path.join(generated_dir(), f"scalar_rows-{_digest()}.json")
+    try:
+        with open(path) as fh:
+            kept = json.load(fh)
+        rows = []
+        for which, op, text, names in kept:
+            objs = {k: getattr(sys.modules[m], k) for k, m in names.items()}
+            rows.append((which, int(op), text, objs))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        rows = []
+        for which, table in (("forward", FORWARD), ("reverse", REVERSE)):
+            for op, row in table.items():
+                derived = _lower.scalar_row(row, globals())
+                if derived is not None:
+                    rows.append((which, int(op), derived[0], derived[1]))
+        try:  # the module each name comes from, to find the same object again
+            kept = [(w, op, t, {k: _home(k, v) for k, v in objs.items()})
+                    for w, op, t, objs in rows]
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            tmp = f"{path}.{os.getpid()}.tmp"
+            with open(tmp, "w") as fh:
+                json.dump(kept, fh)
+            os.replace(tmp, path)
+        except (OSError, LookupError):
+            pass  # read-only or unusual: derived again next time
+    g = globals()
+    for which, op, text, objs in rows:
+        if all(g.setdefault(k, v) is v for k, v in objs.items()):
+            (SCALAR_FORWARD if which == "forward" else SCALAR_REVERSE)[Op(op)] = \
+                _CALLED.sub(r"scalar_\1(", text)
+
+
+def _home(name, obj):
+    """The module whose attribute ``name`` is ``obj`` (LookupError when none is loaded)."""
+    m = getattr(obj, "__module__", None)
+    if m and getattr(sys.modules.get(m), name, None) is obj:
+        return m
+    for m, mod in list(sys.modules.items()):
+        if m.startswith("tapegrad") and getattr(mod, name, None) is obj:
+            return m
+    raise LookupError(name)
+
+
+_derive_scalar_rows()
 SCALAR_FORWARD[Op.SLICE] = SCALAR_FORWARD[Op.PLACE] = "val[ans] = val[x]"
 SCALAR_REVERSE[Op.SLICE] = SCALAR_REVERSE[Op.PLACE] = "grad[x] += grad[ans]"
 # SOFTMAX of one contiguous row (A = B = 1: a softmax of a few stacked scalars): the
@@ -527,24 +591,6 @@ def called(kernels):
     return out
 
 
-_HERE = os.path.dirname(os.path.abspath(__file__))
-SOURCES = sorted(glob.glob(os.path.join(_HERE, "ops", "*.py"))) + [
-    os.path.join(_HERE, f) for f in ("sweep.py", "_jit.py", "opcodes.py", "fit.py", "optim.py",
-                                     "tangent.py", "validate.py", "lower.py")]
-_digest_value = None
-
-
-def _digest():
-    """sha256 of every file whose code the interpreters compile (inlined kernels, called
-    functions, the loop templates), read once per process."""
-    global _digest_value
-    if _digest_value is None:
-        h = hashlib.sha256()
-        for f in sorted(SOURCES):
-            with open(f, "rb") as fh:
-                h.update(fh.read())
-        _digest_value = h.hexdigest()[:16]
-    return _digest_value
 
 
 _modules = {}            # frozenset of opcodes -> generated module

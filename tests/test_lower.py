@@ -93,3 +93,31 @@ def test_lowered_offsets_are_the_buffer_tables():
     assert np.isclose(loss.value, e[1] / e.sum())
     p = e / e.sum()  # a[1, 2] enters s[0] (times b[2] = 1) and s[2]
     assert np.isclose(a.grad[1, 2], -p[1] * p[0] - p[1] * p[2])
+
+
+def test_scalar_rows_read_back_from_their_file_are_the_derived_ones(tmp_path, monkeypatch):
+    # sweep keeps the derived rows in a file named by the sources' digest (import time);
+    # a fresh derivation and the file's rows must give the same tables
+    import tapegrad.sweep as sw
+    monkeypatch.setattr(sw, "generated_dir", lambda: str(tmp_path))
+    before = dict(sw.SCALAR_FORWARD), dict(sw.SCALAR_REVERSE)
+    derived = {}
+    for which, table in (("forward", sw.FORWARD), ("reverse", sw.REVERSE)):
+        for op, row in table.items():
+            d = lower.scalar_row(row, vars(sw))
+            if d is not None:
+                derived[which, op] = sw._CALLED.sub(r"scalar_\1(", d[0])
+    try:
+        for _ in range(2):  # derives and writes the file, then reads it back
+            sw.SCALAR_FORWARD.clear()
+            sw.SCALAR_REVERSE.clear()
+            sw._derive_scalar_rows()
+            got = {("forward", k): v for k, v in sw.SCALAR_FORWARD.items()}
+            got.update({("reverse", k): v for k, v in sw.SCALAR_REVERSE.items()})
+            assert got == derived and len(derived) > 50
+        assert len(list(tmp_path.glob("scalar_rows-*.json"))) == 1
+    finally:
+        sw.SCALAR_FORWARD.clear()
+        sw.SCALAR_REVERSE.clear()
+        sw.SCALAR_FORWARD.update(before[0])
+        sw.SCALAR_REVERSE.update(before[1])
