@@ -37,8 +37,10 @@ through the garbage collector, so recording pays nothing for it); a Var dropped 
 removed if it is rebuilt (``tape.replica()[v]`` excepted: replicas keep their own copy of the
 instructions). Buffers keep their offsets: the arenas are unchanged.
 
-The tape is re-sealed afterwards (validated and lowered again). Not on by default: whether a
-Var is still held is only known by scanning the heap, which ``optimize()`` does once.
+The tape is re-sealed afterwards (validated and lowered again). Not on by default for a
+user's tape: whether a Var is still held is only known by scanning the heap, which
+``optimize()`` does once. ``tg.grad`` / ``tg.value_and_grad`` run it on their own cached tapes
+(``tapegrad.functional``), where nothing but the inputs and the output is held.
 """
 import gc
 
