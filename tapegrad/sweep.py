@@ -153,8 +153,8 @@ FORWARD = {
         if not onehot_fwd(val, x, ans, a0, a1):
             return BAD_LABEL, k""",
     Op.TICK: "tick_fwd(val, x)",
-    Op.RAND: "rand_fwd(val, x, ans, n, a0, a1, a2, False)",
-    Op.RANDN: "rand_fwd(val, x, ans, n, a0, a1, a2, True)",
+    Op.RAND: "rand_fwd(val, x, ans, n, a0, a1, a2, np.int64(0))",
+    Op.RANDN: "rand_fwd(val, x, ans, n, a0, a1, a2, np.int64(1))",
     Op.GUARD: """
         if (val[x] != 0) != (a0 != 0):
             return GUARD_FLIPPED, k
