@@ -47,6 +47,11 @@ os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false "
                                    "intra_op_parallelism_threads=1")
 for _v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_v, "1")
+# benchmarks time compiled code: with the Python tier on (tapegrad/tier.py) a cold module's
+# first rounds would time Python while workers compile. coldcompile measures the tier: it
+# passes the user's setting (USER_TIER) on to its child.
+USER_TIER = os.environ.get("TAPEGRAD_TIER")
+os.environ.setdefault("TAPEGRAD_TIER", "off")
 
 import numpy as np  # noqa: E402
 

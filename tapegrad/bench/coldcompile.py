@@ -20,6 +20,8 @@ import subprocess
 import sys
 import tempfile
 
+from . import USER_TIER
+
 CHILD = r"""
 import time
 t0 = time.perf_counter()
@@ -102,6 +104,9 @@ def main(argv=None):
                         ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
         env = dict(os.environ, PYTHONPATH=tmp)
         env.pop("NUMBA_CACHE_DIR", None)
+        env.pop("TAPEGRAD_TIER", None)  # (set off by tapegrad.bench for the other benchmarks)
+        if USER_TIER is not None:
+            env["TAPEGRAD_TIER"] = USER_TIER
         child = CHILD.replace("TOP", str(a.top)).replace("if ALL:", f"if {a.all}:")
         for run in ("cold", "warm") if a.all else ("cold",):
             if a.all:
