@@ -42,7 +42,7 @@ import textwrap
 import numpy as np
 
 from ._jit import drop_stale_cache, jit
-from .opcodes import A0, OP, OUT, X, Y, Z
+from .opcodes import A0, OP, OUT, WIDTH, X, Y, Z
 
 CODE, ANS, N, LX, LY, LZ, NX, CLEAR = range(8)
 LOW_WIDTH = 8
@@ -80,6 +80,7 @@ def lower_into(instr, boff, bsize, kind, low):
             code += SCALAR
         low[k, CODE], low[k, ANS], low[k, N] = code, ans, n
         low[k, LX], low[k, LY], low[k, LZ], low[k, NX] = x, y, z, nx
+        low[k, CLEAR] = 0
     return low
 
 
@@ -88,13 +89,38 @@ def lower(instr, boff, bsize, kind):
     low = np.empty((instr.shape[0], LOW_WIDTH), np.int64)
     if instr.shape[0]:
         lower_into(instr, boff, bsize, kind, low)
-        low[:, CLEAR] = 0
     return low
 
 
+@jit
+def ingest(ints, m):
+    """A new tape's pending rows as its arrays, in one call (``Tape._ingest``): ``ints`` is
+    int64, ``m`` instruction rows ``op out x y z site`` then the buffer rows ``offset size
+    site``. Returns ``instr`` (``(m, WIDTH)`` int32, attributes zero), ``src`` (int32),
+    ``boff``, ``bsize`` (int64) and ``bsite`` (int32). Nothing here is trusted: the arrays are
+    validated when the tape is sealed, as any others."""
+    r = A0 + 1
+    nb = (ints.shape[0] - r * m) // 3
+    instr = np.zeros((m, WIDTH), np.int32)
+    src = np.empty(m, np.int32)
+    for k in range(m):
+        for j in range(A0):
+            instr[k, j] = ints[r * k + j]
+        src[k] = ints[r * k + A0]
+    boff = np.empty(nb, np.int64)
+    bsize = np.empty(nb, np.int64)
+    bsite = np.empty(nb, np.int32)
+    p = r * m
+    for b in range(nb):
+        boff[b] = ints[p + 3 * b]
+        bsize[b] = ints[p + 3 * b + 1]
+        bsite[b] = ints[p + 3 * b + 2]
+    return instr, src, boff, bsize, bsite
+
+
 _HERE = os.path.dirname(os.path.abspath(__file__))
-drop_stale_cache(lower_into, [os.path.join(_HERE, f) for f in ("lower.py", "_jit.py",
-                                                               "opcodes.py")])
+for _f in (lower_into, ingest):
+    drop_stale_cache(_f, [os.path.join(_HERE, f) for f in ("lower.py", "_jit.py", "opcodes.py")])
 
 
 # ------------------------------------------------------------------ scalar rows

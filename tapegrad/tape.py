@@ -502,12 +502,45 @@ class Tape:
             self._nbf = b0 + m
             p.clear()
 
+    def _ingest(self):
+        """A new tape's first flush (nothing in its arrays yet): the pending rows and buffers
+        packed as one int64 array and made into the arrays by one compiled call
+        (``lower.ingest``), instead of a dozen NumPy calls on a tape recorded afresh."""
+        prow, pbuf, m = self._prow, self._pbuf, len(self._pimm)
+        ints = np.frombuffer(struct.pack(f"{len(prow) + len(pbuf)}q", *prow, *pbuf), np.int64)
+        self._instr, self._src, self._boff, self._bsize, self._bsite = _lower.ingest(ints, m)
+        self._imm = np.fromiter(self._pimm, np.float64, m)
+        for k, attrs in self._pattr:
+            self._instr[k, A0:A0 + len(attrs)] = attrs
+        self._nbf = len(pbuf) // 3
+        pbuf.clear()
+        self._block_done(0, m)
+
+    def _block_done(self, k0, m):
+        """Rows ``k0 .. k0 + m`` are in the arrays: note their opcodes (cheaper than
+        ``sweep.opcodes_of``) and clear the pending lists."""
+        if self._opset_n == k0:
+            ops = _block_ops(self._prow)
+            if ops is not None:
+                if not ops <= self._opset:
+                    self._opset = self._opset | ops
+                    self._interp = None
+                self._opset_n = k0 + m
+        self._nf = k0 + m
+        self._prow.clear()
+        self._pimm.clear()
+        if self._pattr:
+            self._pattr.clear()
+
     def _flush(self, check=False, evaluate=True):
         """Move pending rows into the arrays and (``evaluate``) run every instruction not
         yet evaluated, in one compiled call. Returns the sweep's ``(status, k)``."""
         if self._done == self._n and not self._pbuf:  # nothing pending (a sealed tape read)
             return 0, 0
-        self._flush_buffers()
+        if self._pimm and self._instr.shape[0] == 0 and self._boff.shape[0] == 0:
+            self._ingest()  # a new tape: every row and buffer pending, in one call
+        else:
+            self._flush_buffers()
         if self._pimm:
             k0, m = self._nf, len(self._pimm)
             rows = _as_ints(self._prow, "i").reshape(m, A0 + 1)
@@ -528,16 +561,7 @@ class Tape:
                 self._imm[k0:k0 + m] = _as_floats(self._pimm)
             for k, attrs in self._pattr:
                 block[k - k0, A0:A0 + len(attrs)] = attrs
-            if self._opset_n == k0:  # the block's opcode set, cheaper than opcodes_of
-                ops = _block_ops(rows, self._prow)
-                if ops is not None:
-                    if not ops <= self._opset:
-                        self._opset = self._opset | ops
-                        self._interp = None
-                    self._opset_n = k0 + m
-            self._nf = k0 + m
-            for p in (self._prow, self._pimm, self._pattr):
-                p.clear()
+            self._block_done(k0, m)
         k0, k1 = self._done, self._nf
         if k0 < k1 and evaluate:
             nb = self._nbf
@@ -564,9 +588,16 @@ class Tape:
         if n < self._nf:
             seen = seen | _sweep.opcodes_of(self._instr[n:self._nf])
         if seen != self._opset or self._interp is None:
-            self._interp = _sweep.for_ops(seen, self.dtype)
-            if self._param_elems:  # a gradient will follow: its sweep, in a worker
-                _sweep.compile_ahead(self._interp, self.dtype)
+            key = (seen, self.dtype.char, self._param_elems > 0)
+            interp = _INTERPS.get(key)  # (a tape recorded afresh every step asks each time)
+            if interp is None:
+                interp = _sweep.for_ops(seen, self.dtype)
+                if self._param_elems:  # a gradient will follow: its sweep, in a worker
+                    _sweep.compile_ahead(interp, self.dtype)
+                if len(_INTERPS) >= 4096:
+                    _INTERPS.clear()
+                _INTERPS[key] = interp
+            self._interp = interp
         self._opset, self._opset_n = seen, self._nf
         return self._interp
 
@@ -1145,19 +1176,22 @@ def _as_ints(items, code):
     return np.frombuffer(struct.pack(f"{len(items)}{code}", *items), _INT_DTYPES[code])
 
 
-_BLOCK_OPS = {}  # bytes of a small block's opcode column -> its opcode set (None: a MATMUL)
+_INTERPS = {}  # (opcode set, dtype char, has parameters) -> what Tape._interpreters chose
+_BLOCK_OPS = {}  # a small block's opcodes (tuple) -> their set (None: a MATMUL)
 
 
-def _block_ops(rows, prow):
-    """The opcodes of the pending ``rows`` (their list ``prow``) as a frozenset of ints, or
-    None when one is a MATMUL (``sweep.opcodes_of`` then reads its attributes). A tape
-    recorded afresh every step meets the same small blocks again: those are remembered."""
-    small = rows.shape[0] <= 256
+def _block_ops(prow):
+    """The opcodes of the pending rows ``prow`` as a frozenset of ints, or None when one is a
+    MATMUL (``sweep.opcodes_of`` then reads its attributes). A tape recorded afresh every step
+    meets the same small blocks again: those are remembered."""
+    codes = prow[0::A0 + 1]
+    small = len(codes) <= 256
     if small:
-        key = rows[:, OP].tobytes()
-        if key in _BLOCK_OPS:
-            return _BLOCK_OPS[key]
-    ops = frozenset(map(int, set(prow[0::A0 + 1])))
+        key = tuple(codes)
+        ops = _BLOCK_OPS.get(key, _BLOCK_OPS)  # (the dict itself: not there)
+        if ops is not _BLOCK_OPS:
+            return ops
+    ops = frozenset(map(int, set(codes)))
     if _MATMUL in ops:  # its interpreter rows depend on its attributes
         ops = None
     if small:
