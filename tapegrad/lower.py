@@ -93,29 +93,24 @@ def lower(instr, boff, bsize, kind):
 
 
 @jit
-def ingest(ints, m):
+def ingest(ints, instr, src, boff, bsize, bsite):
     """A new tape's pending rows as its arrays, in one call (``Tape._ingest``): ``ints`` is
-    int64, ``m`` instruction rows ``op out x y z site`` then the buffer rows ``offset size
-    site``. Returns ``instr`` (``(m, WIDTH)`` int32, attributes zero), ``src`` (int32),
-    ``boff``, ``bsize`` (int64) and ``bsite`` (int32). Nothing here is trusted: the arrays are
-    validated when the tape is sealed, as any others."""
-    r = A0 + 1
-    nb = (ints.shape[0] - r * m) // 3
-    instr = np.zeros((m, WIDTH), np.int32)
-    src = np.empty(m, np.int32)
+    int64, the ``m = instr.shape[0]`` instruction rows ``op out x y z site`` then the buffer
+    rows ``offset size site``; fills ``instr`` (attributes zero), ``src``, ``boff``, ``bsize``
+    and ``bsite``. Nothing here is trusted: the arrays are validated when the tape is sealed,
+    as any others."""
+    m, r = instr.shape[0], A0 + 1
     for k in range(m):
         for j in range(A0):
             instr[k, j] = ints[r * k + j]
+        for j in range(A0, instr.shape[1]):
+            instr[k, j] = 0
         src[k] = ints[r * k + A0]
-    boff = np.empty(nb, np.int64)
-    bsize = np.empty(nb, np.int64)
-    bsite = np.empty(nb, np.int32)
     p = r * m
-    for b in range(nb):
+    for b in range(boff.shape[0]):
         boff[b] = ints[p + 3 * b]
         bsize[b] = ints[p + 3 * b + 1]
         bsite[b] = ints[p + 3 * b + 2]
-    return instr, src, boff, bsize, bsite
 
 
 _HERE = os.path.dirname(os.path.abspath(__file__))

@@ -49,7 +49,8 @@ FLUSH_EVERY = 4096           # pending instructions evaluated together
 ZERO_ALL_BELOW = 4096        # a gradient arena this small is zeroed whole (one memset),
 ZERO_WHOLE_ABOVE = 0.5       # and one whose swept buffers fill more than this fraction
 _ZERO_ALL = "whole"          # Tape._zero when the ranges would fill most of the arena
-GROW_IN_PLACE_ABOVE = 64 << 20  # a value arena this large grows by resizing (_grow_arena)
+GROW_IN_PLACE_ABOVE = 1 << 20   # a value arena this large grows by resizing (_grow_arena)
+GROW_ROWS_IN_PLACE_ABOVE = 1 << 20  # the instruction and buffer arrays, likewise (_grow_rows)
 MAX_BUFFER_ELEMENTS = 2 ** 31 - 1  # attributes that describe sizes are int32
 _INT32 = 2 ** 31
 _CROSS_ENTROPY = int(Op.CROSS_ENTROPY)  # the op whose forward can fail: evaluated at once
@@ -286,7 +287,10 @@ class Tape:
                 self._in_order = False
             self._last_kind = kind
             if value is not None:
-                self._val[off:off + size] = value.reshape(-1)
+                if value.ndim:
+                    self._val[off:off + size] = value.reshape(-1)
+                else:  # a number (0-d): one element, no view
+                    self._val[off] = value
             self._used = off + size
         else:
             off = self._off_of(base)
@@ -493,9 +497,7 @@ class Tape:
                 p.clear()
                 return
             if b0 + m > self._boff.shape[0]:
-                self._boff = _grow(self._boff, b0 + m)
-                self._bsize = _grow(self._bsize, b0 + m)
-                self._bsite = _grow(self._bsite, b0 + m)
+                self._grow_rows(("_boff", "_bsize", "_bsite"), b0 + m)
             self._boff[b0:b0 + m] = a[:, 0]
             self._bsize[b0:b0 + m] = a[:, 1]
             self._bsite[b0:b0 + m] = a[:, 2]
@@ -508,11 +510,17 @@ class Tape:
         (``lower.ingest``), instead of a dozen NumPy calls on a tape recorded afresh."""
         prow, pbuf, m = self._prow, self._pbuf, len(self._pimm)
         ints = np.frombuffer(struct.pack(f"{len(prow) + len(pbuf)}q", *prow, *pbuf), np.int64)
-        self._instr, self._src, self._boff, self._bsize, self._bsite = _lower.ingest(ints, m)
+        nb = len(pbuf) // 3
+        instr = self._instr = np.empty((m, WIDTH), np.int32)
+        src = self._src = np.empty(m, np.int32)
+        boff = self._boff = np.empty(nb, np.int64)
+        bsize = self._bsize = np.empty(nb, np.int64)
+        bsite = self._bsite = np.empty(nb, np.int32)
+        _lower.ingest(ints, instr, src, boff, bsize, bsite)
         self._imm = np.fromiter(self._pimm, np.float64, m)
         for k, attrs in self._pattr:
-            self._instr[k, A0:A0 + len(attrs)] = attrs
-        self._nbf = len(pbuf) // 3
+            instr[k, A0:A0 + len(attrs)] = attrs
+        self._nbf = nb
         pbuf.clear()
         self._block_done(0, m)
 
@@ -531,6 +539,29 @@ class Tape:
         self._pimm.clear()
         if self._pattr:
             self._pattr.clear()
+
+    def _grow_rows(self, names, n):
+        """Give the array attributes ``names`` (of one length: the instruction arrays, or the
+        buffer table's) room for ``n`` rows, half as many again as now at least, all the same
+        length. A large one grows in place when nothing else refers to it (``ndarray.resize``:
+        realloc moves its pages, so the rows recorded so far are neither copied nor touched
+        again, and no second copy exists meanwhile), else into a copy: recording a million
+        instructions touches about half the memory it did with copies only."""
+        m = getattr(self, names[0]).shape[0]
+        cap = max(n, m + m // 2, 16)
+        for name in names:
+            if (getattr(self, name).nbytes >= GROW_ROWS_IN_PLACE_ABOVE
+                    and name in self.__dict__):
+                try:  # (on the attribute: a local reference would fail the reference check)
+                    getattr(self, name).resize((cap,) + getattr(self, name).shape[1:],
+                                               refcheck=True)
+                    continue
+                except ValueError:  # a view, or shared (a replica): copied below
+                    pass
+            a = getattr(self, name)
+            new = np.zeros((cap,) + a.shape[1:], a.dtype)
+            new[:a.shape[0]] = a
+            setattr(self, name, new)
 
     def _flush(self, check=False, evaluate=True):
         """Move pending rows into the arrays and (``evaluate``) run every instruction not
@@ -551,9 +582,7 @@ class Tape:
                 self._imm = np.fromiter(self._pimm, np.float64, m)
             else:
                 if k0 + m > self._instr.shape[0]:
-                    self._instr = _grow(self._instr, k0 + m)
-                    self._imm = _grow(self._imm, k0 + m)
-                    self._src = _grow(self._src, k0 + m)
+                    self._grow_rows(("_instr", "_imm", "_src"), k0 + m)
                 block = self._instr[k0:k0 + m]
                 block[:, :A0] = rows[:, :A0]
                 block[:, A0:] = 0
@@ -656,7 +685,8 @@ class Tape:
         # validate's compiled passes, and when one fails validate_tape_arrays says what
         arena = max(total, 1)
         interp = self._interpreters()
-        announce_compile(interp.check_instructions)
+        if interp.check_instructions not in _ANNOUNCED:
+            announce_compile(interp.check_instructions)
         if (_validate.check_buffers(self._boff, bsize, arena) >= 0
                 or (n and interp.check_instructions(instr, bsize, N_IN)[0] >= 0)):
             _validate.validate_tape_arrays(instr, self._imm, self._boff, bsize, None, arena,

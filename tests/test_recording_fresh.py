@@ -1,0 +1,156 @@
+"""A new tape's first flush (``Tape._ingest``: every pending row and buffer made into the
+arrays by one compiled call) and the in-place growth of long recordings (``_grow_rows``):
+the arrays, values, gradients, listings and errors are those of the general path."""
+import math
+
+import numpy as np
+import pytest
+
+import tapegrad as tg
+import tapegrad.tape as tape_mod
+from tapegrad.errors import TapegradError
+
+
+def _more_ops(tape, a0=-4.0, b0=2.0, split=False):
+    """micrograd's test_more_ops graph; ``split``: the buffers are moved into the arrays
+    part-way (as an error message naming a buffer's line does), so the rows take the general
+    path, not ``_ingest``."""
+    a, b = tape.param(np.array(a0)), tape.param(np.array(b0))
+    c = a + b
+    d = a * b + b ** 3
+    if split:
+        tape._flush_buffers()
+    c = c + c + 1
+    c = c + 1 + c + (-1.0 * a)
+    d = d + d * 2 + tg.relu(b + a)
+    d = d + 3 * d + tg.relu(b - a)
+    e = c - d
+    f = e * e
+    g = f / 2.0
+    g = g + 10.0 / f
+    return a, b, g
+
+
+def _more_ops_float(a, b):
+    c = a + b
+    d = a * b + b ** 3
+    c = c + c + 1
+    c = c + 1 + c + (-1.0 * a)
+    d = d + d * 2 + max(b + a, 0.0)
+    d = d + 3 * d + max(b - a, 0.0)
+    e = c - d
+    f = e * e
+    return f / 2.0 + 10.0 / f
+
+
+def test_ingest_makes_the_arrays_the_general_path_makes():
+    t1, t2 = tg.Tape(), tg.Tape()
+    calls = []
+    real = tape_mod.Tape._ingest
+
+    def spy(self):
+        calls.append(self)
+        return real(self)
+
+    tape_mod.Tape._ingest = spy
+    try:
+        for t, split in ((t1, False), (t2, True)):
+            _more_ops(t, split=split)
+            t._flush(evaluate=False)
+    finally:
+        tape_mod.Tape._ingest = real
+    assert calls == [t1]  # t2's buffers were in its arrays already: the general path
+    for name in ("_instr", "_imm", "_boff", "_bsize"):
+        np.testing.assert_array_equal(getattr(t1, name), getattr(t2, name))
+        assert getattr(t1, name).dtype == getattr(t2, name).dtype
+    # the sites differ only by line (the two calls of _more_ops are the same lines)
+    np.testing.assert_array_equal(t1._src, t2._src)
+    np.testing.assert_array_equal(t1._bsite, t2._bsite)
+    assert t1._src.dtype == t1._bsite.dtype == np.int32
+    assert str(t1) == str(t2)
+
+
+def test_fresh_tape_gradients_match_finite_differences():
+    tape = tg.Tape()
+    a, b, g = _more_ops(tape)
+    tape.forward()
+    g.backward()
+    h = 1e-6
+    da = (_more_ops_float(-4.0 + h, 2.0) - _more_ops_float(-4.0 - h, 2.0)) / (2 * h)
+    db = (_more_ops_float(-4.0, 2.0 + h) - _more_ops_float(-4.0, 2.0 - h)) / (2 * h)
+    assert g.item() == pytest.approx(_more_ops_float(-4.0, 2.0), rel=1e-12)
+    assert float(a.grad) == pytest.approx(da, rel=1e-6)
+    assert float(b.grad) == pytest.approx(db, rel=1e-6)
+
+
+def test_ingest_with_attributes_and_a_value_read_mid_recording():
+    tape = tg.Tape()
+    x = tape.param(np.arange(6.0).reshape(2, 3))
+    s = x.sum(axis=1)            # attributes: the reduced axis
+    assert s.value.tolist() == [3.0, 12.0]   # read: the first flush evaluates
+    y = (s * s).sum()
+    tape.forward()
+    y.backward()
+    np.testing.assert_allclose(x.grad, 2 * np.array([[3.0] * 3, [12.0] * 3]))
+
+
+def test_a_bad_row_is_refused_not_run_and_the_tape_says_where():
+    tape = tg.Tape()
+    a = tape.param(np.array(1.0))
+    y = a * 2.0
+    tape._prow[3] = 10 ** 6      # the row's x: a buffer that does not exist
+    with pytest.raises(TapegradError):
+        tape.forward()
+    assert y._b == 1
+
+
+def test_values_recorded_past_the_in_place_threshold(monkeypatch):
+    monkeypatch.setattr(tape_mod, "GROW_ROWS_IN_PLACE_ABOVE", 4096)
+    monkeypatch.setattr(tape_mod, "GROW_IN_PLACE_ABOVE", 4096)
+    monkeypatch.setattr(tape_mod, "FLUSH_EVERY", 64)
+    tape = tg.Tape()
+    x = tape.param(np.array([0.5]), name="x")
+    y, ref, dref = x, 0.5, 1.0
+    mid = None
+    for i in range(900):
+        y = tg.sin(y) * 0.999 + 0.001
+        dref *= math.cos(ref) * 0.999
+        ref = math.sin(ref) * 0.999 + 0.001
+        if i == 300:
+            mid = tape.replica()   # shares the arrays: they must be copied, not resized
+            mid_y, mid_ref = mid[y], ref
+    assert tape._instr.nbytes > 4096
+    assert float(y.value[0]) == pytest.approx(ref, rel=1e-12)
+    tape.forward()
+    y.backward()
+    assert float(x.grad[0]) == pytest.approx(dref, rel=1e-9)
+    mid.forward()
+    assert len(mid) == 3 * 301
+    assert float(mid_y.value[0]) == pytest.approx(mid_ref, rel=1e-12)
+
+
+def test_grow_rows_in_place_only_when_unshared(monkeypatch):
+    monkeypatch.setattr(tape_mod, "GROW_ROWS_IN_PLACE_ABOVE", 0)
+    tape = tg.Tape()
+    tape._instr = np.arange(2 * tape_mod.WIDTH, dtype=np.int32).reshape(2, tape_mod.WIDTH)
+    before = tape._instr.copy()
+    tape._grow_rows(("_instr",), 5)
+    assert tape._instr.shape == (16, tape_mod.WIDTH)
+    np.testing.assert_array_equal(tape._instr[:2], before)
+    view = tape._instr[:1]       # a view: resizing would leave it dangling, so copied
+    old = tape._instr
+    tape._grow_rows(("_instr",), 40)
+    assert tape._instr is not old and tape._instr.shape[0] >= 40
+    np.testing.assert_array_equal(tape._instr[:2], before)
+    np.testing.assert_array_equal(view, before[:1])
+
+
+def test_fresh_tapes_of_one_opcode_set_share_their_interpreters():
+    mods = []
+    for _ in range(3):
+        tape = tg.Tape()
+        _, _, g = _more_ops(tape)
+        tape.forward()
+        g.backward()
+        mods.append(tape._interp)
+    assert mods[0] is mods[1] is mods[2]
