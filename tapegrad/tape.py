@@ -49,8 +49,7 @@ FLUSH_EVERY = 4096           # pending instructions evaluated together
 ZERO_ALL_BELOW = 4096        # a gradient arena this small is zeroed whole (one memset),
 ZERO_WHOLE_ABOVE = 0.5       # and one whose swept buffers fill more than this fraction
 _ZERO_ALL = "whole"          # Tape._zero when the ranges would fill most of the arena
-GROW_IN_PLACE_ABOVE = 1 << 20   # a value arena this large grows by resizing (_grow_arena)
-GROW_ROWS_IN_PLACE_ABOVE = 1 << 20  # the instruction and buffer arrays, likewise (_grow_rows)
+GROW_IN_PLACE_ABOVE = 64 << 20  # a value arena this large grows by resizing (_grow_arena)
 MAX_BUFFER_ELEMENTS = 2 ** 31 - 1  # attributes that describe sizes are int32
 _INT32 = 2 ** 31
 _CROSS_ENTROPY = int(Op.CROSS_ENTROPY)  # the op whose forward can fail: evaluated at once
@@ -497,7 +496,9 @@ class Tape:
                 p.clear()
                 return
             if b0 + m > self._boff.shape[0]:
-                self._grow_rows(("_boff", "_bsize", "_bsite"), b0 + m)
+                self._boff = _grow(self._boff, b0 + m)
+                self._bsize = _grow(self._bsize, b0 + m)
+                self._bsite = _grow(self._bsite, b0 + m)
             self._boff[b0:b0 + m] = a[:, 0]
             self._bsize[b0:b0 + m] = a[:, 1]
             self._bsite[b0:b0 + m] = a[:, 2]
@@ -540,29 +541,6 @@ class Tape:
         if self._pattr:
             self._pattr.clear()
 
-    def _grow_rows(self, names, n):
-        """Give the array attributes ``names`` (of one length: the instruction arrays, or the
-        buffer table's) room for ``n`` rows, half as many again as now at least, all the same
-        length. A large one grows in place when nothing else refers to it (``ndarray.resize``:
-        realloc moves its pages, so the rows recorded so far are neither copied nor touched
-        again, and no second copy exists meanwhile), else into a copy: recording a million
-        instructions touches about half the memory it did with copies only."""
-        m = getattr(self, names[0]).shape[0]
-        cap = max(n, m + m // 2, 16)
-        for name in names:
-            if (getattr(self, name).nbytes >= GROW_ROWS_IN_PLACE_ABOVE
-                    and name in self.__dict__):
-                try:  # (on the attribute: a local reference would fail the reference check)
-                    getattr(self, name).resize((cap,) + getattr(self, name).shape[1:],
-                                               refcheck=True)
-                    continue
-                except ValueError:  # a view, or shared (a replica): copied below
-                    pass
-            a = getattr(self, name)
-            new = np.zeros((cap,) + a.shape[1:], a.dtype)
-            new[:a.shape[0]] = a
-            setattr(self, name, new)
-
     def _flush(self, check=False, evaluate=True):
         """Move pending rows into the arrays and (``evaluate``) run every instruction not
         yet evaluated, in one compiled call. Returns the sweep's ``(status, k)``."""
@@ -582,7 +560,9 @@ class Tape:
                 self._imm = np.fromiter(self._pimm, np.float64, m)
             else:
                 if k0 + m > self._instr.shape[0]:
-                    self._grow_rows(("_instr", "_imm", "_src"), k0 + m)
+                    self._instr = _grow(self._instr, k0 + m)
+                    self._imm = _grow(self._imm, k0 + m)
+                    self._src = _grow(self._src, k0 + m)
                 block = self._instr[k0:k0 + m]
                 block[:, :A0] = rows[:, :A0]
                 block[:, A0:] = 0
