@@ -190,7 +190,9 @@ class Tape:
     _slots = None             # (val arena, {input name: (buffer, view, shape)}): _feed's
     _all = None               # sealed: the mask of every instruction (uint8 ones)
     _in_order = True          # root buffers created params, inputs, consts, temps: the
-    _last_kind = PARAM        # layout needs no reordering when sealed
+    _last_kind = PARAM        # layout needs no reordering when sealed (_last_kind: of the
+    _nb_mark = 0              # last root; temporaries made by instructions since _new_buffer
+                              # made buffer _nb_mark - 1 count as a TEMP last)
     _sealed = False
     _low = None               # sealed: the lowered stream the sweeps run (tapegrad.lower)
     _base = None              # sealed: int64 array, buffer -> root buffer
@@ -278,6 +280,8 @@ class Tape:
         if site is None:
             site = site_id()
         b = self._nbuf
+        if b != self._nb_mark:  # instructions made temporaries since the last buffer made here
+            self._last_kind = TEMP
         if base is None:
             off = self._used
             if off + size > self._cap:
@@ -295,7 +299,7 @@ class Tape:
             off = self._off_of(base)
             self._alias[b] = base
         self._pbuf += (off, size, site)
-        self._nbuf = b + 1
+        self._nbuf = self._nb_mark = b + 1
         self._shape.append(shape)
         self._kind.append(kind)
         if name is not None:
@@ -406,8 +410,7 @@ class Tape:
             self._nbuf = out + 1
             self._pbuf += (off, size, site)
             self._shape.append(shape)
-            kinds.append(TEMP)
-            self._last_kind = TEMP
+            kinds.append(TEMP)  # (_new_buffer notes it for the layout's order)
             # (op compares as an int: an Op member would hash in Python code in a set test)
             fold = (kinds[inputs[0]] == CONST and op != _GUARD
                     and all(kinds[b] == CONST for b in inputs))
@@ -450,7 +453,6 @@ class Tape:
         self._shape.append(shape)
         kinds = self._kind
         kinds.append(TEMP)
-        self._last_kind = TEMP
         self._prow += (op, out, x, y, -1, site)
         self._pimm.append(imm)
         self._n += 1
