@@ -193,6 +193,9 @@ class Tape:
     _last_kind = PARAM        # layout needs no reordering when sealed (_last_kind: of the
     _nb_mark = 0              # last root; temporaries made by instructions since _new_buffer
                               # made buffer _nb_mark - 1 count as a TEMP last)
+    _fresh_key = None         # a new tape's rows as _SEALED's key, until sealed or changed
+    _sealed_as = None         # the _SEALED entry whose arrays it holds (_ingest)
+    _shared = False           # its arrays are shared (an entry of _SEALED): copy to change
     _sealed = False
     _low = None               # sealed: the lowered stream the sweeps run (tapegrad.lower)
     _base = None              # sealed: int64 array, buffer -> root buffer
@@ -484,11 +487,15 @@ class Tape:
         """Forget instructions ``k..``: evaluated and folded into a constant, or failed."""
         self._n = self._nf = self._done = k
         self._all = None
+        if self._fresh_key is not None or self._shared:
+            self._unshare()
         self._opset_n = min(self._opset_n, k)  # row k will be another op
 
     def _flush_buffers(self):
         p = self._pbuf
         if p:
+            if self._fresh_key is not None or self._shared:
+                self._unshare()
             b0, a = self._nbf, _as_ints(p, "q").reshape(-1, 3)
             m = a.shape[0]
             if self._boff.shape[0] == 0:  # a new tape: arrays of exactly these rows
@@ -510,22 +517,60 @@ class Tape:
     def _ingest(self):
         """A new tape's first flush (nothing in its arrays yet): the pending rows and buffers
         packed as one int64 array and made into the arrays by one compiled call
-        (``lower.ingest``), instead of a dozen NumPy calls on a tape recorded afresh."""
+        (``lower.ingest``), instead of a dozen NumPy calls on a tape recorded afresh.
+
+        A small tape whose rows, buffers, kinds and attributes are exactly those of one sealed
+        before (the same code recorded again: a fresh tape per step) takes that tape's sealed
+        arrays, lowered stream and activity masks (``_SEALED``): they were validated, and are
+        never written in place -- a tape holding them copies them before it records more
+        (``_unshare``)."""
         prow, pbuf, m = self._prow, self._pbuf, len(self._pimm)
-        ints = np.frombuffer(struct.pack(f"{len(prow) + len(pbuf)}q", *prow, *pbuf), np.int64)
+        raw = struct.pack(f"{len(prow) + len(pbuf)}q", *prow, *pbuf)
         nb = len(pbuf) // 3
-        instr = self._instr = np.empty((m, WIDTH), np.int32)
-        src = self._src = np.empty(m, np.int32)
-        boff = self._boff = np.empty(nb, np.int64)
-        bsize = self._bsize = np.empty(nb, np.int64)
-        bsite = self._bsite = np.empty(nb, np.int32)
-        _lower.ingest(ints, instr, src, boff, bsize, bsite)
+        key = None
+        if m <= SEALED_MAX_ROWS:
+            key = (raw, tuple(self._pattr), bytes(self._kind), self.dtype.char,
+                   tuple(sorted(self._requires_grad)))
+            entry = _SEALED.get(key)
+            if entry is not None:
+                (self._instr, self._src, self._boff, self._bsize,
+                 self._bsite) = entry[:5]
+                self._sealed_as = entry
+                self._shared = True
+                key = None
+        if key is not None:
+            ints = np.frombuffer(raw, np.int64)
+            instr = self._instr = np.empty((m, WIDTH), np.int32)
+            src = self._src = np.empty(m, np.int32)
+            boff = self._boff = np.empty(nb, np.int64)
+            bsize = self._bsize = np.empty(nb, np.int64)
+            bsite = self._bsite = np.empty(nb, np.int32)
+            _lower.ingest(ints, instr, src, boff, bsize, bsite)
+            for k, attrs in self._pattr:
+                instr[k, A0:A0 + len(attrs)] = attrs
+            self._fresh_key = key
         self._imm = np.fromiter(self._pimm, np.float64, m)
-        for k, attrs in self._pattr:
-            instr[k, A0:A0 + len(attrs)] = attrs
         self._nbf = nb
         pbuf.clear()
-        self._block_done(0, m)
+        entry = self._sealed_as
+        if entry is not None and self._opset_n == 0 and entry[7] is not None:
+            self._opset, self._interp = entry[7]  # its opcodes and interpreters
+            self._opset_n = self._nf = m
+            prow.clear()
+            self._pimm.clear()
+            self._pattr.clear()
+        else:
+            self._block_done(0, m)
+
+    def _unshare(self):
+        """Before the tape's arrays change (more recording, a folded op taken off): copies of
+        the arrays it shares with ``_SEALED`` (and other tapes), and no entry of it."""
+        self._fresh_key = self._sealed_as = None
+        if self._shared:
+            self._shared = False
+            self._instr, self._src = self._instr.copy(), self._src.copy()
+            self._boff, self._bsize = self._boff.copy(), self._bsize.copy()
+            self._bsite = self._bsite.copy()
 
     def _block_done(self, k0, m):
         """Rows ``k0 .. k0 + m`` are in the arrays: note their opcodes (cheaper than
@@ -553,6 +598,8 @@ class Tape:
         else:
             self._flush_buffers()
         if self._pimm:
+            if self._fresh_key is not None or self._shared:
+                self._unshare()
             k0, m = self._nf, len(self._pimm)
             rows = _as_ints(self._prow, "i").reshape(m, A0 + 1)
             if self._instr.shape[0] == 0:  # a new tape: arrays of exactly these rows
@@ -613,6 +660,8 @@ class Tape:
         return self._interp
 
     def _dirty(self):
+        if self._fresh_key is not None or self._shared:
+            self._unshare()
         if self._plan is not None:  # recording reads any buffer: the dense layout back
             _plan.unplan(self)
         self._sealed = False
@@ -644,6 +693,18 @@ class Tape:
             self._boff, self._bsize = self._boff[:nb], self._bsize[:nb]
             self._bsite = self._bsite[:nb]
         instr, bsize = self._instr, self._bsize
+        entry = self._sealed_as
+        if (entry is not None and not self._alias and self._in_order
+                and _plan.stays_dense(self)):  # recorded as a tape sealed before: its arrays
+            self._base = _identity(nb)
+            self._seal_arenas()
+            self._low = entry[5]
+            self._layout += 1
+            self._sealed = True
+            return
+        if self._shared:  # the layout may change them (relayout, arena planning)
+            self._unshare()
+            instr, bsize = self._instr, self._bsize
         if self._alias:
             base = np.arange(nb, dtype=np.int64)
             base[np.fromiter(self._alias.keys(), np.int64, len(self._alias))] = \
@@ -657,12 +718,7 @@ class Tape:
         if src is not None and self._plan is None:
             self._move_values(base, src)
         total = self._used
-        if self._grad.shape[0] != max(total, 1):
-            self._grad = np.zeros(max(total, 1), self.dtype)
-            self._grad_stale = False
-        else:  # gradients of the last layout may sit anywhere in it
-            self._grad_stale = True
-        self._n_params = self._param_elems
+        self._seal_arenas()
         # the arrays' dtypes and shapes hold by construction: their indices are checked by
         # validate's compiled passes, and when one fails validate_tape_arrays says what
         arena = max(total, 1)
@@ -676,8 +732,26 @@ class Tape:
         self._low = _sweep.lower(instr, self._boff, bsize)  # from the validated arrays only
         if clear is not None:
             self._low[:, _lower.CLEAR] = clear
+        elif self._fresh_key is not None and src is None:  # for tapes recorded alike
+            if len(_SEALED) >= SEALED_MAX_ENTRIES:
+                _SEALED.clear()
+            ops = ((self._opset, interp) if self._opset_n == n and self._interp is interp
+                   else None)
+            self._sealed_as = _SEALED[self._fresh_key] = (
+                instr, self._src, self._boff, bsize, self._bsite, self._low, {}, ops)
+            self._shared = True
+        self._fresh_key = None
         self._layout += 1
         self._sealed = True
+
+    def _seal_arenas(self):
+        total = self._used
+        if self._grad.shape[0] != max(total, 1):
+            self._grad = np.zeros(max(total, 1), self.dtype)
+            self._grad_stale = False
+        else:  # gradients of the last layout may sit anywhere in it
+            self._grad_stale = True
+        self._n_params = self._param_elems
 
     def _relayout(self, base, move=True):
         """New offsets with the root buffers ordered params, inputs, consts, temps (creation
@@ -726,6 +800,13 @@ class Tape:
         with ``requires_grad``) reaches ``seed`` through it; bit ``2 << j`` where input j
         needs its gradient."""
         mask = self._rev_masks.get(seed)
+        if mask is None and self._sealed_as is not None:  # a tape recorded alike: its masks
+            done = self._sealed_as[6].get(seed)
+            if done is not None:
+                mask, self._varied = done
+                self._rev_masks[seed] = mask
+                self._zero = None
+                return mask
         if mask is None:
             varied = np.zeros(max(self._nbuf, 1), np.uint8)
             leaves = self._params
@@ -740,6 +821,8 @@ class Tape:
                 self._instr, N_IN, DIFFERENTIABLE, self._base, varied, seed)
             self._varied = varied  # completed by the pass: every buffer with a gradient
             self._zero = None      # a sweep with this mask may write more of the arena
+            if self._sealed_as is not None:
+                self._sealed_as[6][seed] = (mask, varied)
         return mask
 
     def _zero_grads(self):
@@ -1188,6 +1271,11 @@ def _as_ints(items, code):
     return np.frombuffer(struct.pack(f"{len(items)}{code}", *items), _INT_DTYPES[code])
 
 
+SEALED_MAX_ROWS = 1024       # tapes this small are remembered when sealed (Tape._ingest)
+SEALED_MAX_ENTRIES = 256
+_SEALED = {}  # a new tape's (rows and buffers, attributes, kinds, dtype, requires_grad) ->
+              # (instr, src, boff, bsize, bsite, low, {seed: (reverse mask, varied)},
+              #  (opcode set, interpreters) or None)
 _INTERPS = {}  # (opcode set, dtype char, has parameters) -> what Tape._interpreters chose
 _BLOCK_OPS = {}  # a small block's opcodes (tuple) -> their set (None: a MATMUL)
 

@@ -135,3 +135,98 @@ def test_fresh_tapes_of_one_opcode_set_share_their_interpreters():
         g.backward()
         mods.append(tape._interp)
     assert mods[0] is mods[1] is mods[2]
+
+
+# -- a tape recorded as one sealed before (tape._SEALED) --------------------------------------
+def _graph(tape, a0, b0, k):
+    a, b = tape.param(np.array(a0)), tape.param(np.array(b0))
+    y = (a * b + k) * tg.relu(a - b) + b / k
+    return a, b, y
+
+
+def _graph_float(a, b, k):
+    return (a * b + k) * max(a - b, 0.0) + b / k
+
+
+def _run(a0, b0, k, **tape_kw):
+    tape = tg.Tape(**tape_kw)
+    a, b, y = _graph(tape, a0, b0, k)
+    tape.forward()
+    y.backward()
+    return tape, a, b, y
+
+
+@pytest.mark.parametrize("a0,b0,k", [(3.0, 1.5, 2.0), (2.5, -1.0, 5.0), (0.5, 2.0, -3.0)])
+def test_a_tape_recorded_alike_takes_the_sealed_arrays_and_computes_its_own_values(a0, b0, k):
+    first = _run(1.0, 0.5, 7.0)[0]
+    tape, a, b, y = _run(a0, b0, k)   # other leaves and immediates: the same entry
+    assert tape._sealed_as is not None and tape._instr is first._instr
+    h = 1e-6
+    assert y.item() == pytest.approx(_graph_float(a0, b0, k), rel=1e-12, abs=1e-12)
+    da = (_graph_float(a0 + h, b0, k) - _graph_float(a0 - h, b0, k)) / (2 * h)
+    db = (_graph_float(a0, b0 + h, k) - _graph_float(a0, b0 - h, k)) / (2 * h)
+    assert float(a.grad) == pytest.approx(da, rel=1e-6, abs=1e-8)
+    assert float(b.grad) == pytest.approx(db, rel=1e-6, abs=1e-8)
+    assert str(tape).splitlines()[0].split()[-1] == str(first).splitlines()[0].split()[-1]
+
+
+def test_recording_more_on_a_shared_tape_copies_first():
+    _run(1.0, 0.5, 7.0)
+    tape, a, b, y = _run(2.0, 1.0, 3.0)
+    assert tape._shared
+    entry = tape._sealed_as
+    saved = [x.copy() for x in entry[:6]]
+    z = y * y + a          # records more: the tape's arrays become its own
+    z2 = z * 2.0
+    assert not tape._shared and tape._instr is not entry[0]
+    tape.forward()
+    z2.backward()
+    yv = _graph_float(2.0, 1.0, 3.0)
+    assert z2.item() == pytest.approx(2 * (yv * yv + 2.0), rel=1e-12)
+    for x, s in zip(entry[:6], saved):
+        np.testing.assert_array_equal(x, s)
+    again = _run(2.0, 1.0, 3.0)[3]   # the entry still serves
+    assert again.item() == pytest.approx(yv, rel=1e-12)
+
+
+def test_a_shared_tape_dropping_a_row_copies_first():
+    _run(1.0, 0.5, 7.0)
+    tape = _run(2.0, 1.0, 3.0)[0]
+    entry = tape._sealed_as
+    instr = entry[0].copy()
+    tape._drop_from(len(tape) - 1)
+    assert not tape._shared and tape._instr is not entry[0]
+    np.testing.assert_array_equal(entry[0], instr)
+
+
+def test_arena_planning_on_a_shared_tape_leaves_the_entry_alone(monkeypatch):
+    first = _run(1.0, 0.5, 7.0)[0]
+    boff = first._boff.copy()
+    tape = tg.Tape()
+    tape.planning = "always"
+    a, b, y = _graph(tape, 2.0, 1.0, 3.0)
+    tape.forward()
+    y.backward()
+    assert y.item() == pytest.approx(_graph_float(2.0, 1.0, 3.0), rel=1e-12)
+    np.testing.assert_array_equal(first._boff, boff)
+    assert tape._boff is not first._boff
+
+
+def test_other_gradient_leaves_are_another_entry():
+    _run(1.0, 0.5, 7.0)
+    tape = tg.Tape()
+    a = tape.input("a", value=np.array(2.0), requires_grad=True)
+    b = tape.param(np.array(1.0))
+    y = (a * b + 3.0) * tg.relu(a - b) + b / 3.0
+    tape.forward()
+    y.backward()
+    da = (_graph_float(2.0 + 1e-6, 1.0, 3.0) - _graph_float(2.0 - 1e-6, 1.0, 3.0)) / 2e-6
+    assert float(a.grad) == pytest.approx(da, rel=1e-6)
+    tape2 = tg.Tape()
+    a = tape2.input("a", value=np.array(2.0))   # no gradient wanted: another mask
+    b = tape2.param(np.array(1.0))
+    y = (a * b + 3.0) * tg.relu(a - b) + b / 3.0
+    tape2.forward()
+    y.backward()
+    with pytest.raises(TapegradError, match="no gradient"):
+        a.grad
