@@ -527,7 +527,7 @@ class Tape:
         prow, pbuf, m = self._prow, self._pbuf, len(self._pimm)
         raw = struct.pack(f"{len(prow) + len(pbuf)}q", *prow, *pbuf)
         nb = len(pbuf) // 3
-        key = None
+        entry = None
         if m <= SEALED_MAX_ROWS:
             key = (raw, tuple(self._pattr), bytes(self._kind), self.dtype.char,
                    tuple(sorted(self._requires_grad)))
@@ -537,8 +537,9 @@ class Tape:
                  self._bsite) = entry[:5]
                 self._sealed_as = entry
                 self._shared = True
-                key = None
-        if key is not None:
+            else:
+                self._fresh_key = key
+        if entry is None:
             ints = np.frombuffer(raw, np.int64)
             instr = self._instr = np.empty((m, WIDTH), np.int32)
             src = self._src = np.empty(m, np.int32)
@@ -548,11 +549,9 @@ class Tape:
             _lower.ingest(ints, instr, src, boff, bsize, bsite)
             for k, attrs in self._pattr:
                 instr[k, A0:A0 + len(attrs)] = attrs
-            self._fresh_key = key
         self._imm = np.fromiter(self._pimm, np.float64, m)
         self._nbf = nb
         pbuf.clear()
-        entry = self._sealed_as
         if entry is not None and self._opset_n == 0 and entry[7] is not None:
             self._opset, self._interp = entry[7]  # its opcodes and interpreters
             self._opset_n = self._nf = m

@@ -230,3 +230,15 @@ def test_other_gradient_leaves_are_another_entry():
     y.backward()
     with pytest.raises(TapegradError, match="no gradient"):
         a.grad
+
+
+def test_a_first_block_too_large_to_remember(monkeypatch):
+    monkeypatch.setattr(tape_mod, "SEALED_MAX_ROWS", 8)
+    tape = tg.Tape()
+    x = tape.param(np.array([0.5]))
+    y, ref = x, 0.5
+    for _ in range(5):
+        y = tg.sin(y) * 0.999 + 0.001
+        ref = math.sin(ref) * 0.999 + 0.001
+    assert float(y.value[0]) == pytest.approx(ref, rel=1e-12)
+    assert tape._fresh_key is None and tape._sealed_as is None and len(tape._instr) == 15
