@@ -1271,7 +1271,7 @@ def _as_ints(items, code):
 
 
 SEALED_MAX_ROWS = 1024       # tapes this small are remembered when sealed (Tape._ingest)
-SEALED_MAX_ENTRIES = 256
+SEALED_MAX_ENTRIES = 64         # (at most ~150 KB each)
 _SEALED = {}  # a new tape's (rows and buffers, attributes, kinds, dtype, requires_grad) ->
               # (instr, src, boff, bsize, bsite, low, {seed: (reverse mask, varied)},
               #  (opcode set, interpreters) or None)
