@@ -47,7 +47,7 @@ import textwrap
 import numpy as np
 
 from ._jit import drop_stale_cache, jit
-from .opcodes import A0, OP, OUT, X, Y, Z
+from .opcodes import A0, OP, OUT, WIDTH, X, Y, Z
 
 CODE, ANS, N, LX, LY, LZ, NX, CLEAR = range(8)
 LOW_WIDTH = 8
@@ -90,6 +90,7 @@ def lower_into(instr, boff, bsize, kind, low):
             code += SCALAR
         low[k, CODE], low[k, ANS], low[k, N] = code, ans, n
         low[k, LX], low[k, LY], low[k, LZ], low[k, NX] = x, y, z, nx
+        low[k, CLEAR] = 0
     return low
 
 
@@ -98,13 +99,33 @@ def lower(instr, boff, bsize, kind):
     low = np.empty((instr.shape[0], LOW_WIDTH), np.int64)
     if instr.shape[0]:
         lower_into(instr, boff, bsize, kind, low)
-        low[:, CLEAR] = 0
     return low
 
 
+@jit
+def ingest(ints, instr, src, boff, bsize, bsite):
+    """A new tape's pending rows as its arrays, in one call (``Tape._ingest``): ``ints`` is
+    int64, the ``m = instr.shape[0]`` instruction rows ``op out x y z site`` then the buffer
+    rows ``offset size site``; fills ``instr`` (attributes zero), ``src``, ``boff``, ``bsize``
+    and ``bsite``. Nothing here is trusted: the arrays are validated when the tape is sealed,
+    as any others."""
+    m, r = instr.shape[0], A0 + 1
+    for k in range(m):
+        for j in range(A0):
+            instr[k, j] = ints[r * k + j]
+        for j in range(A0, instr.shape[1]):
+            instr[k, j] = 0
+        src[k] = ints[r * k + A0]
+    p = r * m
+    for b in range(boff.shape[0]):
+        boff[b] = ints[p + 3 * b]
+        bsize[b] = ints[p + 3 * b + 1]
+        bsite[b] = ints[p + 3 * b + 2]
+
+
 _HERE = os.path.dirname(os.path.abspath(__file__))
-drop_stale_cache(lower_into, [os.path.join(_HERE, f) for f in ("lower.py", "_jit.py",
-                                                               "opcodes.py")])
+for _f in (lower_into, ingest):
+    drop_stale_cache(_f, [os.path.join(_HERE, f) for f in ("lower.py", "_jit.py", "opcodes.py")])
 
 
 # ------------------------------------------------------------------ scalar rows

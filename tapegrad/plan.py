@@ -284,6 +284,14 @@ def enabled(tape):
     return mode if mode in ("auto", "always") else None
 
 
+def stays_dense(tape):
+    """True when ``plan`` returns None for this tape before looking at its buffers (planning
+    off, or "auto" with a small arena): what ``Tape._seal`` asks before reusing a layout."""
+    mode = enabled(tape)
+    return (mode is None or tape._n == 0
+            or (mode == "auto" and tape._used * tape.dtype.itemsize < MIN_BYTES))
+
+
 def plan(tape, base, src=None):
     """Plan the sealed-to-be tape's arenas (called by ``Tape._seal`` after the dense layout
     is made, before the gradient arena is allocated and the stream lowered): new offsets,

@@ -190,7 +190,12 @@ class Tape:
     _slots = None             # (val arena, {input name: (buffer, view, shape)}): _feed's
     _all = None               # sealed: the mask of every instruction (uint8 ones)
     _in_order = True          # root buffers created params, inputs, consts, temps: the
-    _last_kind = PARAM        # layout needs no reordering when sealed
+    _last_kind = PARAM        # layout needs no reordering when sealed (_last_kind: of the
+    _nb_mark = 0              # last root; temporaries made by instructions since _new_buffer
+                              # made buffer _nb_mark - 1 count as a TEMP last)
+    _fresh_key = None         # a new tape's rows as _SEALED's key, until sealed or changed
+    _sealed_as = None         # the _SEALED entry whose arrays it holds (_ingest)
+    _shared = False           # its arrays are shared (an entry of _SEALED): copy to change
     _sealed = False
     _low = None               # sealed: the lowered stream the sweeps run (tapegrad.lower)
     _copy_alias = (_EMPTY_I64, _EMPTY_I64)  # scalars moved into vector elements by
@@ -280,6 +285,8 @@ class Tape:
         if site is None:
             site = site_id()
         b = self._nbuf
+        if b != self._nb_mark:  # instructions made temporaries since the last buffer made here
+            self._last_kind = TEMP
         if base is None:
             off = self._used
             if off + size > self._cap:
@@ -288,13 +295,16 @@ class Tape:
                 self._in_order = False
             self._last_kind = kind
             if value is not None:
-                self._val[off:off + size] = value.reshape(-1)
+                if value.ndim:
+                    self._val[off:off + size] = value.reshape(-1)
+                else:  # a number (0-d): one element, no view
+                    self._val[off] = value
             self._used = off + size
         else:
             off = self._off_of(base)
             self._alias[b] = base
         self._pbuf += (off, size, site)
-        self._nbuf = b + 1
+        self._nbuf = self._nb_mark = b + 1
         self._shape.append(shape)
         self._kind.append(kind)
         if name is not None:
@@ -405,8 +415,7 @@ class Tape:
             self._nbuf = out + 1
             self._pbuf += (off, size, site)
             self._shape.append(shape)
-            kinds.append(TEMP)
-            self._last_kind = TEMP
+            kinds.append(TEMP)  # (_new_buffer notes it for the layout's order)
             # (op compares as an int: an Op member would hash in Python code in a set test)
             fold = (kinds[inputs[0]] == CONST and op != _GUARD
                     and all(kinds[b] == CONST for b in inputs))
@@ -449,7 +458,6 @@ class Tape:
         self._shape.append(shape)
         kinds = self._kind
         kinds.append(TEMP)
-        self._last_kind = TEMP
         self._prow += (op, out, x, y, -1, site)
         self._pimm.append(imm)
         self._n += 1
@@ -481,11 +489,15 @@ class Tape:
         """Forget instructions ``k..``: evaluated and folded into a constant, or failed."""
         self._n = self._nf = self._done = k
         self._all = None
+        if self._fresh_key is not None or self._shared:
+            self._unshare()
         self._opset_n = min(self._opset_n, k)  # row k will be another op
 
     def _flush_buffers(self):
         p = self._pbuf
         if p:
+            if self._fresh_key is not None or self._shared:
+                self._unshare()
             b0, a = self._nbf, _as_ints(p, "q").reshape(-1, 3)
             m = a.shape[0]
             if self._boff.shape[0] == 0:  # a new tape: arrays of exactly these rows
@@ -504,13 +516,91 @@ class Tape:
             self._nbf = b0 + m
             p.clear()
 
+    def _ingest(self):
+        """A new tape's first flush (nothing in its arrays yet): the pending rows and buffers
+        packed as one int64 array and made into the arrays by one compiled call
+        (``lower.ingest``), instead of a dozen NumPy calls on a tape recorded afresh.
+
+        A small tape whose rows, buffers, kinds and attributes are exactly those of one sealed
+        before (the same code recorded again: a fresh tape per step) takes that tape's sealed
+        arrays, lowered stream and activity masks (``_SEALED``): they were validated, and are
+        never written in place -- a tape holding them copies them before it records more
+        (``_unshare``)."""
+        prow, pbuf, m = self._prow, self._pbuf, len(self._pimm)
+        raw = struct.pack(f"{len(prow) + len(pbuf)}q", *prow, *pbuf)
+        nb = len(pbuf) // 3
+        entry = None
+        if m <= SEALED_MAX_ROWS:
+            key = (raw, tuple(self._pattr), bytes(self._kind), self.dtype.char,
+                   tuple(sorted(self._requires_grad)))
+            entry = _SEALED.get(key)
+            if entry is not None:
+                (self._instr, self._src, self._boff, self._bsize,
+                 self._bsite) = entry[:5]
+                self._sealed_as = entry
+                self._shared = True
+            else:
+                self._fresh_key = key
+        if entry is None:
+            ints = np.frombuffer(raw, np.int64)
+            instr = self._instr = np.empty((m, WIDTH), np.int32)
+            src = self._src = np.empty(m, np.int32)
+            boff = self._boff = np.empty(nb, np.int64)
+            bsize = self._bsize = np.empty(nb, np.int64)
+            bsite = self._bsite = np.empty(nb, np.int32)
+            _lower.ingest(ints, instr, src, boff, bsize, bsite)
+            for k, attrs in self._pattr:
+                instr[k, A0:A0 + len(attrs)] = attrs
+        self._imm = np.fromiter(self._pimm, np.float64, m)
+        self._nbf = nb
+        pbuf.clear()
+        if entry is not None and self._opset_n == 0 and entry[7] is not None:
+            self._opset, self._interp = entry[7]  # its opcodes and interpreters
+            self._opset_n = self._nf = m
+            prow.clear()
+            self._pimm.clear()
+            self._pattr.clear()
+        else:
+            self._block_done(0, m)
+
+    def _unshare(self):
+        """Before the tape's arrays change (more recording, a folded op taken off): copies of
+        the arrays it shares with ``_SEALED`` (and other tapes), and no entry of it."""
+        self._fresh_key = self._sealed_as = None
+        if self._shared:
+            self._shared = False
+            self._instr, self._src = self._instr.copy(), self._src.copy()
+            self._boff, self._bsize = self._boff.copy(), self._bsize.copy()
+            self._bsite = self._bsite.copy()
+
+    def _block_done(self, k0, m):
+        """Rows ``k0 .. k0 + m`` are in the arrays: note their opcodes (cheaper than
+        ``sweep.opcodes_of``) and clear the pending lists."""
+        if self._opset_n == k0:
+            ops = _block_ops(self._prow)
+            if ops is not None:
+                if not ops <= self._opset:
+                    self._opset = self._opset | ops
+                    self._interp = None
+                self._opset_n = k0 + m
+        self._nf = k0 + m
+        self._prow.clear()
+        self._pimm.clear()
+        if self._pattr:
+            self._pattr.clear()
+
     def _flush(self, check=False, evaluate=True):
         """Move pending rows into the arrays and (``evaluate``) run every instruction not
         yet evaluated, in one compiled call. Returns the sweep's ``(status, k)``."""
         if self._done == self._n and not self._pbuf:  # nothing pending (a sealed tape read)
             return 0, 0
-        self._flush_buffers()
+        if self._pimm and self._instr.shape[0] == 0 and self._boff.shape[0] == 0:
+            self._ingest()  # a new tape: every row and buffer pending, in one call
+        else:
+            self._flush_buffers()
         if self._pimm:
+            if self._fresh_key is not None or self._shared:
+                self._unshare()
             k0, m = self._nf, len(self._pimm)
             rows = _as_ints(self._prow, "i").reshape(m, A0 + 1)
             if self._instr.shape[0] == 0:  # a new tape: arrays of exactly these rows
@@ -530,16 +620,7 @@ class Tape:
                 self._imm[k0:k0 + m] = _as_floats(self._pimm)
             for k, attrs in self._pattr:
                 block[k - k0, A0:A0 + len(attrs)] = attrs
-            if self._opset_n == k0:  # the block's opcode set, cheaper than opcodes_of
-                ops = _block_ops(rows, self._prow)
-                if ops is not None:
-                    if not ops <= self._opset:
-                        self._opset = self._opset | ops
-                        self._interp = None
-                    self._opset_n = k0 + m
-            self._nf = k0 + m
-            for p in (self._prow, self._pimm, self._pattr):
-                p.clear()
+            self._block_done(k0, m)
         k0, k1 = self._done, self._nf
         if k0 < k1 and evaluate:
             nb = self._nbf
@@ -566,13 +647,22 @@ class Tape:
         if n < self._nf:
             seen = seen | _sweep.opcodes_of(self._instr[n:self._nf])
         if seen != self._opset or self._interp is None:
-            self._interp = _sweep.for_ops(seen, self.dtype)
-            if self._param_elems:  # a gradient will follow: its sweep, in a worker
-                _sweep.compile_ahead(self._interp, self.dtype)
+            key = (seen, self.dtype.char, self._param_elems > 0)
+            interp = _INTERPS.get(key)  # (a tape recorded afresh every step asks each time)
+            if interp is None:
+                interp = _sweep.for_ops(seen, self.dtype)
+                if self._param_elems:  # a gradient will follow: its sweep, in a worker
+                    _sweep.compile_ahead(interp, self.dtype)
+                if len(_INTERPS) >= 4096:
+                    _INTERPS.clear()
+                _INTERPS[key] = interp
+            self._interp = interp
         self._opset, self._opset_n = seen, self._nf
         return self._interp
 
     def _dirty(self):
+        if self._fresh_key is not None or self._shared:
+            self._unshare()
         if self._plan is not None:  # recording reads any buffer: the dense layout back
             _plan.unplan(self)
         self._sealed = False
@@ -604,6 +694,18 @@ class Tape:
             self._boff, self._bsize = self._boff[:nb], self._bsize[:nb]
             self._bsite = self._bsite[:nb]
         instr, bsize = self._instr, self._bsize
+        entry = self._sealed_as
+        if (entry is not None and not self._alias and self._in_order
+                and _plan.stays_dense(self)):  # recorded as a tape sealed before: its arrays
+            self._base = _identity(nb)
+            self._seal_arenas()
+            self._low = entry[5]
+            self._layout += 1
+            self._sealed = True
+            return
+        if self._shared:  # the layout may change them (relayout, arena planning)
+            self._unshare()
+            instr, bsize = self._instr, self._bsize
         if self._alias:
             base = np.arange(nb, dtype=np.int64)
             base[np.fromiter(self._alias.keys(), np.int64, len(self._alias))] = \
@@ -617,17 +719,13 @@ class Tape:
         if src is not None and self._plan is None:
             self._move_values(base, src)
         total = self._used
-        if self._grad.shape[0] != max(total, 1):
-            self._grad = np.zeros(max(total, 1), self.dtype)
-            self._grad_stale = False
-        else:  # gradients of the last layout may sit anywhere in it
-            self._grad_stale = True
-        self._n_params = self._param_elems
+        self._seal_arenas()
         # the arrays' dtypes and shapes hold by construction: their indices are checked by
         # validate's compiled passes, and when one fails validate_tape_arrays says what
         arena = max(total, 1)
         interp = self._interpreters()
-        announce_compile(interp.check_instructions)
+        if interp.check_instructions not in _ANNOUNCED:
+            announce_compile(interp.check_instructions)
         if (_validate.check_buffers(self._boff, bsize, arena) >= 0
                 or (n and interp.check_instructions(instr, bsize, N_IN)[0] >= 0)):
             _validate.validate_tape_arrays(instr, self._imm, self._boff, bsize, None, arena,
@@ -635,8 +733,26 @@ class Tape:
         self._low = _sweep.lower(instr, self._boff, bsize)  # from the validated arrays only
         if clear is not None:
             self._low[:, _lower.CLEAR] = clear
+        elif self._fresh_key is not None and src is None:  # for tapes recorded alike
+            if len(_SEALED) >= SEALED_MAX_ENTRIES:
+                _SEALED.clear()
+            ops = ((self._opset, interp) if self._opset_n == n and self._interp is interp
+                   else None)
+            self._sealed_as = _SEALED[self._fresh_key] = (
+                instr, self._src, self._boff, bsize, self._bsite, self._low, {}, ops)
+            self._shared = True
+        self._fresh_key = None
         self._layout += 1
         self._sealed = True
+
+    def _seal_arenas(self):
+        total = self._used
+        if self._grad.shape[0] != max(total, 1):
+            self._grad = np.zeros(max(total, 1), self.dtype)
+            self._grad_stale = False
+        else:  # gradients of the last layout may sit anywhere in it
+            self._grad_stale = True
+        self._n_params = self._param_elems
 
     def _relayout(self, base, move=True):
         """New offsets with the root buffers ordered params, inputs, consts, temps (creation
@@ -686,6 +802,13 @@ class Tape:
         with ``requires_grad``) reaches ``seed`` through it; bit ``2 << j`` where input j
         needs its gradient."""
         mask = self._rev_masks.get(seed)
+        if mask is None and self._sealed_as is not None:  # a tape recorded alike: its masks
+            done = self._sealed_as[6].get(seed)
+            if done is not None:
+                mask, self._varied = done
+                self._rev_masks[seed] = mask
+                self._zero = None
+                return mask
         if mask is None:
             varied = np.zeros(max(self._nbuf, 1), np.uint8)
             leaves = self._params
@@ -700,6 +823,8 @@ class Tape:
                 self._instr, N_IN, DIFFERENTIABLE, self._base, varied, seed)
             self._varied = varied  # completed by the pass: every buffer with a gradient
             self._zero = None      # a sweep with this mask may write more of the arena
+            if self._sealed_as is not None:
+                self._sealed_as[6][seed] = (mask, varied)
         return mask
 
     def _zero_grads(self):
@@ -1148,19 +1273,27 @@ def _as_ints(items, code):
     return np.frombuffer(struct.pack(f"{len(items)}{code}", *items), _INT_DTYPES[code])
 
 
-_BLOCK_OPS = {}  # bytes of a small block's opcode column -> its opcode set (None: a MATMUL)
+SEALED_MAX_ROWS = 1024       # tapes this small are remembered when sealed (Tape._ingest)
+SEALED_MAX_ENTRIES = 64         # (at most ~150 KB each)
+_SEALED = {}  # a new tape's (rows and buffers, attributes, kinds, dtype, requires_grad) ->
+              # (instr, src, boff, bsize, bsite, low, {seed: (reverse mask, varied)},
+              #  (opcode set, interpreters) or None)
+_INTERPS = {}  # (opcode set, dtype char, has parameters) -> what Tape._interpreters chose
+_BLOCK_OPS = {}  # a small block's opcodes (tuple) -> their set (None: a MATMUL)
 
 
-def _block_ops(rows, prow):
-    """The opcodes of the pending ``rows`` (their list ``prow``) as a frozenset of ints, or
-    None when one is a MATMUL (``sweep.opcodes_of`` then reads its attributes). A tape
-    recorded afresh every step meets the same small blocks again: those are remembered."""
-    small = rows.shape[0] <= 256
+def _block_ops(prow):
+    """The opcodes of the pending rows ``prow`` as a frozenset of ints, or None when one is a
+    MATMUL (``sweep.opcodes_of`` then reads its attributes). A tape recorded afresh every step
+    meets the same small blocks again: those are remembered."""
+    codes = prow[0::A0 + 1]
+    small = len(codes) <= 256
     if small:
-        key = rows[:, OP].tobytes()
-        if key in _BLOCK_OPS:
-            return _BLOCK_OPS[key]
-    ops = frozenset(map(int, set(prow[0::A0 + 1])))
+        key = tuple(codes)
+        ops = _BLOCK_OPS.get(key, _BLOCK_OPS)  # (the dict itself: not there)
+        if ops is not _BLOCK_OPS:
+            return ops
+    ops = frozenset(map(int, set(codes)))
     if _MATMUL in ops:  # its interpreter rows depend on its attributes
         ops = None
     if small:
