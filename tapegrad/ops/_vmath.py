@@ -75,8 +75,18 @@ def _fma(typingctx, a, b, c):
     return a(a, b, c), codegen
 
 
+def wide():
+    """Asks LLVM to vectorise the loops of the compiled function that calls this 512 bits
+    wide where the CPU has AVX-512 (``_wide``); nothing in plain Python."""
+
+
+@overload(wide, inline="always")
+def _wide_impl():
+    return lambda: _wide()
+
+
 @intrinsic
-def wide(typingctx):
+def _wide(typingctx):
     """Asks LLVM to vectorise the loops of the compiled function this is lowered into 512
     bits wide (8 doubles, 16 floats) where ``_jit.WIDE_VECTORS`` (AVX-512, not turned off by
     ``TAPEGRAD_AVX512=0``); no code. Only functions of ``tapegrad.ops`` modules (the
