@@ -102,10 +102,42 @@ def _cache_class():
     class TapegradFunctionCache(base_cache):
         _impl_class = Impl
 
+        def _index_key(self, sig, codegen):
+            # code compiled with and without wide vectors must never stand in for each other
+            return super()._index_key(sig, codegen) + (("tapegrad-wide", WIDE_VECTORS),)
+
     return TapegradFunctionCache
 
 
 _FunctionCache = _cache_class()
+
+
+def _wide_vectors():
+    """Whether the kernels that ask for it (``tapegrad.ops._vmath.wide``) are vectorised
+    512 bits wide: only on a CPU with AVX-512 (as numba compiles for it: ``NUMBA_CPU_FEATURES``
+    when set, else the host's), unless ``TAPEGRAD_AVX512=0``.
+
+    LLVM vectorises 256 bits wide on the Intel CPUs that have AVX-512 (its tuning
+    "prefer-256-bit": older Xeons lowered their clock for 512-bit instructions); the
+    transcendental kernels do twice the arithmetic per instruction at 512 bits (BENCHMARKS.md,
+    issue 17 session 13). The choice is part of every cache key of ``cached`` (besides numba's
+    own key of CPU name and features), so code of one setting is never loaded under the
+    other; without that cache class (numba's internals changed) it stays off."""
+    flag = os.environ.get("TAPEGRAD_AVX512", "").strip().lower()
+    if flag in ("0", "off", "no", "false") or _FunctionCache is None:
+        return False
+    try:
+        from numba.core import config
+        from numba.core.codegen import get_host_cpu_features
+        feats = config.CPU_FEATURES
+        if feats is None:
+            feats = get_host_cpu_features()
+    except Exception:  # numba's internals moved: keep LLVM's default
+        return False
+    return "+avx512f" in str(feats).split(",")
+
+
+WIDE_VECTORS = _wide_vectors()
 
 
 def generated_dir():

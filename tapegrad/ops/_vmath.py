@@ -34,7 +34,7 @@ from llvmlite import ir
 from numba import types
 from numba.extending import intrinsic, overload
 
-from .._jit import kernel
+from .._jit import WIDE_VECTORS, kernel
 
 F64, F32 = np.float64, np.float32
 
@@ -73,6 +73,34 @@ def _fma(typingctx, a, b, c):
     def codegen(context, builder, sig, args):
         return builder.fma(*args)
     return a(a, b, c), codegen
+
+
+def wide():
+    """Asks LLVM to vectorise the loops of the compiled function that calls this 512 bits
+    wide where the CPU has AVX-512 (``_wide``); nothing in plain Python."""
+
+
+@overload(wide, inline="always")
+def _wide_impl():
+    return lambda: _wide()
+
+
+@intrinsic
+def _wide(typingctx):
+    """Asks LLVM to vectorise the loops of the compiled function this is lowered into 512
+    bits wide (8 doubles, 16 floats) where ``_jit.WIDE_VECTORS`` (AVX-512, not turned off by
+    ``TAPEGRAD_AVX512=0``); no code. Only functions of ``tapegrad.ops`` modules (the
+    kernels' called twins, the ``@jit`` helpers) are marked, not the interpreters the scalar
+    rows inline these kernels into: their other loops keep LLVM's width."""
+    def codegen(context, builder, sig, args):
+        fn = builder.function
+        if WIDE_VECTORS and "8tapegrad3ops" in fn.name:
+            try:  # a string attribute: llvmlite's add() knows only the keyword ones
+                set.add(fn.attributes, '"prefer-vector-width"="512"')
+            except Exception:  # llvmlite changed: keep LLVM's width
+                pass
+        return context.get_dummy_value()
+    return types.none(), codegen
 
 
 def _taylor(n, first=0, dtype=F64):
@@ -114,6 +142,7 @@ INF_F, NAN_F = F32(math.inf), F32(math.nan)
 @kernel
 def _exp_reduce64(x):
     """(k, r) with x = k ln 2 + r, |r| <= ln2/2 (x already clamped, NaN passing through)."""
+    wide()
     kd = _fma(x, LOG2E, ROUND)
     kf = kd - ROUND
     r = _fma(kf, -LN2_LO, _fma(kf, -LN2_HI, x))
@@ -197,6 +226,7 @@ def _sigmoid64(x):
 
 @kernel
 def _log64(x):
+    wide()
     sub = x < TINY
     y = x * TWO52 if sub else x
     ib = _bits(y) - _bits(SQRT_HALF)
@@ -224,6 +254,7 @@ def _log64(x):
 # ------------------------------------------------------------------ float32 kernels
 @kernel
 def _exp_reduce32(x):
+    wide()
     kd = _fma(x, LOG2E_F, ROUND_F)
     kf = kd - ROUND_F
     r = _fma(kf, -LN2_LO_F, _fma(kf, -LN2_HI_F, x))
@@ -276,6 +307,7 @@ def _sigmoid32(x):
 
 @kernel
 def _log32(x):
+    wide()
     sub = x < TINY_F
     y = x * TWO23_F if sub else x
     ib = _bits(y) - _bits(SQRT_HALF_F)

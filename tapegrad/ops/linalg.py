@@ -25,6 +25,7 @@ from ..var import Var
 from ._precision import is_f32
 from ._record import broadcast_to, prod, reshape_var, vars_of
 from ._vjp import vjp
+from ._vmath import wide
 
 BLAS_MIN = 65536     # multiply-adds from which every product goes to BLAS
 BLAS_SMALL = 256     # ... and from which one goes to BLAS unless a float32 sum is long
@@ -223,7 +224,8 @@ VM_BLOCK = 1024  # columns of a vector-matrix product summed per pass (8 KB of f
 @_reassoc
 def matvec_fwd(v, x, y, ans, batch, M, K, N, sx, sy):
     uK, uN = np.uint64(K), np.uint64(N)
-    acc = np.zeros(N if M == 1 and N > 1 else 0)
+    wide()
+    acc = np.zeros(min(N, VM_BLOCK) if M == 1 and N > 1 else 0)
     for t in range(batch):
         xo = np.uint64(x + t * sx * M * K)
         yo = np.uint64(y + t * sy * K * N)
@@ -237,30 +239,53 @@ def matvec_fwd(v, x, y, ans, batch, M, K, N, sx, sy):
                 v[zo + m] = s
             continue
         # z = sum_k x[k] Y[k, :]: blocks of VM_BLOCK columns (the running sums stay in L1),
-        # four rows of Y per pass over them
-        K4 = uK - uK % np.uint64(4)
+        # eight rows of Y per pass over them (one load and store of a sum per eight rows;
+        # four for short rows, whose loop is mostly its scalar remainder), then four, then one
+        K8 = uK - uK % np.uint64(8) if N >= 64 else np.uint64(0)
+        K4 = uK - (uK - K8) % np.uint64(4)
         for n0 in range(np.uint64(0), uN, np.uint64(VM_BLOCK)):
             n1 = min(n0 + np.uint64(VM_BLOCK), uN)
-            for n in range(n0, n1):
+            for n in range(n1 - n0):
                 acc[n] = 0.0
-            for k in range(np.uint64(0), K4, np.uint64(4)):
+            for k in range(np.uint64(0), K8, np.uint64(8)):
                 x0, x1 = np.float64(v[xo + k]), np.float64(v[xo + k + np.uint64(1)])
                 x2 = np.float64(v[xo + k + np.uint64(2)])
                 x3 = np.float64(v[xo + k + np.uint64(3)])
-                r0 = yo + k * uN
+                x4 = np.float64(v[xo + k + np.uint64(4)])
+                x5 = np.float64(v[xo + k + np.uint64(5)])
+                x6 = np.float64(v[xo + k + np.uint64(6)])
+                x7 = np.float64(v[xo + k + np.uint64(7)])
+                r0 = yo + k * uN + n0
                 r1 = r0 + uN
                 r2 = r1 + uN
                 r3 = r2 + uN
-                for n in range(n0, n1):
+                r4 = r3 + uN
+                r5 = r4 + uN
+                r6 = r5 + uN
+                r7 = r6 + uN
+                for n in range(n1 - n0):
+                    acc[n] += (((x0 * v[r0 + n] + x1 * v[r1 + n])
+                                + (x2 * v[r2 + n] + x3 * v[r3 + n]))
+                               + ((x4 * v[r4 + n] + x5 * v[r5 + n])
+                                  + (x6 * v[r6 + n] + x7 * v[r7 + n])))
+            for k in range(K8, K4, np.uint64(4)):
+                x0, x1 = np.float64(v[xo + k]), np.float64(v[xo + k + np.uint64(1)])
+                x2 = np.float64(v[xo + k + np.uint64(2)])
+                x3 = np.float64(v[xo + k + np.uint64(3)])
+                r0 = yo + k * uN + n0
+                r1 = r0 + uN
+                r2 = r1 + uN
+                r3 = r2 + uN
+                for n in range(n1 - n0):
                     acc[n] += (x0 * v[r0 + n] + x1 * v[r1 + n]) + (x2 * v[r2 + n]
                                                                    + x3 * v[r3 + n])
             for k in range(K4, uK):
                 xk = np.float64(v[xo + k])
-                row = yo + k * uN
-                for n in range(n0, n1):
+                row = yo + k * uN + n0
+                for n in range(n1 - n0):
                     acc[n] += xk * v[row + n]
-            for n in range(n0, n1):
-                v[zo + n] = acc[n]
+            for n in range(n1 - n0):
+                v[zo + n0 + n] = acc[n]
 
 
 @_reassoc
