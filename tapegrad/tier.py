@@ -235,18 +235,24 @@ def _convert(v):
     if v is math:
         return _MATH
     try:
-        return _SPECIAL.get(v, v)
+        return _specials().get(v, v)
     except TypeError:  # unhashable
         return v
 
 
+def _specials():
+    """The numba-only objects and their Python stand-ins (made on first use)."""
+    global _SPECIAL
+    if _SPECIAL is None:
+        _SPECIAL = _special()
+    return _SPECIAL
+
+
 def _tier_globals(g):
     """The Python-tier copy of a module's globals (made once per module)."""
-    global _SPECIAL
     out = _globals.get(id(g))
     if out is None:
-        if _SPECIAL is None:
-            _SPECIAL = _special()
+        _specials()
         out = _globals[id(g)] = {}
         _keep.append(g)
         out.update(g)
