@@ -142,9 +142,14 @@ def test_a_process_falls_back_to_the_full_interpreter(monkeypatch):
     assert sweep.for_ops(ops, np.float64) is sweep.interpreter(sweep.ALL_OPS)  # remembered
     monkeypatch.setattr(sweep, "MAX_SPECIALISED", 10 ** 6)
     assert sweep.for_ops(ops, np.float32) is sweep.interpreter(ops)
-    monkeypatch.setattr(sweep, "_ready", lambda d, dtype: True)   # the full one is cached
+    full = sweep.interpreter(sweep.ALL_OPS)
+    monkeypatch.setattr(sweep, "_ready", lambda d, dtype: any(   # only the full one is cached
+        d is getattr(full, n) for n in ("forward", "reverse", "check_instructions")))
     other = {Op.ADD, Op.SUB, Op.DIVC, Op.SIN}
-    assert sweep.for_ops(other, np.float64) is sweep.interpreter(sweep.ALL_OPS)
+    assert sweep.for_ops(other, np.float64) is full
+    monkeypatch.setattr(sweep, "_ready", lambda d, dtype: True)   # both cached: its own
+    third = {Op.ADD, Op.SUB, Op.DIVC, Op.COS}
+    assert sweep.for_ops(third, np.float64) is sweep.interpreter(third)
 
 
 def _dispatchers():
