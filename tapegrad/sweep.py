@@ -727,9 +727,8 @@ def _choose(ops, dtype):
     """This opcode set's own module when it is compiled or cached (its smaller dispatch runs
     a scalar graph ~10 % faster than the full one's), else the full one when that is, else
     this set's (compiled now, or run by the Python tier while workers compile it)."""
-    full = interpreter(ALL_OPS)
     if ops == ALL_OPS or ops in _modules:
-        return _tiered(_modules.get(ops, full), dtype)
+        return _tiered(interpreter(ops), dtype)
     key = frozenset(int(o) for o in ops)
     own = _probed.get(key)
     if own is None:  # loaded to look at its cache, registered only when chosen
@@ -737,9 +736,10 @@ def _choose(ops, dtype):
             own = _probed.get(key) or _modules.get(key)
             if own is None:
                 own = _probed[key] = _load(source(key))
-    if not (all(_ready(getattr(own, n), dtype) for n in ("forward", "reverse"))
-            or not (_ready(full.forward, dtype) or len(_modules) > MAX_SPECIALISED)):
-        return _tiered(full, dtype)
+    if not all(_ready(getattr(own, n), dtype) for n in ("forward", "reverse")):
+        full = interpreter(ALL_OPS)  # (loading it costs ~0.2 s: only when needed)
+        if _ready(full.forward, dtype) or len(_modules) > MAX_SPECIALISED:
+            return _tiered(full, dtype)
     with _lock:
         own = _modules.setdefault(key, own)
     return _tiered(own, dtype)
