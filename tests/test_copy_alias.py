@@ -52,11 +52,17 @@ def _built(dtype, alias, monkeypatch):
     return tape, leaves, loss, info
 
 
+def _pair(dtype, monkeypatch):
+    """The graph optimized with its copies moved in place, and without (same layout)."""
+    *aliased, info = _built(dtype, True, monkeypatch)
+    *plain, plain_info = _built(dtype, False, monkeypatch)
+    assert info["aliased"] > 0 and plain_info["aliased"] == 0
+    return aliased, plain, info
+
+
 def test_copies_are_skipped_and_every_number_is_the_same_bit_for_bit(monkeypatch):
-    ta, la, lossa, info = _built(np.float64, True, monkeypatch)
-    tb, lb, lossb, info_b = _built(np.float64, False, monkeypatch)
+    (ta, la, lossa), (tb, lb, lossb), info = _pair(np.float64, monkeypatch)
     tc, lc, lossc = _graph(np.float64)
-    assert info["aliased"] > 0 and info_b["aliased"] == 0
     assert int((ta._low[:, CODE] == SKIP).sum()) == info["aliased"]
     assert not np.any(tb._low[:, CODE] == SKIP)
     rng = np.random.default_rng(1)
@@ -84,9 +90,7 @@ def test_gradient_matches_central_differences():
 
 
 def test_float32_within_rounding_of_the_unaliased_tape(monkeypatch):
-    ta, la, lossa, info = _built(np.float32, True, monkeypatch)
-    tb, lb, lossb, _ = _built(np.float32, False, monkeypatch)
-    assert info["aliased"] > 0
+    (ta, la, lossa), (tb, lb, lossb), _ = _pair(np.float32, monkeypatch)
     v = np.random.default_rng(3).normal(size=12)
     ya, ga = _run(ta, la, lossa, v)
     yb, gb = _run(tb, lb, lossb, v)
@@ -136,9 +140,7 @@ def test_a_read_between_the_copy_and_the_vectors_reader_keeps_the_copy():
 
 
 def test_save_load_forward_mode_and_recorded_gradients(tmp_path, monkeypatch):
-    tape, leaves, loss, info = _built(np.float64, True, monkeypatch)
-    ref_tape, ref_leaves, ref_loss, _ = _built(np.float64, False, monkeypatch)
-    assert info["aliased"] > 0
+    (tape, leaves, loss), (ref_tape, ref_leaves, ref_loss), _ = _pair(np.float64, monkeypatch)
     v = np.random.default_rng(4).normal(size=12)
     y, g = _run(tape, leaves, loss, v)
     yr, gr = _run(ref_tape, ref_leaves, ref_loss, v)
@@ -181,9 +183,7 @@ def test_recording_a_new_parameter_lays_out_densely_and_stays_right():
 
 @pytest.mark.parametrize("opt", ["SGD", "Adam"])
 def test_fit_on_an_aliased_tape_is_the_unaliased_fit(opt, monkeypatch):
-    ta, la, lossa, info = _built(np.float64, True, monkeypatch)
-    tb, lb, lossb, _ = _built(np.float64, False, monkeypatch)
-    assert info["aliased"] > 0
+    (ta, la, lossa), (tb, lb, lossb), _ = _pair(np.float64, monkeypatch)
     ha = tg.fit(lossa, getattr(tg.optim, opt)(ta.params, lr=0.05), steps=20, progress=False)
     hb = tg.fit(lossb, getattr(tg.optim, opt)(tb.params, lr=0.05), steps=20, progress=False)
     assert np.array_equal(np.asarray(ha), np.asarray(hb))
