@@ -33,6 +33,7 @@ import os
 import threading
 import _thread
 import struct
+import sys
 
 import numpy as np
 
@@ -58,6 +59,7 @@ _MATMUL = int(Op.MATMUL)                # its rows depend on its attributes (swe
 _PAD_IN = ((-1, -1, -1), (-1, -1), (-1,), ())
 _SIZES = {(): 1}             # shape -> number of elements, for shapes already seen
 _new_object = object.__new__
+_getframe = sys._getframe
 _F64 = np.dtype(np.float64)
 _INT_DTYPES = {"i": np.dtype(np.int32), "q": np.dtype(np.int64)}
 
@@ -443,7 +445,17 @@ class Tape:
         shape and the immediate ``imm``, its output a new temporary of that shape: ``_emit``
         written out for the elementwise operators (``Var.__add__`` ...), where one op costs
         about a microsecond and each call, lookup and branch shows."""
-        site = site_id()
+        # site_id's common case inlined: the user's frame is the operator's caller (frame 2)
+        # or, for tg.sin(x) and the like, the caller of that package function (frame 3), and
+        # its code is the one site_id saw last (never a file of the package): one lookup
+        last = _errors._last
+        f = _getframe(2)
+        code = f.f_code
+        if code is not last[0] and _errors._inside[code.co_filename]:
+            f = f.f_back
+        site = last[1].get(f.f_lasti) if f is not None and f.f_code is last[0] else None
+        if site is None:
+            site = site_id()
         shape = self._shape[x]
         size = _SIZES.get(shape)
         if size is None:
@@ -1330,6 +1342,7 @@ def _ones(m):
 
 # imported last: these import the ops, which import this module
 from . import activity as _activity  # noqa: E402
+from . import errors as _errors  # noqa: E402
 from . import lower as _lower  # noqa: E402
 from . import plan as _plan  # noqa: E402
 from . import sweep as _sweep  # noqa: E402

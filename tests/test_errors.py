@@ -192,3 +192,28 @@ def test_validation_rejects_offsets_that_would_overflow():
         validate_tape_arrays(np.zeros((0, WIDTH), np.int32), np.zeros(0),
                              np.array([2 ** 62], np.int64), np.array([2 ** 62], np.int64),
                              [(2 ** 31, 2 ** 31)], 10)
+
+
+def _scaled(v):
+    return v * 3.0  # the site of the MULC: this line, not the caller's
+
+
+def test_site_of_an_operator_in_a_helper_names_the_helper_line():
+    """Tape._rec finds the user's frame without site_id when its code is the one seen last:
+    an operator inside a user's helper must name the helper's line, also when the helper is
+    called from a call site that also calls tg.sin directly (one package frame deeper, whose
+    site is that call's line)."""
+    import inspect
+    tape = tg.Tape()
+    x = tape.param(np.array([0.5]), name="x")
+    y = x
+    here = inspect.currentframe().f_lineno
+    for _ in range(3):
+        y = y + 1.0                   # here + 2
+        for f in (tg.sin, _scaled):
+            y = f(y)                  # here + 4 for tg.sin; _scaled's own line
+    helper_line = inspect.getsourcelines(_scaled)[1] + 1
+    lines = [int(tape._site(k).rsplit(":", 1)[1]) for k in range(len(tape))]
+    assert lines == [here + 2, here + 4, helper_line] * 3
+    assert all(tape._site(k).rsplit(":", 1)[0].endswith("test_errors.py")
+               for k in range(len(tape)))
