@@ -18,7 +18,10 @@ is sealed (``Tape._seal``, after the tape arrays are validated; ``Tape.load`` li
 A scalar SLICE or PLACE whose element is the other buffer's own slot -- a copy onto itself,
 as ``tape.optimize()`` makes them by moving a scalar into the vector element it is copied
 to or from (``optimize._alias_copies``) -- is lowered to ``SKIP`` with ``N`` 0: neither
-sweep runs it (its reverse rule would add the element's gradient to itself).
+sweep runs it (its reverse rule would add the element's gradient to itself). Its ``LY``
+(``RUN_AHEAD``) and ``LZ`` (``RUN_BACK``) hold how many rows from it on, and from it back,
+are SKIP rows (itself included): the forward sweep steps over a run of them at once, the
+reverse sweep likewise backwards (the stacked / sliced scalars of a softmax make runs of 4).
 
 so the sweeps (``tapegrad.sweep``) read an instruction's offsets from one row instead of
 going through the buffer table, and read ``instr`` only for the attributes of the branches
@@ -53,6 +56,7 @@ CODE, ANS, N, LX, LY, LZ, NX, CLEAR = range(8)
 LOW_WIDTH = 8
 SCALAR = 1 << 16  # low[k, CODE] of an instruction that runs its scalar row
 SKIP = 1 << 17    # low[k, CODE] of a copy onto itself: nothing to run
+RUN_AHEAD, RUN_BACK = LY, LZ  # a SKIP row's: the run of SKIP rows from it on / back
 
 # how a size-1 instruction of an op with a scalar row finds its element (sweep.SCALAR_KIND)
 NONE, ELEMENTWISE, IN_ELEMENT, OUT_ELEMENT, ONE_ROW = 0, 1, 2, 3, 4
@@ -91,6 +95,16 @@ def lower_into(instr, boff, bsize, kind, low):
         low[k, CODE], low[k, ANS], low[k, N] = code, ans, n
         low[k, LX], low[k, LY], low[k, LZ], low[k, NX] = x, y, z, nx
         low[k, CLEAR] = 0
+    run = 0
+    for k in range(instr.shape[0] - 1, -1, -1):
+        run = run + 1 if low[k, CODE] == SKIP else 0
+        if run:
+            low[k, RUN_AHEAD] = run
+    run = 0
+    for k in range(instr.shape[0]):
+        run = run + 1 if low[k, CODE] == SKIP else 0
+        if run:
+            low[k, RUN_BACK] = run
     return low
 
 

@@ -158,7 +158,7 @@ FORWARD = {
     Op.GUARD: """
         if (val[x] != 0) != (a0 != 0):
             return GUARD_FLIPPED, k
-        continue""",
+        n = np.uint64(0)  # (its output is x, checked where it was computed)""",
     Op.GATHER: """
         if not gather_fwd(val, val, x, y, ans, a0, a1, a2, a3):
             return BAD_INDEX, k""",
@@ -445,8 +445,10 @@ _LOW_PREAMBLE = """
 _FORWARD_LOOP = """
 @jit
 def forward(instr, imm, low, val, mask, check_finite):
-    for k in range(low.shape[0]):
+    k = 0
+    while k < low.shape[0]:
         if mask[k] == 0:
+            k += 1
             continue{preamble}
 {branches}
         else:
@@ -455,14 +457,17 @@ def forward(instr, imm, low, val, mask, check_finite):
             for i in range(n):
                 if not math.isfinite(val[ans + i]):
                     return NON_FINITE, k
+        k += 1
     return OK, 0
 """
 
 _REVERSE_LOOP = """
 @jit
 def reverse(instr, imm, low, val, grad, mask, clear):
-    for k in range(low.shape[0] - 1, -1, -1):
+    k = low.shape[0] - 1
+    while k >= 0:
         if mask[k] & 1 == 0:
+            k -= 1
             continue{preamble}
 {branches}
         else:
@@ -471,8 +476,14 @@ def reverse(instr, imm, low, val, grad, mask, clear):
             # for the next step (low[k, 7]: lower.CLEAR, a slot that tapegrad.plan shares)
             for i in range(n):
                 grad[ans + i] = 0
+        k -= 1
     return OK, 0
 """
+
+# a SKIP row holds the length of the run of SKIP rows it starts, each way (>= 1)
+# (at least one: a zero would never end the loop)
+_SKIP_AHEAD = f"k += max(low[k, {_lower.RUN_AHEAD}], 1)"
+_SKIP_BACK = f"k -= max(low[k, {_lower.RUN_BACK}], 1)"
 
 _LAZY = [(re.compile(r"\bop\b"), "op = np.int64(instr[k, OP])"),
          (re.compile(r"\bnx\b"), "nx = low[k, 6]")] + [
@@ -488,20 +499,25 @@ def _block(code):
     return "\n".join("            " + line for line in lines)
 
 
-def _lowered_branches(table, scalar, ops, plain=None):
+def _lowered_branches(table, scalar, ops, plain=None, skip="pass"):
     """The ``if code == ...: / elif ...`` chain of the value sweeps: per opcode of ``ops`` its
     row (from ``plain`` where given), and for one with a scalar kind its size-1 branch (its row
     in ``scalar``, else its row). Each branch first reads the attributes it names."""
     ops = sorted(o for o in ops if o >= 0)
     out = [] if ops else ["        if code < 0:  # no opcodes: any instruction is unknown\n"
                           "            pass"]
-    if Op.PLACE in ops or Op.SLICE in ops:  # a copy onto itself (tape.optimize())
-        out.append(f"        if code == {_lower.SKIP}:  # SKIP\n            pass")
+    if Op.PLACE in ops or Op.SLICE in ops:  # a copy onto itself (tape.optimize()): the
+        # sweep steps over the run of such rows it starts (``skip``, lower.RUN_AHEAD/BACK)
+        out.append(f"        if code == {_lower.SKIP}:  # SKIP\n            {skip}\n"
+                   f"            continue")
     for op in ops:
         rows = [(op, (plain or {}).get(op, table[op]), "")]
         if SCALAR_KIND[op] != _lower.NONE:
             rows.insert(0, (op + _lower.SCALAR, scalar.get(op, table[op]), " (one element)"))
         for code, row, note in rows:
+            # the value sweeps are while loops that step k themselves (SKIP runs): a row's
+            # own `continue` would never step it
+            assert not re.search(r"\bcontinue\b", row), (Op(op).name, row)
             lazy = [line for pattern, line in _LAZY if pattern.search(row)]
             text = "\n".join(["            " + line for line in lazy] + [_block(row)])
             out.append(f"        {'elif' if out else 'if'} code == {code}:  # {Op(op).name}"
@@ -551,9 +567,11 @@ def source(ops):
         ".items() if not k.startswith('__')})",
         "globals().update(called(globals()))",
         _FORWARD_LOOP.format(preamble=_LOW_PREAMBLE,
-                             branches=_lowered_branches(FORWARD, SCALAR_FORWARD, ops, fwd)),
+                             branches=_lowered_branches(FORWARD, SCALAR_FORWARD, ops, fwd,
+                                                         _SKIP_AHEAD)),
         _REVERSE_LOOP.format(preamble=_LOW_PREAMBLE,
-                             branches=_lowered_branches(REVERSE, SCALAR_REVERSE, ops, rev)),
+                             branches=_lowered_branches(REVERSE, SCALAR_REVERSE, ops, rev,
+                                                         _SKIP_BACK)),
         tangent.LOOP.format(preamble=_PREAMBLE, branches=_branches(tangent.TANGENT, ops)),
         validate.LOOP.format(branches=_branches(validate.CHECKS, ops)),
         "\n@jit\n" + steps])

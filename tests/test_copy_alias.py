@@ -7,7 +7,7 @@ import pytest
 
 import tapegrad as tg
 import tapegrad.optimize as optimize_mod
-from tapegrad.lower import CODE, SKIP
+from tapegrad.lower import CODE, RUN_AHEAD, RUN_BACK, SKIP
 from tapegrad.tangent import tangents
 
 
@@ -73,6 +73,35 @@ def test_copies_are_skipped_and_every_number_is_the_same_bit_for_bit(monkeypatch
         yc, gc = _run(tc, lc, lossc, v)
         assert ya == yb and np.array_equal(ga, gb)          # the same arithmetic, in place
         np.testing.assert_allclose(ga, gc, rtol=1e-12, atol=1e-15)   # vs the tape as recorded
+
+
+def test_skip_rows_hold_their_runs_and_a_partial_replay_steps_over_them(monkeypatch):
+    """Each SKIP row holds how many SKIP rows follow from it (itself included) and precede
+    it: the sweeps step over a run at once. A replay of part of the tape (outputs=) and a
+    corrupted zero run (the sweeps step at least one row: no endless loop) stay right."""
+    (ta, la, lossa), (tb, lb, lossb), info = _pair(np.float64, monkeypatch)
+    skip = ta._low[:, CODE] == SKIP
+    ahead, back, run = np.zeros(len(skip), np.int64), np.zeros(len(skip), np.int64), 0
+    for k in range(len(skip) - 1, -1, -1):
+        run = run + 1 if skip[k] else 0
+        ahead[k] = run
+    for k in range(len(skip)):
+        run = run + 1 if skip[k] else 0
+        back[k] = run
+    assert ahead.max() >= 4 and back.max() >= 4  # the stacked / sliced fours
+    np.testing.assert_array_equal(ta._low[skip, RUN_AHEAD], ahead[skip])
+    np.testing.assert_array_equal(ta._low[skip, RUN_BACK], back[skip])
+    v = np.random.default_rng(2).normal(size=12)
+    want = _run(tb, lb, lossb, v)
+    assert _run(ta, la, lossa, v)[0] == want[0]
+    for p, x in zip(la, v + 1):
+        p.value[...] = x
+    ta.forward(outputs=[lossa])
+    assert lossa.item() == _run(tb, lb, lossb, v + 1)[0]
+    ta._low[skip, RUN_AHEAD] = 0
+    ta._low[skip, RUN_BACK] = 0
+    y, g = _run(ta, la, lossa, v)
+    assert y == want[0] and np.array_equal(g, want[1])
 
 
 def test_gradient_matches_central_differences():
