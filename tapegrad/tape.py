@@ -945,6 +945,15 @@ class Tape:
         if slots is None or slots[0] is not self._val:
             slots = self._feed_slots()
         slots = slots[1]
+        if len(feeds) == 1:  # one feed of the input's shape: copied without a list of them
+            for name, value in feeds.items():
+                s = slots.get(name)
+                if (s is not None and type(value) is np.ndarray and value.shape == s[2]
+                        and (value.dtype is _F64 or value.dtype.kind in "fiub")):
+                    s[1][...] = value
+                    if self._unfed:
+                        self._unfed.discard(s[0])
+                    return
         checked = []
         for name, value in feeds.items():
             s = slots.get(name)
@@ -1041,9 +1050,10 @@ class Tape:
                     raise ShapeError(f"backward(): grad_output has shape {seed.shape}, "
                                      f"{var._describe()} ({user_site()})")
             g = self._grad
-            if self._grad_stale or g.shape[0] <= ZERO_ALL_BELOW:  # _zero_grads' first case
+            if g.shape[0] <= ZERO_ALL_BELOW:  # _zero_grads' first case
                 g.fill(0)
-                self._grad_stale = False
+                if self._grad_stale:
+                    self._grad_stale = False
             else:
                 self._zero_grads()
             if grad_output is None:
