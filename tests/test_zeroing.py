@@ -178,3 +178,10 @@ def test_an_input_with_requires_grad_gets_a_fresh_gradient(mode):
         tape.forward(x=xv)
         loss.backward()
     np.testing.assert_allclose(x.grad, c.value * np.exp(xv * c.value) + 1, rtol=1e-13)
+
+
+def test_zeroing_bench_runs():
+    """``python -m tapegrad.bench.zeroing --quick``: both settings give equal gradients."""
+    from tapegrad.bench import zeroing
+    for name in ("lstsq", "gmm"):
+        assert zeroing.compare(name, 2, quick=True) > 0
