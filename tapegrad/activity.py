@@ -10,15 +10,17 @@ index they read). Buffers are compared through ``base`` (an alias shares its roo
   to it. Bit 1 runs the instruction's reverse rule; bit ``2 << j`` says input j needs its
   gradient.
 
-``mark_buffers`` finds the buffers whose gradients a reverse sweep touches and
-``zero_ranges`` zeroes those parts of the gradient arena (``Tape._zero_grads``), so a large
-arena is not cleared whole on every call.
+``mark_gradients`` finds the buffers whose gradients a reverse sweep reads or accumulates into,
+``unmark_cleared`` drops those it leaves zero itself (``lower.CLEAR``), and ``zero_ranges``
+zeroes the rest of the gradient arena's parts (``Tape._zero_grads``), so a large arena is not
+cleared whole on every call.
 """
 import os
 
 import numpy as np
 
 from ._jit import drop_stale_cache, jit
+from .lower import ANS, CLEAR, N
 from .opcodes import OP, OUT, X, Op
 
 
@@ -66,15 +68,33 @@ def reverse_mask(instr, n_in, differentiable, base, varied, seed):
 
 
 @jit
-def mark_buffers(instr, n_in, base, mask, flags):
-    """``flags[base[b]] = 1`` for the output and inputs ``b`` of every instruction ``k`` with
-    ``mask[k] != 0``: the gradients a reverse sweep with ``mask`` reads or writes."""
+def mark_gradients(instr, n_in, base, mask, flags):
+    """``flags[base[b]] = 1`` for the gradients a reverse sweep with ``mask`` reads or
+    accumulates into and later sweeps may read: the output of every instruction it runs
+    (``mask[k] & 1``) and each input ``j`` with ``mask[k] & (2 << j)``. Not the other inputs:
+    they have no gradient (no parameter reaches them), so no sweep reads theirs and ``.grad``
+    refuses them, though rules such as ``add_bwd`` add into every input's slot."""
     for k in range(instr.shape[0]):
-        if mask[k] != 0:
+        m = mask[k]
+        if m & 1 != 0:
             op = instr[k, OP]
             flags[base[instr[k, OUT]]] = 1
             for j in range(n_in[op]):
-                flags[base[instr[k, X + j]]] = 1
+                if m & (2 << j) != 0:
+                    flags[base[instr[k, X + j]]] = 1
+
+
+@jit
+def unmark_cleared(instr, low, boff, bsize, base, mask, flags):
+    """``flags[r] = 0`` for each root ``r`` that a reverse sweep with ``mask`` leaves zero:
+    the whole output of an instruction it runs with ``low[k, CLEAR]`` set (the sweep zeroes
+    it once its rule has read it; not PLACE's, which the sweep leaves). Every rule adding into
+    ``r`` runs before that, as ``r``'s writer runs whenever a gradient reaches ``r``."""
+    for k in range(instr.shape[0]):
+        if mask[k] & 1 != 0 and low[k, CLEAR] != 0 and instr[k, OP] != Op.PLACE:
+            r = base[instr[k, OUT]]
+            if low[k, ANS] == boff[r] and low[k, N] == bsize[r]:
+                flags[r] = 0
 
 
 @jit
@@ -86,6 +106,6 @@ def zero_ranges(arena, ranges):
 
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
-for _f in (forward_mask, reverse_mask, mark_buffers, zero_ranges):
+for _f in (forward_mask, reverse_mask, mark_gradients, unmark_cleared, zero_ranges):
     drop_stale_cache(_f, [os.path.join(_HERE, "activity.py"), os.path.join(_HERE, "opcodes.py"),
-                          os.path.join(_HERE, "_jit.py")])
+                          os.path.join(_HERE, "_jit.py"), os.path.join(_HERE, "lower.py")])

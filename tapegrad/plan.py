@@ -32,7 +32,11 @@ a slot only when neither their values nor their gradients are ever live at once:
 Gradients of a shared slot must start at zero for each buffer using it: the reverse sweep
 zeroes the output gradient of every instruction whose output is shared once its rule has read
 it (``low[k, lower.CLEAR]``, the per-instruction form of ``tg.fit``'s ``clear``), so the slot is
-zero again before the previous user's adjoint accumulates. A partial forward
+zero again before the previous user's adjoint accumulates. It does the same for every
+exclusive root that is exclusive only because a reverse rule reads its value (``clear_flags``:
+no Var refers to it, so no ``.grad`` can be asked of it): ``backward()`` then zeroes neither
+kind before its sweep (``Tape._zero_grads``), and a tape looked at here keeps these flags even
+when it stays dense. A partial forward
 (``outputs=...``) or a reverse mask that skips instructions runs a subset of each buffer's
 interval, never another buffer's (the writer of a buffer that is read always runs).
 
@@ -186,8 +190,10 @@ def live_roots(tape):
 
 
 def exclusive_roots(tape, instr, base, pinned):
-    """``(exclusive, def, last)``: uint8 per buffer (1: keeps its own slot; see the module
-    docstring) and each root's first writing and last reading or writing instruction."""
+    """``(exclusive, def, last, kept)``: uint8 per buffer (1: keeps its own slot; see the
+    module docstring), each root's first writing and last reading or writing instruction,
+    and uint8 per buffer: 1 where the gradient must outlive the reverse sweep (every reason
+    for ``exclusive`` but a reverse rule reading the value)."""
     nb = max(tape._nbuf, 1)
     n = instr.shape[0]
     ops = instr[:, OP].astype(np.int64)
@@ -218,6 +224,7 @@ def exclusive_roots(tape, instr, base, pinned):
         names.append(tape._rng)
     if names:
         excl[base[np.array(names, np.int64)]] = 1
+    kept = excl.copy()
     for op, roles in reverse_reads().items():
         if not roles:
             continue
@@ -231,7 +238,7 @@ def exclusive_roots(tape, instr, base, pinned):
                 j = ROLES.index(role)
                 has = rows[N_IN[op] > j]
                 excl[base[instr[has, X + j]]] = 1
-    return excl, first_w, last
+    return excl, first_w, last, kept
 
 
 @jit
@@ -297,7 +304,8 @@ def plan(tape, base, src=None):
     is made, before the gradient arena is allocated and the stream lowered): new offsets,
     the value arena moved into them from offsets ``src`` (per buffer; default: the dense
     ones -- ``Tape._relayout`` leaves the values where they were until one is chosen).
-    Returns the clear flags per instruction (uint8) or None when the tape stays dense."""
+    Returns the clear flags per instruction (uint8: ``clear_flags``), or None when the tape
+    was not looked at (planning off, a small arena); a tape that stays dense gets them too."""
     mode = enabled(tape)
     if mode is None or tape._n == 0 or tape._copy_alias[0].size:  # (aliased: optimize.py)
         return None
@@ -305,12 +313,13 @@ def plan(tape, base, src=None):
     if mode == "auto" and dense_bytes < MIN_BYTES:
         return None
     instr, nb = tape._instr, tape._nbuf
-    excl, first, last = exclusive_roots(tape, instr, base, live_roots(tape))
+    excl, first, last, kept = exclusive_roots(tape, instr, base, live_roots(tape))
+    flags = clear_flags(instr, base, kept)
     roots = np.flatnonzero(base[:nb] == np.arange(nb))
     cand = roots[excl[roots] == 0]
     size = tape._bsize
     if not cand.size:
-        return None
+        return flags
     # a gradient slot of a root no parameter reaches still receives writes (add_bwd adds into
     # both inputs whatever the mask) but is never cleared (its writer never runs in reverse):
     # such roots share slots only among themselves
@@ -332,7 +341,7 @@ def plan(tape, base, src=None):
         total = max(total, int(size[unused].max()))
     saving = 1.0 - total / max(tape._used, 1)
     if saving <= 0 or (mode == "auto" and saving < MIN_SAVING):
-        return None
+        return flags
     new_root = np.zeros(nb, np.int64)
     new_root[keep] = ends - size[keep]
     new_root[cand] = excl_len + slot_off[cand]
@@ -346,7 +355,16 @@ def plan(tape, base, src=None):
     tape._plan = Plan(dense_off, int(tape._used), total, shared, nb)
     tape._boff = new_root[base[:nb]]
     tape._used = total
-    flags = shared[base[instr[:, OUT]]]
+    return flags
+
+
+def clear_flags(instr, base, kept):
+    """uint8 per instruction (``lower.CLEAR``): 1 where the reverse sweep zeroes the output's
+    gradient once its rule has read it -- every output whose gradient need not outlive the
+    sweep (``kept`` 0: a temporary no Var held at planning refers to, written once, not by
+    PLACE), which includes every shared slot. ``backward()`` then need not zero them
+    (``Tape._zero_grads``)."""
+    flags = (kept[base[instr[:, OUT]]] == 0).astype(np.uint8)
     flags[instr[:, OP] == Op.PLACE] = 0
     return flags
 
@@ -492,7 +510,7 @@ def check(tape):
     p = tape._plan
     if p is None:
         return
-    excl, first, last = exclusive_roots(tape, tape._instr, base, np.zeros(nb, np.uint8))
+    excl, first, last, _ = exclusive_roots(tape, tape._instr, base, np.zeros(nb, np.uint8))
     roots = np.flatnonzero(base[:nb] == np.arange(nb))
     o = roots[np.argsort(off[roots], kind="stable")]
     for i, a in enumerate(o):

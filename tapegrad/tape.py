@@ -840,15 +840,20 @@ class Tape:
         return mask
 
     def _zero_grads(self):
-        """Zero the gradient arena where any reverse sweep of this layout reads or writes
-        (the buffers of the instructions of any of its reverse masks, their seeds, the
-        parameters) and where a ``.grad`` view was handed out: everything else is zero
-        already, as only those sweeps write into it (``tg.fit``'s and the optimizers' ranges
-        are parts of it). So after it the arena reads as if all of it had been zeroed. A
-        small arena, one whose layout changed, or one those buffers fill for the most part
-        is zeroed whole (one memset)."""
+        """Zero the gradient arena where a reverse sweep of this layout will read a gradient
+        or must deliver one: the outputs of the instructions of any of its reverse masks and
+        their inputs that have a gradient (``activity.mark_gradients``), the seeds, the
+        parameters and the buffers whose ``.grad`` view was handed out -- less the outputs
+        that those sweeps zero themselves once read (``lower.CLEAR``, set by arena planning;
+        ``activity.unmark_cleared``). Everything else a sweep reads is zero already: only
+        those sweeps write into it (``tg.fit``'s and the optimizers' ranges are parts of it; a
+        sweep that failed part-way leaves ``_broken["grads"]`` and the next backward zeroes
+        the arena whole). Slots of buffers with no gradient (a constant added to a
+        parameter: ``add_bwd`` adds into both inputs) are written and never zeroed; no sweep
+        reads them and ``.grad`` refuses them. A small arena, one whose layout changed, or
+        one those buffers fill for the most part is zeroed whole (one memset)."""
         g = self._grad
-        if self._grad_stale or g.shape[0] <= ZERO_ALL_BELOW:
+        if self._grad_stale or g.shape[0] <= ZERO_ALL_BELOW or "grads" in self._broken:
             g.fill(0)
             self._grad_stale = False
             return
@@ -856,8 +861,14 @@ class Tape:
         if z is None:
             flags = np.zeros(max(self._nbuf, 1), np.uint8)  # per root buffer: zero it
             for mask in self._rev_masks.values():
-                _activity.mark_buffers(self._instr, N_IN, self._base, mask, flags)
-            extra = list(self._rev_masks) + list(self._grad_seen) + self._params
+                _activity.mark_gradients(self._instr, N_IN, self._base, mask, flags)
+            seeds = list(self._rev_masks)
+            if seeds:
+                flags[self._base[seeds]] = 1
+            for mask in self._rev_masks.values():
+                _activity.unmark_cleared(self._instr, self._low, self._boff, self._bsize,
+                                         self._base, mask, flags)
+            extra = list(self._grad_seen) + self._params
             if extra:
                 flags[self._base[extra]] = 1
             if int(self._bsize @ flags) > ZERO_WHOLE_ABOVE * g.shape[0]:  # (roots only)
@@ -946,6 +957,15 @@ class Tape:
         if slots is None or slots[0] is not self._val:
             slots = self._feed_slots()
         slots = slots[1]
+        if len(feeds) == 1:  # one feed of the input's shape: copied without a list of them
+            for name, value in feeds.items():
+                s = slots.get(name)
+                if (s is not None and type(value) is np.ndarray and value.shape == s[2]
+                        and (value.dtype is _F64 or value.dtype.kind in "fiub")):
+                    s[1][...] = value
+                    if self._unfed:
+                        self._unfed.discard(s[0])
+                    return
         checked = []
         for name, value in feeds.items():
             s = slots.get(name)
@@ -1042,9 +1062,10 @@ class Tape:
                     raise ShapeError(f"backward(): grad_output has shape {seed.shape}, "
                                      f"{var._describe()} ({user_site()})")
             g = self._grad
-            if self._grad_stale or g.shape[0] <= ZERO_ALL_BELOW:  # _zero_grads' first case
+            if g.shape[0] <= ZERO_ALL_BELOW:  # _zero_grads' first case
                 g.fill(0)
-                self._grad_stale = False
+                if self._grad_stale:
+                    self._grad_stale = False
             else:
                 self._zero_grads()
             if grad_output is None:

@@ -145,8 +145,9 @@ def to_dot(tape, values=True, grads=True):
         elif tape._bsize[b] <= _SMALL:
             if values:
                 label.append("data " + _nums(_value(tape, tape._val, b)))
-            if grads:
-                label.append("grad " + _nums(_value(tape, tape._grad, b)))
+            if grads and (tape._varied is None or tape._varied[tape._base[b]]):
+                label.append("grad " + _nums(_value(tape, tape._grad, b)))  # (a buffer
+                # with no gradient: its slot holds what rules wrote, never zeroed)
         style = "dashed" if tape._base_of(b) != b else "filled"
         out.append(f'  b{b} [shape=box, style="{style}", fillcolor={colors[tape._kind[b]]}, '
                    f'label="{_esc(chr(10).join(label))}"];')

@@ -477,8 +477,9 @@ class _TgWorkload:
 class _TgSweeps(_TgWorkload):
     """The compiled work alone: the forward sweep and a reverse sweep that zeroes each
     gradient it has consumed (``clear``, as ``tg.fit``'s steps), zeroing before each call only
-    the parameters' gradients and the outputs of PLACE (which ``clear`` leaves) -- not the
-    whole gradient arena that ``loss.backward()`` zeroes (issue 17 item 4)."""
+    the parameters' gradients and the outputs of PLACE (which ``clear`` leaves). What
+    ``loss.backward()`` adds is its Python work and its own zeroing (``Tape._zero_grads``:
+    since session 14 about the same ranges, held intermediates' gradients kept)."""
 
     def __init__(self, name, data):
         super().__init__(name, data)
