@@ -106,7 +106,35 @@ def _cache_class():
             # code compiled with and without wide vectors must never stand in for each other
             return super()._index_key(sig, codegen) + (("tapegrad-wide", WIDE_VECTORS),)
 
+        def load_overload(self, sig, target_context):
+            # numba refreshes the whole target context before every cache load: the first
+            # time in a process that imports and installs all its typing and lowering
+            # registries (0.2-0.4 s of a warm process's first gradient), which only a compile
+            # uses -- and a compile refreshes them itself (numba's CompilerBase). Loading
+            # compiled code needs numba's runtime (NRT: its symbols); the rest of the symbols
+            # it links against are installed when the context is created.
+            if not (_LIGHT_LOAD and _runtime_for(target_context)):
+                return super().load_overload(sig, target_context)
+            with self._guard_against_spurious_io_errors():
+                return self._load_overload(sig, target_context)
+
     return TapegradFunctionCache
+
+
+def _runtime_for(target_context):
+    """numba's runtime (NRT) initialised for ``target_context``, as numba's
+    ``CPUContext.load_additional_registries`` does first (once; later calls return at once).
+    False if this numba has no such runtime object."""
+    try:
+        from numba.core.runtime import rtsys
+        rtsys.initialize(target_context)
+    except (ImportError, AttributeError):  # numba's internals moved: its own full refresh
+        return False
+    return True
+
+
+# TAPEGRAD_FULL_REFRESH=1: numba's own cache loads (a full context refresh first)
+_LIGHT_LOAD = os.environ.get("TAPEGRAD_FULL_REFRESH", "") in ("", "0")
 
 
 _FunctionCache = _cache_class()
@@ -186,22 +214,65 @@ def jit(fn):
 
 
 def _load_scipy_blas_single_threaded():
-    """Matrix products call SciPy's own BLAS library (through numba's ?gemm entry); on a loaded 2-core machine its
-    threads made a 128x64 product 300x slower (DESIGN.md). Load it now with one thread,
-    unless the user chose (OPENBLAS_NUM_THREADS set) or SciPy's BLAS is already loaded.
-    NumPy's BLAS (a separate library, already loaded) and child processes are unaffected."""
-    if "OPENBLAS_NUM_THREADS" in os.environ or "scipy.linalg" in sys.modules:
-        return
-    os.environ["OPENBLAS_NUM_THREADS"] = "1"
+    """Matrix products and factorizations call SciPy's own BLAS library (through numba's
+    ?gemm, ?getrf, ?potrf entries); on a loaded 2-core machine its threads made a 128x64
+    product 300x slower (DESIGN.md). Load it now with one thread, unless the user chose
+    (OPENBLAS_NUM_THREADS set: then with theirs) or SciPy's BLAS is already loaded. NumPy's
+    BLAS (a separate library, already loaded) and child processes are unaffected.
+
+    Only the extension modules ``scipy.linalg.cython_blas`` and ``cython_lapack`` are loaded,
+    not the package ``scipy.linalg`` around them (0.05 s against 0.3-0.4 s: the package
+    imports all of SciPy's linear algebra and its array-API layer); loading them loads the
+    BLAS library, whose thread count is fixed then. numba's checks of them run now (and
+    ``numba.np.arraymath``, which runs one as it is imported, is imported now rather than at
+    numba's first cache load); then they are taken out of ``sys.modules`` (where Cython puts
+    them), so that numba's import of them by name, at the
+    first product that goes to BLAS, imports ``scipy.linalg`` as usual (and gets these same
+    modules: Cython keeps one per process). Should SciPy's layout differ, the package is
+    imported as before. Returns whether SciPy's BLAS is there (False: no SciPy; ``ops.linalg``
+    then raises numba's error)."""
+    if "scipy.linalg" in sys.modules:
+        return True
+    ours = "OPENBLAS_NUM_THREADS" not in os.environ
+    if ours:
+        os.environ["OPENBLAS_NUM_THREADS"] = "1"
+    names = ("scipy.linalg.cython_blas", "scipy.linalg.cython_lapack")
     try:
-        import scipy.linalg.cython_blas  # noqa: F401
-    except ImportError:  # numba reports the missing SciPy when a matmul compiles
-        pass
+        try:
+            import importlib.machinery
+            import importlib.util
+            import scipy
+            where = [os.path.join(os.path.dirname(scipy.__file__), "linalg")]
+            for name in names:
+                origin = importlib.machinery.PathFinder.find_spec(name.split(".")[-1],
+                                                                  where).origin
+                loader = importlib.machinery.ExtensionFileLoader(name, origin)
+                loader.exec_module(importlib.util.module_from_spec(
+                    importlib.util.spec_from_loader(name, loader, origin=origin)))
+            # numba's own checks (the Fortran integer width) while the modules are there;
+            # arraymath's import runs one, at numba's first compile or cache load otherwise
+            from numba.np import arraymath  # noqa: F401
+            from numba.np.linalg import ensure_blas, ensure_lapack
+            ensure_blas()
+            ensure_lapack()
+            return True
+        except Exception:  # no SciPy, or its layout changed: the package, as numba does
+            pass
+        finally:
+            if "scipy.linalg" not in sys.modules:
+                for name in names:
+                    sys.modules.pop(name, None)
+        try:
+            import scipy.linalg.cython_blas  # noqa: F401
+            return True
+        except ImportError:
+            return False
     finally:
-        del os.environ["OPENBLAS_NUM_THREADS"]
+        if ours:
+            del os.environ["OPENBLAS_NUM_THREADS"]
 
 
-_load_scipy_blas_single_threaded()
+BLAS = _load_scipy_blas_single_threaded()
 
 
 _checked = set()     # dispatchers already looked at by announce_compile
@@ -326,9 +397,10 @@ def drop_stale_cache(dispatcher, files):
     numba keys its cache on the cached function's own file (its mtime and size), but the
     interpreters inline kernels from other files: without this, editing a kernel would keep
     running the old compiled code. The content digest of ``files``, read now (right after
-    the dispatcher is defined, as its kernels were imported), joins the source stamp numba
-    writes into the cache index and compares when it loads one: an index saved for other
-    sources reads as empty, and the compile that follows overwrites it. So a process still
+    the dispatcher is defined, as its kernels were imported; once per process for a set of
+    files), joins the source stamp numba writes into the cache index and compares when it
+    loads one: an index saved for other sources reads as empty, and the compile that follows
+    overwrites it. So a process still
     running on older sources (a long job while a checkout is updated) can only save entries
     that newer processes ignore -- it never hands them its stale code.
     """
@@ -336,8 +408,15 @@ def drop_stale_cache(dispatcher, files):
     cache_file = getattr(cache, "_cache_file", None)
     if cache_file is None:  # not compiled (NUMBA_DISABLE_JIT) or not cached
         return
-    digest = hashlib.sha256()
-    for f in sorted(files):
-        with open(f, "rb") as fh:
-            digest.update(fh.read())
-    cache_file._source_stamp = (cache_file._source_stamp, digest.hexdigest())
+    key = tuple(sorted(files))
+    digest = _digests.get(key)
+    if digest is None:  # once per process and set of files (the sweeps' twins share one)
+        h = hashlib.sha256()
+        for f in key:
+            with open(f, "rb") as fh:
+                h.update(fh.read())
+        digest = _digests[key] = h.hexdigest()
+    cache_file._source_stamp = (cache_file._source_stamp, digest)
+
+
+_digests = {}

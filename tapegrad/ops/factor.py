@@ -37,7 +37,7 @@ import numpy as np
 from numba import types
 from numba.np.linalg import F_INT_nbtype, ensure_lapack
 
-from .._jit import jit
+from .._jit import BLAS, jit
 from ..errors import ShapeError, user_site
 from ..opcodes import Op
 from ..var import Var
@@ -50,7 +50,8 @@ from ._vjp import vjp
 # ops.linalg's gemm: no loops to compile); the triangular solves are the loop ``trsm``.
 # LAPACK reads a row-major matrix as its transpose (column-major), which the routines below
 # account for; addresses go as intp so that the functions stay cacheable.
-ensure_lapack()
+if not BLAS:  # no SciPy: numba's own error
+    ensure_lapack()
 _getrf = types.ExternalFunction("numba_xxgetrf", types.intc(
     types.char, types.intp, types.intp, types.intp, types.intp, types.intp))
 _potrf = types.ExternalFunction("numba_xxpotrf", types.intc(
