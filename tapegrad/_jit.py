@@ -213,6 +213,26 @@ def jit(fn):
     return cached(fn, error_model="numpy", nogil=True)
 
 
+def _lapack_ilp64():
+    """Whether numba's BLAS/LAPACK entries take 64-bit integers (``numba.np.linalg``'s
+    ``F_INT``, read where that module reads it, without importing it: its array lowering costs
+    0.07 s of import, and only a compile needs it; tests/test_import.py compares the two)."""
+    from numba import _helperlib
+    return bool(getattr(_helperlib, "LAPACK_BUILD_ILP64", False))
+
+
+def _scipy_ilp64():
+    """Whether SciPy's ``cython_blas`` takes 64-bit integers (as numba reads it)."""
+    try:
+        from scipy.__config__ import CONFIG
+        return bool(CONFIG["Build Dependencies"]["blas"]["cython blas ilp64"])
+    except (ImportError, KeyError, TypeError):  # older SciPy: always 32-bit
+        return False
+
+
+ILP64 = _lapack_ilp64()
+
+
 def _load_scipy_blas_single_threaded():
     """Matrix products and factorizations call SciPy's own BLAS library (through numba's
     ?gemm, ?getrf, ?potrf entries); on a loaded 2-core machine its threads made a 128x64
@@ -221,18 +241,19 @@ def _load_scipy_blas_single_threaded():
     BLAS (a separate library, already loaded) and child processes are unaffected.
 
     Only the extension modules ``scipy.linalg.cython_blas`` and ``cython_lapack`` are loaded,
-    not the package ``scipy.linalg`` around them (0.05 s against 0.3-0.4 s: the package
+    not the package ``scipy.linalg`` around them (0.04 s against 0.3-0.4 s: the package
     imports all of SciPy's linear algebra and its array-API layer); loading them loads the
-    BLAS library, whose thread count is fixed then. numba's checks of them run now (and
-    ``numba.np.arraymath``, which runs one as it is imported, is imported now rather than at
-    numba's first cache load); then they are taken out of ``sys.modules`` (where Cython puts
-    them), so that numba's import of them by name, at the
-    first product that goes to BLAS, imports ``scipy.linalg`` as usual (and gets these same
-    modules: Cython keeps one per process). Should SciPy's layout differ, the package is
-    imported as before. Returns whether SciPy's BLAS is there (False: no SciPy; ``ops.linalg``
-    then raises numba's error)."""
+    BLAS library, whose thread count is fixed then. They are then taken out of
+    ``sys.modules`` (where Cython puts them), so that numba's import of them by name -- at
+    the first product that goes to BLAS, or at its first compile in the process -- imports
+    ``scipy.linalg`` as usual (and gets these same modules: Cython keeps one per process).
+    Should SciPy's layout differ, the package is imported as before.
+
+    Returns True when SciPy's BLAS is there with numba's integer width; False has
+    ``ops.linalg`` and ``ops.factor`` ask numba (``ensure_blas``), which raises its error
+    (no SciPy; a SciPy of the other integer width)."""
     if "scipy.linalg" in sys.modules:
-        return True
+        return _scipy_ilp64() == ILP64
     ours = "OPENBLAS_NUM_THREADS" not in os.environ
     if ours:
         os.environ["OPENBLAS_NUM_THREADS"] = "1"
@@ -249,13 +270,7 @@ def _load_scipy_blas_single_threaded():
                 loader = importlib.machinery.ExtensionFileLoader(name, origin)
                 loader.exec_module(importlib.util.module_from_spec(
                     importlib.util.spec_from_loader(name, loader, origin=origin)))
-            # numba's own checks (the Fortran integer width) while the modules are there;
-            # arraymath's import runs one, at numba's first compile or cache load otherwise
-            from numba.np import arraymath  # noqa: F401
-            from numba.np.linalg import ensure_blas, ensure_lapack
-            ensure_blas()
-            ensure_lapack()
-            return True
+            return _scipy_ilp64() == ILP64
         except Exception:  # no SciPy, or its layout changed: the package, as numba does
             pass
         finally:
@@ -264,7 +279,7 @@ def _load_scipy_blas_single_threaded():
                     sys.modules.pop(name, None)
         try:
             import scipy.linalg.cython_blas  # noqa: F401
-            return True
+            return _scipy_ilp64() == ILP64
         except ImportError:
             return False
     finally:

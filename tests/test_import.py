@@ -32,6 +32,18 @@ def test_import_loads_only_what_a_first_gradient_needs():
     mods = _run("import sys, json, tapegrad\nprint(json.dumps(sorted(sys.modules)))")
     assert "tapegrad.tape" in mods and "numba" in mods
     assert [m for m in NOT_AT_IMPORT if m in mods] == []
+    # numba's array lowering (0.07 s): only a compile needs it, and numba imports it then
+    assert "numba.np.linalg" not in mods and "numba.np.arraymath" not in mods
+
+
+def test_lapack_integer_is_numbas():
+    # ops.factor's pivots are numba's LAPACK integer, read without importing numba.np.linalg
+    from numba.np.linalg import F_INT_nptype
+
+    from tapegrad import _jit
+    from tapegrad.ops.factor import PIVOT
+    assert PIVOT is F_INT_nptype
+    assert _jit.BLAS  # SciPy is there, of numba's integer width
 
 
 def test_scipy_blas_is_single_threaded_and_scipy_whole():
