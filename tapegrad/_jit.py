@@ -19,6 +19,10 @@ Where the cache lives (first usable directory wins):
 3. a source checkout or editable install caches in ``tapegrad/__pycache__`` (numba's default);
 4. numba's user-wide cache directory.
 
+Loading a function from the cache skips numba's full refresh of its compiler contexts (only a
+compile needs their registries; a compile refreshes them itself): 0.1-0.2 s of a warm process's
+first gradient. ``TAPEGRAD_FULL_REFRESH=1`` restores numba's own loading.
+
 When none is writable, tapegrad runs without a cache (each process compiles again) and says so
 in one warning. With ``NUMBA_DISABLE_JIT=1`` every kernel runs as plain Python: correct and
 very slow, for debugging; one warning says so too.
@@ -106,7 +110,35 @@ def _cache_class():
             # code compiled with and without wide vectors must never stand in for each other
             return super()._index_key(sig, codegen) + (("tapegrad-wide", WIDE_VECTORS),)
 
+        def load_overload(self, sig, target_context):
+            # numba refreshes the whole target context before every cache load: the first
+            # time in a process that imports and installs all its typing and lowering
+            # registries (0.2-0.4 s of a warm process's first gradient), which only a compile
+            # uses -- and a compile refreshes them itself (numba's CompilerBase). Loading
+            # compiled code needs numba's runtime (NRT: its symbols); the rest of the symbols
+            # it links against are installed when the context is created.
+            if not (_LIGHT_LOAD and _runtime_for(target_context)):
+                return super().load_overload(sig, target_context)
+            with self._guard_against_spurious_io_errors():
+                return self._load_overload(sig, target_context)
+
     return TapegradFunctionCache
+
+
+def _runtime_for(target_context):
+    """numba's runtime (NRT) initialised for ``target_context``, as numba's
+    ``CPUContext.load_additional_registries`` does first (once; later calls return at once).
+    False if this numba has no such runtime object."""
+    try:
+        from numba.core.runtime import rtsys
+        rtsys.initialize(target_context)
+    except (ImportError, AttributeError):  # numba's internals moved: its own full refresh
+        return False
+    return True
+
+
+# TAPEGRAD_FULL_REFRESH=1: numba's own cache loads (a full context refresh first)
+_LIGHT_LOAD = os.environ.get("TAPEGRAD_FULL_REFRESH", "") in ("", "0")
 
 
 _FunctionCache = _cache_class()
@@ -185,23 +217,81 @@ def jit(fn):
     return cached(fn, error_model="numpy", nogil=True)
 
 
-def _load_scipy_blas_single_threaded():
-    """Matrix products call SciPy's own BLAS library (through numba's ?gemm entry); on a loaded 2-core machine its
-    threads made a 128x64 product 300x slower (DESIGN.md). Load it now with one thread,
-    unless the user chose (OPENBLAS_NUM_THREADS set) or SciPy's BLAS is already loaded.
-    NumPy's BLAS (a separate library, already loaded) and child processes are unaffected."""
-    if "OPENBLAS_NUM_THREADS" in os.environ or "scipy.linalg" in sys.modules:
-        return
-    os.environ["OPENBLAS_NUM_THREADS"] = "1"
+def _lapack_ilp64():
+    """Whether numba's BLAS/LAPACK entries take 64-bit integers (``numba.np.linalg``'s
+    ``F_INT``, read where that module reads it, without importing it: its array lowering costs
+    0.07 s of import, and only a compile needs it; tests/test_import.py compares the two)."""
+    from numba import _helperlib
+    return bool(getattr(_helperlib, "LAPACK_BUILD_ILP64", False))
+
+
+def _scipy_ilp64():
+    """Whether SciPy's ``cython_blas`` takes 64-bit integers (as numba reads it)."""
     try:
-        import scipy.linalg.cython_blas  # noqa: F401
-    except ImportError:  # numba reports the missing SciPy when a matmul compiles
-        pass
+        from scipy.__config__ import CONFIG
+        return bool(CONFIG["Build Dependencies"]["blas"]["cython blas ilp64"])
+    except (ImportError, KeyError, TypeError):  # older SciPy: always 32-bit
+        return False
+
+
+ILP64 = _lapack_ilp64()
+
+
+def _load_scipy_blas_single_threaded():
+    """Matrix products and factorizations call SciPy's own BLAS library (through numba's
+    ?gemm, ?getrf, ?potrf entries); on a loaded 2-core machine its threads made a 128x64
+    product 300x slower (DESIGN.md). Load it now with one thread, unless the user chose
+    (OPENBLAS_NUM_THREADS set: then with theirs) or SciPy's BLAS is already loaded. NumPy's
+    BLAS (a separate library, already loaded) and child processes are unaffected.
+
+    Only the extension modules ``scipy.linalg.cython_blas`` and ``cython_lapack`` are loaded,
+    not the package ``scipy.linalg`` around them (0.04 s against 0.3-0.4 s: the package
+    imports all of SciPy's linear algebra and its array-API layer); loading them loads the
+    BLAS library, whose thread count is fixed then. They are then taken out of
+    ``sys.modules`` (where Cython puts them), so that numba's import of them by name -- at
+    the first product that goes to BLAS, or at its first compile in the process -- imports
+    ``scipy.linalg`` as usual (and gets these same modules: Cython keeps one per process).
+    Should SciPy's layout differ, the package is imported as before.
+
+    Returns True when SciPy's BLAS is there with numba's integer width; False has
+    ``ops.linalg`` and ``ops.factor`` ask numba (``ensure_blas``), which raises its error
+    (no SciPy; a SciPy of the other integer width)."""
+    if "scipy.linalg" in sys.modules:
+        return _scipy_ilp64() == ILP64
+    ours = "OPENBLAS_NUM_THREADS" not in os.environ
+    if ours:
+        os.environ["OPENBLAS_NUM_THREADS"] = "1"
+    names = ("scipy.linalg.cython_blas", "scipy.linalg.cython_lapack")
+    try:
+        try:
+            import importlib.machinery
+            import importlib.util
+            import scipy
+            where = [os.path.join(os.path.dirname(scipy.__file__), "linalg")]
+            for name in names:
+                origin = importlib.machinery.PathFinder.find_spec(name.split(".")[-1],
+                                                                  where).origin
+                loader = importlib.machinery.ExtensionFileLoader(name, origin)
+                loader.exec_module(importlib.util.module_from_spec(
+                    importlib.util.spec_from_loader(name, loader, origin=origin)))
+            return _scipy_ilp64() == ILP64
+        except Exception:  # no SciPy, or its layout changed: the package, as numba does
+            pass
+        finally:
+            if "scipy.linalg" not in sys.modules:
+                for name in names:
+                    sys.modules.pop(name, None)
+        try:
+            import scipy.linalg.cython_blas  # noqa: F401
+            return _scipy_ilp64() == ILP64
+        except ImportError:
+            return False
     finally:
-        del os.environ["OPENBLAS_NUM_THREADS"]
+        if ours:
+            del os.environ["OPENBLAS_NUM_THREADS"]
 
 
-_load_scipy_blas_single_threaded()
+BLAS = _load_scipy_blas_single_threaded()
 
 
 _checked = set()     # dispatchers already looked at by announce_compile
@@ -326,9 +416,10 @@ def drop_stale_cache(dispatcher, files):
     numba keys its cache on the cached function's own file (its mtime and size), but the
     interpreters inline kernels from other files: without this, editing a kernel would keep
     running the old compiled code. The content digest of ``files``, read now (right after
-    the dispatcher is defined, as its kernels were imported), joins the source stamp numba
-    writes into the cache index and compares when it loads one: an index saved for other
-    sources reads as empty, and the compile that follows overwrites it. So a process still
+    the dispatcher is defined, as its kernels were imported; once per process for a set of
+    files), joins the source stamp numba writes into the cache index and compares when it
+    loads one: an index saved for other sources reads as empty, and the compile that follows
+    overwrites it. So a process still
     running on older sources (a long job while a checkout is updated) can only save entries
     that newer processes ignore -- it never hands them its stale code.
     """
@@ -336,8 +427,15 @@ def drop_stale_cache(dispatcher, files):
     cache_file = getattr(cache, "_cache_file", None)
     if cache_file is None:  # not compiled (NUMBA_DISABLE_JIT) or not cached
         return
-    digest = hashlib.sha256()
-    for f in sorted(files):
-        with open(f, "rb") as fh:
-            digest.update(fh.read())
-    cache_file._source_stamp = (cache_file._source_stamp, digest.hexdigest())
+    key = tuple(sorted(files))
+    digest = _digests.get(key)
+    if digest is None:  # once per process and set of files (the sweeps' twins share one)
+        h = hashlib.sha256()
+        for f in key:
+            with open(f, "rb") as fh:
+                h.update(fh.read())
+        digest = _digests[key] = h.hexdigest()
+    cache_file._source_stamp = (cache_file._source_stamp, digest)
+
+
+_digests = {}

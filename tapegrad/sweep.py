@@ -595,10 +595,18 @@ _twins = {}
 
 def called(kernels):
     """``{name: twin}`` for the inline kernels among ``kernels`` (a module's globals): the
-    same Python function compiled as a cached function of its own."""
+    same Python function compiled as a cached function of its own. Of a generated module,
+    only the kernels its text names (a twin costs a dispatcher and a cache object: a warm
+    process's first gradient made 121 of them for the ten its sweeps call)."""
+    used = None
+    try:
+        with open(kernels["__file__"]) as fh:
+            used = set(re.findall(r"\w+", fh.read()))
+    except (KeyError, TypeError, OSError):
+        pass
     out = {}
     for name, disp in kernels.items():
-        if (name in INLINED or not isinstance(disp, Dispatcher)
+        if (name in INLINED or not isinstance(disp, Dispatcher) or (used and name not in used)
                 or disp.targetoptions.get("inline") != "always"):
             continue
         twin = _twins.get(disp)

@@ -35,9 +35,8 @@ import math
 
 import numpy as np
 from numba import types
-from numba.np.linalg import F_INT_nbtype, ensure_lapack
 
-from .._jit import jit
+from .._jit import BLAS, ILP64, jit
 from ..errors import ShapeError, user_site
 from ..opcodes import Op
 from ..var import Var
@@ -50,12 +49,14 @@ from ._vjp import vjp
 # ops.linalg's gemm: no loops to compile); the triangular solves are the loop ``trsm``.
 # LAPACK reads a row-major matrix as its transpose (column-major), which the routines below
 # account for; addresses go as intp so that the functions stay cacheable.
-ensure_lapack()
+if not BLAS:  # no SciPy, or not of numba's integer width: numba's own error
+    from numba.np.linalg import ensure_lapack
+    ensure_lapack()
 _getrf = types.ExternalFunction("numba_xxgetrf", types.intc(
     types.char, types.intp, types.intp, types.intp, types.intp, types.intp))
 _potrf = types.ExternalFunction("numba_xxpotrf", types.intc(
     types.char, types.char, types.intp, types.intp, types.intp))
-PIVOT = np.int64 if F_INT_nbtype is types.int64 else np.int32  # LAPACK's integer
+PIVOT = np.int64 if ILP64 else np.int32  # LAPACK's integer (numba.np.linalg.F_INT_nptype)
 _D, _U = np.int8(ord("d")), np.int8(ord("U"))
 # Integer flags go to these functions as _I(1), not 1: a constant argument is typed as a
 # literal, and numba would compile one more version of the callee for every constant.

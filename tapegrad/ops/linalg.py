@@ -16,9 +16,8 @@ as PyTorch's do.)
 """
 import numpy as np
 from numba import types
-from numba.np.linalg import ensure_blas
 
-from .._jit import cached, jit, kernel
+from .._jit import BLAS, cached, jit, kernel
 from ..errors import ShapeError, user_site
 from ..opcodes import Op
 from ..var import Var
@@ -34,7 +33,9 @@ F32_SUM_MAX = 1024   # the longest float32 sum left to BLAS below BLAS_MIN
 # numba's own entry to SciPy's ?gemm (what its np.dot calls), declared here with addresses as
 # intp so that one call site serves both arena dtypes and the function stays cacheable.
 # (kind, transa, transb, m, n, k, &alpha, a, lda, b, ldb, &beta, c, ldc) -> status
-ensure_blas()
+if not BLAS:  # no SciPy ("scipy 0.16+ is required for linear algebra"), or of another width
+    from numba.np.linalg import ensure_blas
+    ensure_blas()
 _xxgemm = types.ExternalFunction("numba_xxgemm", types.intc(
     types.char, types.char, types.char, types.intp, types.intp, types.intp, types.intp,
     types.intp, types.intp, types.intp, types.intp, types.intp, types.intp, types.intp))
