@@ -447,13 +447,19 @@ class Tape:
         about a microsecond and each call, lookup and branch shows."""
         # site_id's common case inlined: the user's frame is the operator's caller (frame 2)
         # or, for tg.sin(x) and the like, the caller of that package function (frame 3), and
-        # its code is the one site_id saw last (never a file of the package): one lookup
+        # site_id has seen its code (the one it saw last, or another in its table -- which
+        # holds no file of the package): a lookup or two
         last = _errors._last
         f = _getframe(2)
         code = f.f_code
-        if code is not last[0] and _errors._inside[code.co_filename]:
-            f = f.f_back
-        site = last[1].get(f.f_lasti) if f is not None and f.f_code is last[0] else None
+        if code is last[0]:
+            by = last[1]
+        else:
+            if _errors._inside[code.co_filename]:
+                f = f.f_back
+                code = f.f_code if f is not None else None
+            by = last[1] if code is last[0] else _errors._by_code.get(id(code))
+        site = by.get(f.f_lasti) if by is not None else None
         if site is None:
             site = site_id()
         shape = self._shape[x]
