@@ -5,7 +5,9 @@ Two tables:
 
 * **scaling** -- a chain of scalar instructions (``y = sin(y) * 0.999 + 0.001``, three
   instructions per line) recorded at 10^3 ... 10^6 instructions, each size in a new process:
-  microseconds per recorded instruction (the median of several recordings below 10^6),
+  microseconds per recorded instruction (the median of up to 9 recordings below 10^6; "first":
+  the CPU time of the process's first recording, which runs while its allocator and Python's
+  caches are still new -- 10-40 % slower here),
   sealing (layout, validation) per instruction, the first forward + backward (activity
   analysis included), the tape's own bytes per instruction (its arrays, lists and both
   arenas) and the process's peak RSS.
@@ -69,12 +71,13 @@ del warm, wy
 n = int(sys.argv[1])
 base = rss_mb("VmRSS")
 record, record_cpu = [], []
-for _ in range(max(1, min(5, 300000 // n))):  # below 10^6: the median of a few recordings
+for _ in range(max(1, min(9, 900000 // n))):  # below 10^6: the median of several recordings
     tape = y = None
     c0, t0 = time.thread_time(), time.perf_counter()
     tape, y = chain(n)
     record.append(time.perf_counter() - t0)
     record_cpu.append(time.thread_time() - c0)
+first_cpu = record_cpu[0]  # the process's first recording (its memory, lists, caches new)
 record.sort()
 record_cpu.sort()
 t1 = time.perf_counter()
@@ -86,6 +89,7 @@ t3 = time.perf_counter()
 own = tape._memory_bytes()
 print(json.dumps({"n": len(tape), "record_s": record[len(record) // 2],
                   "record_cpu_s": record_cpu[len(record) // 2],
+                  "first_cpu_s": first_cpu,
                   "records": len(record), "seal_s": t2 - t1, "replay_s": t3 - t2,
                   "bytes_per_instr": own / len(tape), "rss_base_mb": base,
                   "rss_peak_mb": rss_mb()}))
@@ -342,12 +346,14 @@ def run(quick=False):
     print("recording: chains of scalar instructions, each size in a new process ...",
           flush=True)
     rows = scaling(sizes)
-    print(f"{'instructions':>12} {'record us/instr':>16} {'(CPU)':>6} {'seal us/instr':>14} "
+    print(f"{'instructions':>12} {'record us/instr':>16} {'(CPU)':>6} {'first':>6} "
+          f"{'seal us/instr':>14} "
           f"{'fwd+bwd ms':>11} {'total s':>8} {'tape B/instr':>13} {'peak RSS MB':>12}")
     for r in rows:
         total = r["record_s"] + r["seal_s"] + r["replay_s"]
         print(f"{r['n']:>12,} {r['record_s'] / r['n'] * 1e6:>16.2f} "
               f"{r['record_cpu_s'] / r['n'] * 1e6:>6.2f} "
+              f"{r['first_cpu_s'] / r['n'] * 1e6:>6.2f} "
               f"{r['seal_s'] / r['n'] * 1e6:>14.3f} {r['replay_s'] * 1e3:>11.1f} "
               f"{total:>8.2f} {r['bytes_per_instr']:>13.0f} {r['rss_peak_mb']:>12.0f}")
     fresh = {}
