@@ -117,13 +117,17 @@ def lower(instr, boff, bsize, kind):
 
 
 @jit
-def ingest(ints, instr, src, boff, bsize, bsite):
-    """A new tape's pending rows as its arrays, in one call (``Tape._ingest``): ``ints`` is
-    int64, the ``m = instr.shape[0]`` instruction rows ``op out x y z site`` then the buffer
-    rows ``offset size site``; fills ``instr`` (attributes zero), ``src``, ``boff``, ``bsize``
-    and ``bsite``. Nothing here is trusted: the arrays are validated when the tape is sealed,
-    as any others."""
-    m, r = instr.shape[0], A0 + 1
+def ingest(ints, instr, src, boff, bsize, bsite, arena, kind, low):
+    """A new tape's pending rows as its arrays, and their lowered stream, in one call
+    (``Tape._ingest``): ``ints`` is int64, the ``m = instr.shape[0]`` instruction rows
+    ``op out x y z site``, then the buffer rows ``offset size site``, then per instruction
+    with attributes ``k count a0 .. a(count-1)``; fills ``instr``, ``src``, ``boff``, ``bsize``
+    and ``bsite``. Nothing here is trusted: returns False, ``low`` unfilled, when a buffer
+    lies outside ``[0, arena)`` or a row names an opcode or buffer out of range (or the
+    attributes do not fit), else lowers the rows into ``low`` (``lower_into``, which reads
+    no more than that) and returns True. The op-by-op rules (``validate``) still run when
+    the tape is sealed, as for any arrays."""
+    m, r, nb = instr.shape[0], A0 + 1, boff.shape[0]
     for k in range(m):
         for j in range(A0):
             instr[k, j] = ints[r * k + j]
@@ -131,10 +135,29 @@ def ingest(ints, instr, src, boff, bsize, bsite):
             instr[k, j] = 0
         src[k] = ints[r * k + A0]
     p = r * m
-    for b in range(boff.shape[0]):
-        boff[b] = ints[p + 3 * b]
-        bsize[b] = ints[p + 3 * b + 1]
-        bsite[b] = ints[p + 3 * b + 2]
+    ok = True
+    for b in range(nb):
+        o, s = ints[p + 3 * b], ints[p + 3 * b + 1]
+        boff[b], bsize[b], bsite[b] = o, s, ints[p + 3 * b + 2]
+        if o < 0 or s < 0 or o > arena or s > arena or o + s > arena:
+            ok = False
+    p += 3 * nb
+    while p < ints.shape[0]:
+        k, c = ints[p], ints[p + 1]
+        if k < 0 or k >= m or c < 0 or c > instr.shape[1] - A0 or p + 2 + c > ints.shape[0]:
+            return False
+        for j in range(c):
+            instr[k, A0 + j] = ints[p + 2 + j]
+        p += 2 + c
+    for k in range(m):
+        if instr[k, OP] < 0 or instr[k, OP] >= kind.shape[0] or instr[k, OUT] < 0:
+            return False
+        for j in range(OUT, Z + 1):
+            if instr[k, j] < -1 or instr[k, j] >= nb:
+                return False
+    if ok:
+        lower_into(instr, boff, bsize, kind, low)
+    return ok
 
 
 _HERE = os.path.dirname(os.path.abspath(__file__))

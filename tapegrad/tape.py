@@ -200,6 +200,8 @@ class Tape:
     _shared = False           # its arrays are shared (an entry of _SEALED): copy to change
     _sealed = False
     _low = None               # sealed: the lowered stream the sweeps run (tapegrad.lower)
+    _fresh_low = None         # a new tape's first flush (_ingest): its rows' lowered stream,
+                              # until more rows or buffers come or the tape is sealed
     _copy_alias = (_EMPTY_I64, _EMPTY_I64)  # scalars moved into vector elements by
                               # optimize() (tapegrad.optimize._alias_copies): (buffers, dense offsets)
     _base = None              # sealed: int64 array, buffer -> root buffer
@@ -507,6 +509,7 @@ class Tape:
         """Forget instructions ``k..``: evaluated and folded into a constant, or failed."""
         self._n = self._nf = self._done = k
         self._all = None
+        self._fresh_low = None
         if self._fresh_key is not None or self._shared:
             self._unshare()
         self._opset_n = min(self._opset_n, k)  # row k will be another op
@@ -514,6 +517,7 @@ class Tape:
     def _flush_buffers(self):
         p = self._pbuf
         if p:
+            self._fresh_low = None
             if self._fresh_key is not None or self._shared:
                 self._unshare()
             b0, a = self._nbf, _as_ints(p, "q").reshape(-1, 3)
@@ -560,15 +564,23 @@ class Tape:
             else:
                 self._fresh_key = key
         if entry is None:
+            pattr = self._pattr
+            if pattr:  # k, count, the attributes: after the rows and buffers
+                raw += struct.pack(f"{len(pattr) * 2 + sum(len(a) for _, a in pattr)}q",
+                                   *[v for k, a in pattr for v in (k, len(a), *a)])
             ints = np.frombuffer(raw, np.int64)
             instr = self._instr = np.empty((m, WIDTH), np.int32)
             src = self._src = np.empty(m, np.int32)
             boff = self._boff = np.empty(nb, np.int64)
             bsize = self._bsize = np.empty(nb, np.int64)
             bsite = self._bsite = np.empty(nb, np.int32)
-            _lower.ingest(ints, instr, src, boff, bsize, bsite)
-            for k, attrs in self._pattr:
-                instr[k, A0:A0 + len(attrs)] = attrs
+            low = np.empty((m, _lower.LOW_WIDTH), np.int64)
+            if _lower.ingest(ints, instr, src, boff, bsize, bsite, self._used,
+                             _sweep.SCALAR_KIND, low):
+                self._fresh_low = low  # the rows' lowered stream, checked as _seal would
+            else:  # (_seal's validation names what is wrong)
+                for k, attrs in pattr:
+                    instr[k, A0:A0 + len(attrs)] = attrs
         self._imm = np.fromiter(self._pimm, np.float64, m)
         self._nbf = nb
         pbuf.clear()
@@ -617,6 +629,7 @@ class Tape:
         else:
             self._flush_buffers()
         if self._pimm:
+            self._fresh_low = None
             if self._fresh_key is not None or self._shared:
                 self._unshare()
             k0, m = self._nf, len(self._pimm)
@@ -644,7 +657,9 @@ class Tape:
             nb = self._nbf
             forward = self._interpreters().forward
             announce_compile(forward)
-            low = _sweep.lower(self._instr[k0:k1], self._boff[:nb], self._bsize[:nb])
+            low = self._fresh_low
+            if low is None or k0 != 0 or low.shape[0] != k1:
+                low = _sweep.lower(self._instr[k0:k1], self._boff[:nb], self._bsize[:nb])
             status, k = forward(self._instr[k0:k1], self._imm[k0:k1], low, self._val,
                                 _ones(k1 - k0), 0)
             if status:
@@ -744,11 +759,17 @@ class Tape:
         interp = self._interpreters()
         if interp.check_instructions not in _ANNOUNCED:
             announce_compile(interp.check_instructions)
-        if (_validate.check_buffers(self._boff, bsize, arena) >= 0
+        # a new tape sealed as its first flush left it: the buffers were checked and the
+        # rows lowered then (lower.ingest), the op-by-op rules are checked here
+        low = self._fresh_low
+        if low is None or low.shape[0] != n or src is not None or clear is not None:
+            low = None
+        if ((low is None and _validate.check_buffers(self._boff, bsize, arena) >= 0)
                 or (n and interp.check_instructions(instr, bsize, N_IN)[0] >= 0)):
             _validate.validate_tape_arrays(instr, self._imm, self._boff, bsize, None, arena,
                                            interp)
-        self._low = _sweep.lower(instr, self._boff, bsize)  # from the validated arrays only
+        self._fresh_low = None
+        self._low = low if low is not None else _sweep.lower(instr, self._boff, bsize)
         if clear is not None:
             self._low[:, _lower.CLEAR] = clear
         elif self._fresh_key is not None and src is None:  # for tapes recorded alike

@@ -242,3 +242,90 @@ def test_a_first_block_too_large_to_remember(monkeypatch):
         ref = math.sin(ref) * 0.999 + 0.001
     assert float(y.value[0]) == pytest.approx(ref, rel=1e-12)
     assert tape._fresh_key is None and tape._sealed_as is None and len(tape._instr) == 15
+
+
+@pytest.mark.parametrize("case", ["more_ops", "attributes"])
+def test_the_first_flush_lowers_the_rows_as_the_seal_would(case, monkeypatch):
+    """The stream a new tape's first flush lowered (``lower.ingest``) is the one
+    ``sweep.lower`` makes of the sealed arrays, and the seal does not lower again."""
+    taken = []
+    real = tape_mod._sweep.lower
+    monkeypatch.setattr(tape_mod._sweep, "lower", lambda *a: taken.append(a) or real(*a))
+    tape = tg.Tape()
+    if case == "more_ops":
+        y = _more_ops(tape)[2]
+    else:
+        x = tape.param(np.arange(12.0).reshape(3, 4))
+        p = tg.softmax(x[1], axis=0)               # a slice and a one-row softmax
+        q = tg.softmax(tg.stack([x[0, 0], x[2, 3], x[1, 1]]), axis=0)  # scalars stacked
+        y = (p.sum() * q[1] + x.sum(axis=0)[2]).sum()
+    tape._seal(evaluate=False)
+    assert not taken, "the seal lowered again what the first flush had lowered"
+    general = real(tape._instr, tape._boff, tape._bsize)
+    np.testing.assert_array_equal(tape._low, general)
+    assert tape._low.dtype == general.dtype
+    tape.forward()
+    y.backward()  # and the tape runs as before
+    assert np.isfinite(y.item())
+
+
+def test_a_tape_recorded_past_its_first_flush_is_lowered_again(monkeypatch):
+    monkeypatch.setattr(tape_mod, "FLUSH_EVERY", 8)
+    tape = tg.Tape()
+    a = tape.param(np.array(0.5))
+    y = a
+    for _ in range(20):           # three blocks: the first flush's stream is partial
+        y = y * 0.9 + 0.1
+    tape._seal(evaluate=False)
+    from tapegrad import sweep
+    np.testing.assert_array_equal(tape._low, sweep.lower(tape._instr, tape._boff, tape._bsize))
+    assert tape._low.shape[0] == len(tape) == 40
+    tape.forward()
+    y.backward()
+    assert float(a.grad) == pytest.approx(0.9 ** 20, rel=1e-12)
+
+
+@pytest.mark.parametrize("where,value", [("x", 10 ** 6), ("x", -2), ("out", -1),
+                                         ("op", 10 ** 5), ("offset", -5), ("size", 10 ** 9)])
+def test_the_first_flush_lowers_nothing_it_has_not_checked(where, value):
+    """Rows or buffers out of range: ``lower.ingest`` reads nothing through them, lowers
+    nothing, and the seal's validation refuses the tape."""
+    from tapegrad import lower
+    tape = tg.Tape()
+    a = tape.param(np.array(1.0))
+    tape.param(np.array(2.0))
+    y = a * 2.0
+    row = {"op": 0, "out": 1, "x": 2}
+    if where in row:
+        tape._prow[row[where]] = value
+    else:   # buffer 2 (y's): offset, size
+        tape._pbuf[3 * 2 + (0 if where == "offset" else 1)] = value
+    prow, pbuf = list(tape._prow), list(tape._pbuf)
+    ints = np.array(prow + pbuf, np.int64)
+    m, nb = len(prow) // 6, len(pbuf) // 3
+    low = np.full((m, lower.LOW_WIDTH), 7, np.int64)
+    args = (np.empty((m, tape_mod.WIDTH), np.int32), np.empty(m, np.int32),
+            np.empty(nb, np.int64), np.empty(nb, np.int64), np.empty(nb, np.int32))
+    assert not lower.ingest(ints, *args, tape._used, tape_mod._sweep.SCALAR_KIND, low)
+    assert (low == 7).all()
+    if where != "op":  # (an opcode the recorder cannot write: the interpreter lookup fails)
+        with pytest.raises(TapegradError):
+            tape.forward()
+        assert y._b == 2
+
+
+def test_a_row_recorded_after_the_first_flush_without_a_new_buffer_is_lowered():
+    """A guard (``bool(v)``) writes no new buffer: the stream of the first flush no longer
+    covers the tape, and the seal lowers it whole."""
+    from tapegrad import sweep
+    tape = tg.Tape()
+    a = tape.param(np.array(0.5))
+    y = a * 3.0 - 1.0
+    tape._flush(evaluate=False)   # the first flush: two rows lowered
+    assert bool(y)                # one more row, no buffer
+    tape._seal(evaluate=False)
+    assert tape._low.shape[0] == len(tape) == 3
+    np.testing.assert_array_equal(tape._low, sweep.lower(tape._instr, tape._boff, tape._bsize))
+    tape.forward()
+    y.backward()
+    assert float(a.grad) == 3.0
