@@ -59,14 +59,14 @@ from numba.core.dispatcher import Dispatcher
 from ._jit import cached, drop_stale_cache, generated_dir, jit, kernel
 from .opcodes import A0, OP, OUT, X, Y, Z, Op
 from .ops.conv import conv_bwd, conv_fwd
-from .ops.elementwise import (abs_bwd, abs_fwd, add_bwd, add_fwd, compare_fwd, cos_bwd,
-                              cos_fwd, div_bwd, div_fwd, exp_bwd, exp_fwd, leaky_relu_bwd,
-                              leaky_relu_fwd, log_bwd, log_fwd, maximum_bwd, maximum_fwd,
-                              minimum_bwd, minimum_fwd, mul_bwd, mul_fwd, neg_bwd, neg_fwd,
-                              pow_bwd, pow_fwd, powc_bwd, powc_fwd, relu_bwd, relu_fwd,
-                              sigmoid_bwd, sigmoid_fwd, sin_bwd, sin_fwd, sqrt_bwd, sqrt_fwd,
-                              square_bwd, square_fwd, sub_bwd, sub_fwd, tanh_bwd, tanh_fwd,
-                              where_bwd, where_fwd)
+from .ops.elementwise import (abs_bwd, abs_fwd, add_bwd, add_bwd_one, add_fwd, compare_fwd, cos_bwd,
+                              cos_fwd, div_bwd, div_bwd_one, div_fwd, exp_bwd, exp_fwd,
+                              leaky_relu_bwd, leaky_relu_fwd, log_bwd, log_fwd, maximum_bwd,
+                              maximum_fwd, minimum_bwd, minimum_fwd, mul_bwd, mul_bwd_one, mul_fwd,
+                              neg_bwd, neg_fwd, pow_bwd, pow_fwd, powc_bwd, powc_fwd, relu_bwd,
+                              relu_fwd, sigmoid_bwd, sigmoid_fwd, sin_bwd, sin_fwd, sqrt_bwd,
+                              sqrt_fwd, square_bwd, square_fwd, sub_bwd, sub_bwd_one, sub_fwd,
+                              tanh_bwd, tanh_fwd, where_bwd, where_fwd)
 from .ops.immediate import (addc_bwd, addc_fwd, divc_bwd, divc_fwd, mulc_bwd, mulc_fwd,
                             rdivc_bwd, rdivc_fwd, rpowc_bwd, rpowc_fwd, rsubc_bwd, rsubc_fwd)
 from .ops.fused import (add3_bwd, add3_fwd, mul3_bwd, mul3_fwd, softplus_bwd, softplus_fwd,
@@ -186,6 +186,19 @@ FORWARD = {
 }
 
 _GX, _GY = "mask[k] & 2 != 0", "mask[k] & 4 != 0"  # input x / y needs a gradient
+# add sub mul div: both inputs' gradients by one loop, or only the one that has a gradient
+# (a constant operand's is neither computed nor written: ops/elementwise.py). A size-1
+# instruction runs the scalar row of the two-input kernel (``SCALAR_SOURCE``): one element.
+SCALAR_SOURCE = {op: f"{name}_bwd(val, grad, x, y, ans, n)"
+                 for op, name in ((Op.ADD, "add"), (Op.SUB, "sub"), (Op.MUL, "mul"),
+                                  (Op.DIV, "div"))}
+_ONE_SIDED = {op: f"""
+        if {_GX} and {_GY}:
+            {name}_bwd(val, grad, x, y, ans, n)
+        else:
+            {name}_bwd_one(val, grad, x, y, ans, n, {_GX})"""
+              for op, name in ((Op.ADD, "add"), (Op.SUB, "sub"), (Op.MUL, "mul"),
+                               (Op.DIV, "div"))}
 REVERSE = {
     Op.NEG: "neg_bwd(val, grad, x, ans, n, imm[k])",
     Op.EXP: "exp_bwd(val, grad, x, ans, n, imm[k])",
@@ -206,10 +219,10 @@ REVERSE = {
     Op.DIVC: "divc_bwd(val, grad, x, ans, n, imm[k])",
     Op.RDIVC: "rdivc_bwd(val, grad, x, ans, n, imm[k])",
     Op.RPOWC: "rpowc_bwd(val, grad, x, ans, n, imm[k])",
-    Op.ADD: "add_bwd(val, grad, x, y, ans, n)",
-    Op.SUB: "sub_bwd(val, grad, x, y, ans, n)",
-    Op.MUL: "mul_bwd(val, grad, x, y, ans, n)",
-    Op.DIV: "div_bwd(val, grad, x, y, ans, n)",
+    Op.ADD: _ONE_SIDED[Op.ADD],
+    Op.SUB: _ONE_SIDED[Op.SUB],
+    Op.MUL: _ONE_SIDED[Op.MUL],
+    Op.DIV: _ONE_SIDED[Op.DIV],
     Op.POW: "pow_bwd(val, grad, x, y, ans, n)",
     Op.MAXIMUM: "maximum_bwd(val, grad, x, y, ans, n)",
     Op.MINIMUM: "minimum_bwd(val, grad, x, y, ans, n)",
@@ -360,7 +373,8 @@ def _derive_scalar_rows():
             rows.append((which, int(op), text, objs))
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         rows = []
-        for which, table in (("forward", FORWARD), ("reverse", REVERSE)):
+        reverse = {**REVERSE, **SCALAR_SOURCE}
+        for which, table in (("forward", FORWARD), ("reverse", reverse)):
             for op, row in table.items():
                 derived = _lower.scalar_row(row, globals())
                 if derived is not None:

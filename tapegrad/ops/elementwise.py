@@ -9,6 +9,9 @@ offsets and ``ans`` the output's offset in them (np.uint64: unsigned offsets let
 vectorise the loops, and indexing the arenas directly, instead of through views, costs no
 reference counting per instruction); ``n`` the number of elements; ``k`` the immediate.
 A reverse rule accumulates into the inputs' gradients with ``+=``.
+``add sub mul div`` have a second reverse kernel, ``<op>_bwd_one``, which the reverse sweep
+runs when only one input has a gradient (its mask says which: ``tapegrad.sweep``): the other
+input's -- a constant's, say -- is then neither computed nor written.
 At kinks PyTorch's conventions hold: relu'(0) = abs'(0) = 0, maximum/minimum split the
 gradient of a tie equally. NaN propagates as in PyTorch: relu(nan), maximum(nan, 1) and
 minimum(1, nan) are nan; relu passes the gradient at nan, maximum/minimum give both
@@ -392,6 +395,17 @@ def add_bwd(v, g, x, y, ans, n):
         g[y + i] += g[ans + i]
 
 
+@kernel
+def add_bwd_one(v, g, x, y, ans, n, gx):
+    """``add_bwd`` into one input's gradient: x's if ``gx`` else y's (the other has none)."""
+    if gx:
+        for i in range(n):
+            g[x + i] += g[ans + i]
+    else:
+        for i in range(n):
+            g[y + i] += g[ans + i]
+
+
 @vjp(Op.ADD)
 def add_vjp(r, g):
     return g, g
@@ -413,6 +427,17 @@ def sub_bwd(v, g, x, y, ans, n):
     for i in range(n):
         g[x + i] += g[ans + i]
         g[y + i] -= g[ans + i]
+
+
+@kernel
+def sub_bwd_one(v, g, x, y, ans, n, gx):
+    """``sub_bwd`` into x's gradient if ``gx``, else y's (the other has none)."""
+    if gx:
+        for i in range(n):
+            g[x + i] += g[ans + i]
+    else:
+        for i in range(n):
+            g[y + i] -= g[ans + i]
 
 
 @vjp(Op.SUB)
@@ -438,6 +463,17 @@ def mul_bwd(v, g, x, y, ans, n):
         g[y + i] += g[ans + i] * v[x + i]
 
 
+@kernel
+def mul_bwd_one(v, g, x, y, ans, n, gx):
+    """``mul_bwd`` into x's gradient if ``gx``, else y's (the other has none)."""
+    if gx:
+        for i in range(n):
+            g[x + i] += g[ans + i] * v[y + i]
+    else:
+        for i in range(n):
+            g[y + i] += g[ans + i] * v[x + i]
+
+
 @vjp(Op.MUL)
 def mul_vjp(r, g):
     return (g * r.y if r.need[0] else None), (g * r.x if r.need[1] else None)
@@ -459,6 +495,17 @@ def div_bwd(v, g, x, y, ans, n):
     for i in range(n):
         g[x + i] += g[ans + i] / v[y + i]
         g[y + i] -= g[ans + i] * v[ans + i] / v[y + i]
+
+
+@kernel
+def div_bwd_one(v, g, x, y, ans, n, gx):
+    """``div_bwd`` into x's gradient if ``gx``, else y's (the other has none)."""
+    if gx:
+        for i in range(n):
+            g[x + i] += g[ans + i] / v[y + i]
+    else:
+        for i in range(n):
+            g[y + i] -= g[ans + i] * v[ans + i] / v[y + i]
 
 
 @vjp(Op.DIV)
