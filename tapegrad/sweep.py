@@ -33,6 +33,7 @@ Both return ``(status, k)``: ``OK`` or the failure found at instruction ``k``. F
 passed as integers, never as Python literals (a literal compiles a second specialisation).
 """
 import atexit
+import contextlib
 import glob
 import hashlib
 import importlib
@@ -708,7 +709,8 @@ def _remove_superseded(d):
             if "with digest " not in head or f"with digest {mine}:" in head:
                 continue
             name = os.path.basename(path)[:-3]
-            for f in [path] + glob.glob(os.path.join(d, "__pycache__", name + ".*")):
+            for f in ([path] + glob.glob(os.path.join(d, "__pycache__", name + ".*"))
+                      + glob.glob(os.path.join(d, name + ".*.lock"))):  # (_compiling's)
                 os.remove(f)
         except OSError:  # another process removed it first, or no permission: leave it
             continue
@@ -884,4 +886,30 @@ def _worker():
             pass
     mod = _import(path)
     for name in names.split(","):  # (several: one after the other)
-        getattr(mod, name).compile(call_types(name, np.dtype(dtype)))
+        with _compiling(path, name, dtype):
+            getattr(mod, name).compile(call_types(name, np.dtype(dtype)))
+
+
+@contextlib.contextmanager
+def _compiling(path, name, dtype):
+    """Held while a worker compiles ``name`` of the generated module at ``path`` for
+    ``dtype``: processes started together on a cold cache each start workers for the same
+    interpreters, and a worker of another process compiling the same one waits here, then
+    finds it in numba's disk cache (``compile`` loads it) instead of compiling it again --
+    one compile per interpreter, not one per process. An exclusive ``flock`` on a file
+    beside the module (released by the system if the worker dies); none where that fails."""
+    try:
+        import fcntl
+        fd = os.open(f"{path[:-3]}.{name}.{np.dtype(dtype).char}.lock",
+                     os.O_CREAT | os.O_RDWR, 0o666)
+    except (ImportError, OSError):
+        yield
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError:
+            pass
+        yield
+    finally:
+        os.close(fd)
