@@ -445,18 +445,84 @@ def softmax_fwd(v, x, ans, A, n, B):
     _softmax_fwd(v, x, ans, A, n, B)
 
 
+@kernel
+def as_stored(v, e):
+    """``e`` (a float64) as arena ``v`` holds it once stored: rounded to float32 on a
+    float32 arena."""
+    return np.float64(np.float32(e)) if is_f32(v) else e
+
+
+@kernel
+def softmax_row(v, row, out, n):
+    """The softmax of one contiguous row, ``v[row:row + n]``, into ``v[out:out + n]``: the
+    kernel's rows when ``B == 1`` and SOFTMAX's scalar row (``sweep.SCALAR_FORWARD``), which
+    therefore agree bit for bit. A row of 2 to 4 (a softmax of a few stacked scalars) is
+    written out on scalar loads and registers, the missing elements -inf (exp 0): its
+    elements were just stored one by one by the instructions before, and a vector load over
+    them (``_sum_run``'s, or a vectorised division loop's) waits for those stores to retire;
+    its four exps are independent and overlap, summed as (e0 + e1) + (e2 + e3)."""
+    if 2 <= n <= 4:
+        u1, u2, u3 = np.uint64(1), np.uint64(2), np.uint64(3)
+        a0, a1 = np.float64(v[row]), np.float64(v[row + u1])
+        a2 = np.float64(v[row + u2]) if n > 2 else -math.inf
+        a3 = np.float64(v[row + u3]) if n > 3 else -math.inf
+        m = _bigger(_bigger(a0, a1), _bigger(a2, a3))  # _max_run's maximum (nan if any is)
+        e0 = as_stored(v, exp_for(v, a0 - m))
+        e1 = as_stored(v, exp_for(v, a1 - m))
+        e2 = as_stored(v, exp_for(v, a2 - m))
+        e3 = as_stored(v, exp_for(v, a3 - m))
+        s = (e0 + e1) + (e2 + e3)
+        v[out] = e0 / s
+        v[out + u1] = e1 / s
+        if n > 2:
+            v[out + u2] = e2 / s
+        if n > 3:
+            v[out + u3] = e3 / s
+        return
+    un = np.uint64(n)
+    m = _max_run(v, row, n)
+    for j in range(un):
+        v[out + j] = exp_for(v, np.float64(v[row + j]) - m)
+    s = _sum_run(v, out, n)
+    for j in range(un):
+        v[out + j] /= s
+
+
+@kernel
+def softmax_row_bwd(v, g, row, out, n):
+    """``g[row + j] += ans_j (g[out + j] - sum_i g[out + i] ans_i)`` for one contiguous row
+    (``ans = v[out:out + n]``): the kernel's rows when ``B == 1`` and SOFTMAX's reverse scalar
+    row. A row of 2 to 4 on scalar loads, as ``softmax_row``; its dot product is
+    (p0 + p1) + (p2 + p3), the missing products 0."""
+    if 2 <= n <= 4:
+        u1, u2, u3 = np.uint64(1), np.uint64(2), np.uint64(3)
+        s0, s1 = np.float64(v[out]), np.float64(v[out + u1])
+        g0, g1 = np.float64(g[out]), np.float64(g[out + u1])
+        s2 = np.float64(v[out + u2]) if n > 2 else 0.0
+        g2 = np.float64(g[out + u2]) if n > 2 else 0.0
+        s3 = np.float64(v[out + u3]) if n > 3 else 0.0
+        g3 = np.float64(g[out + u3]) if n > 3 else 0.0
+        dot = (g0 * s0 + g1 * s1) + (g2 * s2 + g3 * s3)
+        g[row] += s0 * (g0 - dot)
+        g[row + u1] += s1 * (g1 - dot)
+        if n > 2:
+            g[row + u2] += s2 * (g2 - dot)
+        if n > 3:
+            g[row + u3] += s3 * (g3 - dot)
+        return
+    un = np.uint64(n)
+    dot = _dot_run(g, out, v, out, n)
+    for j in range(un):
+        i = out + j
+        g[row + j] += v[i] * (g[i] - dot)
+
+
 @jit
 def _softmax_fwd(v, x, ans, A, n, B):
     if B == 1:
         un = np.uint64(n)
         for a in range(np.uint64(A)):
-            row, out = x + a * un, ans + a * un
-            m = _max_run(v, row, n)
-            for j in range(un):
-                v[out + j] = exp_for(v, np.float64(v[row + j]) - m)
-            s = _sum_run(v, out, n)
-            for j in range(un):
-                v[out + j] /= s
+            softmax_row(v, x + a * un, ans + a * un, n)
         return
     uB = np.uint64(B)
     mx, s = np.empty(B), np.empty(B)
@@ -486,11 +552,7 @@ def _softmax_bwd(v, g, x, ans, A, n, B):
     if B == 1:
         un = np.uint64(n)
         for a in range(np.uint64(A)):
-            row, out = x + a * un, ans + a * un
-            dot = _dot_run(g, out, v, out, n)
-            for j in range(un):
-                i = out + j
-                g[row + j] += v[i] * (g[i] - dot)
+            softmax_row_bwd(v, g, x + a * un, ans + a * un, n)
         return
     uB = np.uint64(B)
     dot = np.empty(B)
