@@ -447,14 +447,14 @@ def softmax_fwd(v, x, ans, A, n, B):
 
 @kernel
 def softmax_short(f32, a0, a1, a2, a3):
-    """The softmax of a row of 2 to 4 elements (float64; a missing one -inf, whose exp is 0)
-    as four float64 quotients; ``f32``: a float32 arena's (``exp_for``'s exps, each rounded
-    to float32 as the arena would store it). For a softmax of a few stacked scalars (the
-    kernel's rows of ``n <= 4`` and SOFTMAX's scalar row, which load and store the elements
-    themselves, one by one: a vector load over elements just stored one by one -- as
-    ``_sum_run``'s or a vectorised division loop's -- waits for those stores to retire).
-    The four exps are independent and overlap; their sum is (e0 + e1) + (e2 + e3). No arena
-    among the arguments: numba would count references to it around every inlined call."""
+    """The softmax of a row of 2 to 4 elements (float64s; a missing one -inf, whose exp is
+    0) as four float64 quotients; ``f32``: on a float32 arena, each exp (``exp_for``'s)
+    rounded to float32 as the arena stores it. The kernel's rows of 2 to 4 and SOFTMAX's
+    scalar row (a softmax of a few stacked scalars) load and store the elements one by one
+    around it: a vector load over elements just stored one by one (``_sum_run``'s, a
+    vectorised division loop's) waits for those stores to retire. The four exps are
+    independent and overlap; the sum is (e0 + e1) + (e2 + e3). No arena among the
+    arguments: numba counts references to an arena around every inlined call taking one."""
     m = _bigger(_bigger(a0, a1), _bigger(a2, a3))  # _max_run's maximum (nan if any is)
     e0 = _exp_stored(f32, a0 - m)
     e1 = _exp_stored(f32, a1 - m)
