@@ -79,7 +79,9 @@ from .ops.gather import gather_bwd, gather_fwd, scatter_add_bwd, scatter_add_fwd
 from .ops.loss import cross_entropy_bwd, cross_entropy_fwd, onehot_fwd
 from .ops.random import rand_fwd, tick_fwd
 from .ops._vmath import vexp, vlog, vsigmoid, vtanh
-from .ops.reduce import _dot_run, _max_run, _sum_run, exp_for  # SOFTMAX's one-row rows
+from .ops._precision import is_f32
+from .ops.reduce import (_dot_run, _max_run, _sum_run, exp_for, softmax_short,  # SOFTMAX's
+                          softmax_short_bwd)  # one-row rows
 from .ops.reduce import (log_softmax_bwd, log_softmax_fwd, logsumexp_bwd, logsumexp_fwd,
                          max_bwd, max_fwd, softmax_bwd, softmax_fwd, sum_bwd, sum_fwd)
 from .ops.shape import (expand_bwd, expand_fwd, place_bwd, place_fwd, slice_bwd, slice_fwd,
@@ -412,19 +414,47 @@ _derive_scalar_rows()
 SCALAR_FORWARD[Op.SLICE] = SCALAR_FORWARD[Op.PLACE] = "val[ans] = val[x]"
 SCALAR_REVERSE[Op.SLICE] = SCALAR_REVERSE[Op.PLACE] = "grad[x] += grad[ans]"
 # SOFTMAX of one contiguous row (A = B = 1: a softmax of a few stacked scalars): the
-# kernels' (ops/reduce.py) row loops written out, with the same called helpers for the
-# maximum, the exps' sum and the dot product (tests/test_lower.py holds the two to the same bits)
+# kernels' row loops written out, with the same helpers (ops/reduce.py; a row of 2 to 4 in
+# ``softmax_short`` / ``softmax_short_bwd``, which take no arena: an inlined call with one
+# made numba count references around it) -- tests/test_lower.py holds the two to the same bits
 SCALAR_FORWARD[Op.SOFTMAX] = """
-        _s_m = _max_run(val, x, n)
-        for _s_j in range(n):
-            val[ans + _s_j] = exp_for(val, np.float64(val[x + _s_j]) - _s_m)
-        _s_s = _sum_run(val, ans, n)
-        for _s_j in range(n):
-            val[ans + _s_j] /= _s_s"""
+        if 2 <= n <= 4:
+            _s_a2 = np.float64(val[x + np.uint64(2)]) if n > 2 else -math.inf
+            _s_a3 = np.float64(val[x + np.uint64(3)]) if n > 3 else -math.inf
+            _s_q0, _s_q1, _s_q2, _s_q3 = softmax_short(
+                is_f32(val), np.float64(val[x]), np.float64(val[x + np.uint64(1)]), _s_a2, _s_a3)
+            val[ans] = _s_q0
+            val[ans + np.uint64(1)] = _s_q1
+            if n > 2:
+                val[ans + np.uint64(2)] = _s_q2
+            if n > 3:
+                val[ans + np.uint64(3)] = _s_q3
+        else:
+            _s_m = _max_run(val, x, n)
+            for _s_j in range(n):
+                val[ans + _s_j] = exp_for(val, np.float64(val[x + _s_j]) - _s_m)
+            _s_s = _sum_run(val, ans, n)
+            for _s_j in range(n):
+                val[ans + _s_j] /= _s_s"""
 SCALAR_REVERSE[Op.SOFTMAX] = """
-        _s_dot = _dot_run(grad, ans, val, ans, n)
-        for _s_j in range(n):
-            grad[x + _s_j] += val[ans + _s_j] * (grad[ans + _s_j] - _s_dot)"""
+        if 2 <= n <= 4:
+            _s_s2 = np.float64(val[ans + np.uint64(2)]) if n > 2 else 0.0
+            _s_g2 = np.float64(grad[ans + np.uint64(2)]) if n > 2 else 0.0
+            _s_s3 = np.float64(val[ans + np.uint64(3)]) if n > 3 else 0.0
+            _s_g3 = np.float64(grad[ans + np.uint64(3)]) if n > 3 else 0.0
+            _s_d0, _s_d1, _s_d2, _s_d3 = softmax_short_bwd(
+                np.float64(val[ans]), np.float64(val[ans + np.uint64(1)]), _s_s2, _s_s3,
+                np.float64(grad[ans]), np.float64(grad[ans + np.uint64(1)]), _s_g2, _s_g3)
+            grad[x] += _s_d0
+            grad[x + np.uint64(1)] += _s_d1
+            if n > 2:
+                grad[x + np.uint64(2)] += _s_d2
+            if n > 3:
+                grad[x + np.uint64(3)] += _s_d3
+        else:
+            _s_dot = _dot_run(grad, ans, val, ans, n)
+            for _s_j in range(n):
+                grad[x + _s_j] += val[ans + _s_j] * (grad[ans + _s_j] - _s_dot)"""
 # where a size-1 instruction's element lies (lower_into): SLICE reads one element of its
 # input, PLACE writes one of its output; the elementwise ops' are at the buffers' offsets
 SCALAR_KIND = np.zeros(int(Op.N_OPS), np.int8)
@@ -604,7 +634,7 @@ def source(ops):
 # ``_prod`` (called with literal arguments), and what the scalar rows call (SOFTMAX's
 # one-row rows; ``one_like``)
 INLINED = {"_offset", "_prod", "_dot_run", "_max_run", "_sum_run", "exp64", "exp_for",
-           "one_like"}
+           "softmax_short", "softmax_short_bwd", "one_like"}
 _twins = {}
 
 

@@ -323,7 +323,10 @@ def _reduce_cases():
 def _softmax_cases():
     return [C((2, 3, 4), id="ax-1", axis=-1), C((2, 3, 4), id="ax0", axis=0),
             C((2, 3, 4), id="ax1", axis=1), C((5,), id="1d", axis=0),
-            C((3, 4), id="axNone", axis=None)]
+            C((3, 4), id="axNone", axis=None),
+            # rows of 2 to 4: the written-out one-row path (ops/reduce.py softmax_row)
+            C((4,), id="row4", axis=0), C((3,), id="row3", axis=0), C((2,), id="row2", axis=0),
+            C((2, 3), id="rows3", axis=-1)]
 
 
 

@@ -445,12 +445,58 @@ def softmax_fwd(v, x, ans, A, n, B):
     _softmax_fwd(v, x, ans, A, n, B)
 
 
+@kernel
+def softmax_short(f32, a0, a1, a2, a3):
+    """The softmax of a row of 2 to 4 elements (float64s; a missing one -inf, whose exp is
+    0) as four float64 quotients; ``f32``: on a float32 arena, each exp (``exp_for``'s)
+    rounded to float32 as the arena stores it. The kernel's rows of 2 to 4 and SOFTMAX's
+    scalar row (a softmax of a few stacked scalars) load and store the elements one by one
+    around it: a vector load over elements just stored one by one (``_sum_run``'s, a
+    vectorised division loop's) waits for those stores to retire. The four exps are
+    independent and overlap; the sum is (e0 + e1) + (e2 + e3). No arena among the
+    arguments: numba counts references to an arena around every inlined call taking one."""
+    m = _bigger(_bigger(a0, a1), _bigger(a2, a3))  # _max_run's maximum (nan if any is)
+    e0 = _exp_stored(f32, a0 - m)
+    e1 = _exp_stored(f32, a1 - m)
+    e2 = _exp_stored(f32, a2 - m)
+    e3 = _exp_stored(f32, a3 - m)
+    s = (e0 + e1) + (e2 + e3)
+    return e0 / s, e1 / s, e2 / s, e3 / s
+
+
+@kernel
+def _exp_stored(f32, d):
+    """exp(d) as ``exp_for`` makes it, rounded to float32 when ``f32``."""
+    return np.float64(np.float32(_exp64_short(d))) if f32 else exp64(d)
+
+
+@kernel
+def softmax_short_bwd(s0, s1, s2, s3, g0, g1, g2, g3):
+    """The gradients ``s_j (g_j - sum_i g_i s_i)`` of a softmax row of 2 to 4 (float64; a
+    missing element's s and g 0), the dot product summed as (p0 + p1) + (p2 + p3)."""
+    dot = (g0 * s0 + g1 * s1) + (g2 * s2 + g3 * s3)
+    return s0 * (g0 - dot), s1 * (g1 - dot), s2 * (g2 - dot), s3 * (g3 - dot)
+
+
 @jit
 def _softmax_fwd(v, x, ans, A, n, B):
     if B == 1:
         un = np.uint64(n)
+        u1, u2, u3 = np.uint64(1), np.uint64(2), np.uint64(3)
         for a in range(np.uint64(A)):
             row, out = x + a * un, ans + a * un
+            if 2 <= n <= 4:  # (the same loads and stores as SOFTMAX's scalar row)
+                a2 = np.float64(v[row + u2]) if n > 2 else -math.inf
+                a3 = np.float64(v[row + u3]) if n > 3 else -math.inf
+                q0, q1, q2, q3 = softmax_short(is_f32(v), np.float64(v[row]),
+                                               np.float64(v[row + u1]), a2, a3)
+                v[out] = q0
+                v[out + u1] = q1
+                if n > 2:
+                    v[out + u2] = q2
+                if n > 3:
+                    v[out + u3] = q3
+                continue
             m = _max_run(v, row, n)
             for j in range(un):
                 v[out + j] = exp_for(v, np.float64(v[row + j]) - m)
@@ -485,8 +531,24 @@ def softmax_bwd(v, g, x, ans, A, n, B):
 def _softmax_bwd(v, g, x, ans, A, n, B):
     if B == 1:
         un = np.uint64(n)
+        u1, u2, u3 = np.uint64(1), np.uint64(2), np.uint64(3)
         for a in range(np.uint64(A)):
             row, out = x + a * un, ans + a * un
+            if 2 <= n <= 4:  # (the same loads and stores as SOFTMAX's scalar row)
+                s2 = np.float64(v[out + u2]) if n > 2 else 0.0
+                g2 = np.float64(g[out + u2]) if n > 2 else 0.0
+                s3 = np.float64(v[out + u3]) if n > 3 else 0.0
+                g3 = np.float64(g[out + u3]) if n > 3 else 0.0
+                d0, d1, d2, d3 = softmax_short_bwd(
+                    np.float64(v[out]), np.float64(v[out + u1]), s2, s3,
+                    np.float64(g[out]), np.float64(g[out + u1]), g2, g3)
+                g[row] += d0
+                g[row + u1] += d1
+                if n > 2:
+                    g[row + u2] += d2
+                if n > 3:
+                    g[row + u3] += d3
+                continue
             dot = _dot_run(g, out, v, out, n)
             for j in range(un):
                 i = out + j
