@@ -110,7 +110,10 @@ class Op(IntEnum):
     # fused by tape.optimize() (tapegrad/optimize.py; kernels in tapegrad/ops/fused.py)
     SOFTPLUS = 63    # log(exp(x) + c), imm = c > 0: EXP, ADDC c, LOG as one instruction
     ADD3 = 64        # (x + y) + z: two ADDs as one instruction
-    N_OPS = 65       # sentinel: the number of opcodes
+    # broadcasting binary elementwise (tapegrad/ops/bcast.py): A0 = ADD, SUB, MUL or DIV,
+    # A1..A3 the output as (d0, d1, d2), A4 A5 the axes x / y lack (bit j: axis j)
+    BCAST = 65
+    N_OPS = 66       # sentinel: the number of opcodes
 
 
 class OpSpec(NamedTuple):
@@ -186,6 +189,7 @@ OPS = {
     Op.MUL3: OpSpec("mul3", 3, "imm=c"),
     Op.SOFTPLUS: OpSpec("softplus", 1, ""),
     Op.ADD3: OpSpec("add3", 3, ""),
+    Op.BCAST: OpSpec("bcast", 2, "op d0 d1 d2 bx by"),
 }
 
 # the table as arrays, for the compiled passes over a tape (activity analysis, validation)

@@ -59,6 +59,7 @@ from numba.core.dispatcher import Dispatcher
 
 from ._jit import cached, drop_stale_cache, generated_dir, jit, kernel
 from .opcodes import A0, OP, OUT, X, Y, Z, Op
+from .ops.bcast import bcast_bwd, bcast_fwd
 from .ops.conv import conv_bwd, conv_fwd
 from .ops.elementwise import (abs_bwd, abs_fwd, add_bwd, add_bwd_one, add_fwd, compare_fwd, cos_bwd,
                               cos_fwd, div_bwd, div_bwd_one, div_fwd, exp_bwd, exp_fwd,
@@ -183,6 +184,7 @@ FORWARD = {
     Op.MUL3: "mul3_fwd(val, x, y, z, ans, n, imm[k])",
     Op.SOFTPLUS: "softplus_fwd(val, x, ans, n, imm[k])",
     Op.ADD3: "add3_fwd(val, x, y, z, ans, n)",
+    Op.BCAST: "bcast_fwd(val, x, y, ans, a0, a1, a2, a3, a4, a5)",
     **{c: "conv_fwd(op, val, x, y, ans, nx, a0, a1, a2, a3, a4, a5)"
        for c in (Op.CONV2D, Op.CONV2D_GRAD_X, Op.CONV2D_GRAD_W, Op.MAX_POOL2D,
                  Op.MAX_UNPOOL2D)},
@@ -264,6 +266,7 @@ REVERSE = {
     Op.MUL3: "mul3_bwd(val, grad, x, y, z, ans, n, imm[k])",
     Op.SOFTPLUS: "softplus_bwd(val, grad, x, ans, n, imm[k])",
     Op.ADD3: "add3_bwd(val, grad, x, y, z, ans, n)",
+    Op.BCAST: f"bcast_bwd(val, grad, x, y, ans, a0, a1, a2, a3, a4, a5, {_GX}, {_GY})",
     **{c: f"""
         conv_bwd(op, val, grad, x, y, ans, nx, a0, a1, a2, a3, a4, a5, {_GX}, {_GY})"""
        for c in (Op.CONV2D, Op.CONV2D_GRAD_X, Op.CONV2D_GRAD_W, Op.MAX_POOL2D,

@@ -29,6 +29,7 @@ from ._jit import announce_compile, drop_stale_cache, jit
 from .errors import ShapeError, TapegradError, user_site
 from .opcodes import A0, DIFFERENTIABLE, N_IN, OP, OUT, X, Y, Z, Op
 # the kernels and rules the rows of TANGENT call (in the generated sweep)
+from .ops.bcast import bcast_tan
 from .ops.elementwise import add_fwd, neg_fwd, sub_fwd
 from .ops.immediate import divc_fwd, mulc_fwd
 from .ops.reduce import sum_fwd
@@ -103,6 +104,7 @@ TANGENT = {
     Op.MUL3: "mul3_tan(val, tan, x, y, z, tx, ty, tz, tans, n, D, imm[k], dx, dy, m & 8 != 0)",
     Op.SOFTPLUS: "softplus_tan(val, tan, x, tx, tans, n, D, imm[k])",
     Op.ADD3: "add3_fwd(tan, tx, ty, tz, tans, n * D)",  # linear: its forward kernel
+    Op.BCAST: "bcast_tan(val, tan, x, y, ans, tx, ty, tans, a0, a1, a2, a3, a4, a5, D, dx, dy)",
     **{op: _CONV for op in (Op.CONV2D, Op.CONV2D_GRAD_X, Op.CONV2D_GRAD_W, Op.MAX_POOL2D,
                             Op.MAX_UNPOOL2D)},
     # no tangent path (the mask never runs them): the draws, the counter, guards

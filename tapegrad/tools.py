@@ -55,6 +55,10 @@ def _attrs(row, imm):
         return f" {{{spec[4:]}={imm:g}}}"
     if op == Op.GUARD:
         return f" {{expected={int(row[A0])}}}"
+    if op == Op.BCAST:  # {sub d=1000x50x32 bx=2 by=1}: the operation by name
+        a = [int(v) for v in row[A0:A0 + 6]]
+        name = OPS[Op(a[0])].name if 0 <= a[0] < Op.N_OPS else f"op={a[0]}"
+        return f" {{{name} d={a[1]}x{a[2]}x{a[3]} bx={a[4]} by={a[5]}}}"
     if not spec or spec.startswith("sx"):
         return ""
     names = spec.split()

@@ -45,6 +45,7 @@ REASONS = [
     "sizes do not match (batch, n, k) or a flag is not 0 or 1",
     "bad convolution or pooling geometry",
     "sizes do not match the convolution or pooling geometry",
+    "broadcast binary: op not add/sub/mul/div, bits not 0..7, or sizes not (d0, d1, d2)",
 ]
 _BIG = 2.0 ** 62  # no buffer is this large: a product beyond it matches no size
 
@@ -115,6 +116,12 @@ CHECKS = {
     Op.ADD3: """
         if i0 != out or i1 != out or i2 != out:
             return k, 5""",
+    Op.BCAST: _NONNEG + """
+        if ((a0 != Op.ADD and a0 != Op.SUB and a0 != Op.MUL and a0 != Op.DIV) or a4 > 7
+                or a5 > 7 or out != _prod(a1, a2, a3, 1)
+                or i0 != _prod(1 if a4 & 1 else a1, 1 if a4 & 2 else a2, 1 if a4 & 4 else a3, 1)
+                or i1 != _prod(1 if a5 & 1 else a1, 1 if a5 & 2 else a2, 1 if a5 & 4 else a3, 1)):
+            return k, 22  # op d0 d1 d2 bx by: x, y (e0, e1, e2), 1 where a bit is set""",
     Op.GUARD: """
         if i0 != 1 or (a0 != 0 and a0 != 1):
             return k, 6""",

@@ -23,6 +23,7 @@ import scipy.special
 
 import tapegrad as tg
 from tapegrad.opcodes import Op
+from tapegrad.ops.bcast import bcast
 
 
 # ---------------------------------------------------------------------------- table types
@@ -374,6 +375,16 @@ MATMUL_CASES = [
     C((40, 30), (2, 30, 30), id="blas_shared_left"),
 ]
 
+BCAST_CASES = [
+    C((3, 1, 4), (1, 2, 4), id="outer_rows"),     # gmm's x - mu: x lacks axis 1, y axis 0
+    C((3, 2, 4), (2, 1), id="y_lacks_last"),      # y one value per contiguous row
+    C((3, 2, 1), (3, 1, 4), id="x_lacks_last"),
+    C((2, 3), (3,), id="row_vector"),
+    C((), (2, 3), id="scalar_x"),
+    C((2, 1, 3), (2, 3), id="both_broadcast"),
+    C((4, 1, 3, 1), (4, 5, 1, 2), id="four_runs"),  # not 3-D: the EXPAND path
+]
+
 SPECS = [
     # ------------------------------------------------------------------ unary
     Spec("neg", (Op.NEG,), lambda x: tg.neg(x), np.negative, UNARY_CASES),
@@ -420,6 +431,16 @@ SPECS = [
          lambda x: np.minimum(x, 0.0), [C((2, 3))], distinct),
     Spec("maximum_const", (Op.MAXIMUM,), lambda x: tg.maximum(x, 0.0),
          lambda x: np.maximum(x, 0.0), [C((2, 3))], distinct),
+    # BCAST: add sub mul div of broadcast operands as one instruction (tapegrad/ops/bcast.py;
+    # the operators record it from bcast.MIN_SIZE output elements, bcast() at any size)
+    *[Spec(f"bcast_{name}", (Op.BCAST,), (lambda o: lambda x, y: bcast(o, x, y))(op), ref,
+           BCAST_CASES, gen)
+      for name, op, ref, gen in (("add", Op.ADD, np.add, None),
+                                 ("sub", Op.SUB, np.subtract, None),
+                                 ("mul", Op.MUL, np.multiply, None),
+                                 ("div", Op.DIV, np.divide, each(normal, positive)))],
+    Spec("bcast_operator", (Op.BCAST,), lambda x, y: (x - y) * y, lambda x, y: (x - y) * y,
+         [C((16, 1, 8), (1, 8, 8), id="gmm_like")]),  # 1024 elements: MIN_SIZE
     # ndarrays on either side of an operator become constant buffers (broadcast by EXPAND)
     Spec("const_operands", (Op.ADD, Op.SUB, Op.MUL, Op.DIV, Op.POW),
          lambda x: (x * np.full(3, 2.0) - np.full(3, 1.5)) / np.full(3, 3.0) + np.arange(3.0)

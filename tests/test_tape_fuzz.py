@@ -63,6 +63,8 @@ def base_tapes():
     loss = loss + tg.where(h[0] > 0, h[1], -h[2]).sum() + tg.log_softmax(h.reshape(20)).sum()
     if loss.value > -1e9:   # a guard
         loss = loss + (tg.sqrt(tg.abs(b) + 1.0) ** 1.5).sum() + tg.maximum(b, 0.2).sum()
+    big = tape.input("big", value=rng.standard_normal((8, 1, 16)))  # BCAST (ops/bcast.py)
+    loss = loss + ((big - tape.const(rng.standard_normal((1, 8, 16)))) / b.sum()).mean()
     loss.name = "loss"
 
     t32 = tg.Tape(np.float32)

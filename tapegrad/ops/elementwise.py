@@ -2,7 +2,9 @@
 
 Shape rules: unary ops keep the shape; binary ops and ``where`` broadcast like NumPy, an
 operand of another shape being expanded to the output's shape by EXPAND instructions first,
-so every kernel reads and writes contiguous runs of ``n`` elements.
+so every kernel reads and writes contiguous runs of ``n`` elements -- except add, sub, mul and
+div of outputs of ``bcast.MIN_SIZE`` elements or more, recorded as one BCAST instruction that
+reads its operands through broadcast strides (``tapegrad/ops/bcast.py``).
 
 Kernel arguments: ``v`` / ``g`` the value and gradient arenas; ``x, y, c`` the inputs'
 offsets and ``ans`` the output's offset in them (np.uint64: unsigned offsets let LLVM
@@ -24,7 +26,7 @@ import numpy as np
 from .._jit import kernel
 from ..opcodes import Op
 from ..var import Var
-from . import immediate
+from . import bcast as _bcast, immediate
 from ._record import broadcast_shape, broadcast_to, vars_of
 from ._vjp import vjp
 from .fused import tanh_grad
@@ -65,8 +67,19 @@ def _binary(op, x, y, name, right=None, left=None, negate=False):
         return immediate.record(left, y, x)
     tape, (x, y) = vars_of([x, y], name)
     shape = broadcast_shape(name, x, y)
+    if op in _bcast.OPS and _size(shape) >= _bcast.MIN_SIZE:  # one BCAST, no copies (bcast.py)
+        out = _bcast.record(op, x, y, shape)
+        if out is not None:
+            return out
     x, y = broadcast_to(x, shape), broadcast_to(y, shape)
     return Var(tape, tape._emit(op, (x._b, y._b), shape))
+
+
+def _size(shape):
+    n = 1
+    for s in shape:
+        n *= s
+    return n
 
 
 # ---------------------------------------------------------------------------- unary
