@@ -71,7 +71,7 @@ import textwrap
 import numpy as np
 
 from ._jit import jit
-from .opcodes import N_IN, OP, OUT, X, Op
+from .opcodes import A0, N_IN, OP, OUT, X, Op
 
 MODES = ("auto", "off", "always")
 MODE = os.environ.get("TAPEGRAD_PLAN", "auto").strip().lower() or "auto"
@@ -225,11 +225,18 @@ def exclusive_roots(tape, instr, base, pinned):
     if names:
         excl[base[np.array(names, np.int64)]] = 1
     kept = excl.copy()
-    for op, roles in reverse_reads().items():
-        if not roles:
-            continue
+    reads = reverse_reads()
+    groups = []  # (op, roles, rows)
+    for op, roles in reads.items():
         rows = np.flatnonzero(ops == op)
-        if not rows.size:
+        if op == Op.BCAST:  # reads what its attribute op's reverse reads (ops/bcast.py's
+            subs = instr[rows, A0]  # _grad_row / _grad_sum: mul x y, div y ans, add sub none)
+            groups += [(op, reads.get(int(o), frozenset(ROLES)), rows[subs == o])
+                       for o in np.unique(subs)]
+        else:
+            groups.append((op, roles, rows))
+    for op, roles, rows in groups:
+        if not roles or not rows.size:
             continue
         for role in roles:
             if role == "ans":
