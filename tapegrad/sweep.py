@@ -194,16 +194,13 @@ _GX, _GY = "mask[k] & 2 != 0", "mask[k] & 4 != 0"  # input x / y needs a gradien
 # add sub mul div: both inputs' gradients by one loop, or only the one that has a gradient
 # (a constant operand's is neither computed nor written: ops/elementwise.py). A size-1
 # instruction runs the scalar row of the two-input kernel (``SCALAR_SOURCE``): one element.
-SCALAR_SOURCE = {op: f"{name}_bwd(val, grad, x, y, ans, n)"
-                 for op, name in ((Op.ADD, "add"), (Op.SUB, "sub"), (Op.MUL, "mul"),
-                                  (Op.DIV, "div"))}
+_BINARY = ((Op.ADD, "add"), (Op.SUB, "sub"), (Op.MUL, "mul"), (Op.DIV, "div"))
+SCALAR_SOURCE = {op: f"{name}_bwd(val, grad, x, y, ans, n)" for op, name in _BINARY}
 _ONE_SIDED = {op: f"""
         if {_GX} and {_GY}:
             {name}_bwd(val, grad, x, y, ans, n)
         else:
-            {name}_bwd_one(val, grad, x, y, ans, n, {_GX})"""
-              for op, name in ((Op.ADD, "add"), (Op.SUB, "sub"), (Op.MUL, "mul"),
-                               (Op.DIV, "div"))}
+            {name}_bwd_one(val, grad, x, y, ans, n, {_GX})""" for op, name in _BINARY}
 REVERSE = {
     Op.NEG: "neg_bwd(val, grad, x, ans, n, imm[k])",
     Op.EXP: "exp_bwd(val, grad, x, ans, n, imm[k])",
@@ -224,10 +221,7 @@ REVERSE = {
     Op.DIVC: "divc_bwd(val, grad, x, ans, n, imm[k])",
     Op.RDIVC: "rdivc_bwd(val, grad, x, ans, n, imm[k])",
     Op.RPOWC: "rpowc_bwd(val, grad, x, ans, n, imm[k])",
-    Op.ADD: _ONE_SIDED[Op.ADD],
-    Op.SUB: _ONE_SIDED[Op.SUB],
-    Op.MUL: _ONE_SIDED[Op.MUL],
-    Op.DIV: _ONE_SIDED[Op.DIV],
+    **_ONE_SIDED,
     Op.POW: "pow_bwd(val, grad, x, y, ans, n)",
     Op.MAXIMUM: "maximum_bwd(val, grad, x, y, ans, n)",
     Op.MINIMUM: "minimum_bwd(val, grad, x, y, ans, n)",

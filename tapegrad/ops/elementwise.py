@@ -67,19 +67,12 @@ def _binary(op, x, y, name, right=None, left=None, negate=False):
         return immediate.record(left, y, x)
     tape, (x, y) = vars_of([x, y], name)
     shape = broadcast_shape(name, x, y)
-    if op in _bcast.OPS and _size(shape) >= _bcast.MIN_SIZE:  # one BCAST, no copies (bcast.py)
+    if op in _bcast.OPS and math.prod(shape) >= _bcast.MIN_SIZE:  # one BCAST, no copies (bcast.py)
         out = _bcast.record(op, x, y, shape)
         if out is not None:
             return out
     x, y = broadcast_to(x, shape), broadcast_to(y, shape)
     return Var(tape, tape._emit(op, (x._b, y._b), shape))
-
-
-def _size(shape):
-    n = 1
-    for s in shape:
-        n *= s
-    return n
 
 
 # ---------------------------------------------------------------------------- unary
