@@ -476,6 +476,11 @@ def _fused_plan(tape, opt, loss, rmask, min_elems=None):
         b = tape._instr[run, slot].astype(np.int64)
         ok = b >= 0
         np.minimum.at(first, tape._base[b[ok]], run[ok])
+    if tape._fused_now is not None:  # a fused group's reverse runs at its last row, all
+        start = np.arange(n + 1, dtype=np.int64)  # of it: a cut inside moves to its start
+        for k0, m in tape._fused_now:
+            start[k0:k0 + m] = k0
+        first = start[first]
     rows, j = {}, 0
     for p in opt.params:
         k = int(first[tape._base[p._b]])

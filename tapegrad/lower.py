@@ -15,6 +15,10 @@ is sealed (``Tape._seal``, after the tape arrays are validated; ``Tape.load`` li
     low[k, CLEAR]  1: the reverse sweep zeroes the output's gradient once the rule has read
                    it (a slot shared by arena planning, ``tapegrad.plan``), else 0
 
+The rows of a group of elementwise instructions that ``tape.optimize()`` fused are marked
+``FUSED`` (the first), ``MEMBER`` and ``FUSED_TAIL`` (the last) after lowering, with the
+group's length in the first's and the last's ``NX`` (``tapegrad.fuse``).
+
 A scalar SLICE or PLACE whose element is the other buffer's own slot -- a copy onto itself,
 as ``tape.optimize()`` makes them by moving a scalar into the vector element it is copied
 to or from (``optimize._alias_copies``) -- is lowered to ``SKIP`` with ``N`` 0: neither
@@ -57,6 +61,8 @@ LOW_WIDTH = 8
 SCALAR = 1 << 16  # low[k, CODE] of an instruction that runs its scalar row
 SKIP = 1 << 17    # low[k, CODE] of a copy onto itself: nothing to run
 RUN_AHEAD, RUN_BACK = LY, LZ  # a SKIP row's: the run of SKIP rows from it on / back
+# a fused group's rows (tapegrad.fuse): its first runs it all, its last its reverse rules
+FUSED, MEMBER, FUSED_TAIL = 1 << 18, 1 << 19, 1 << 20
 
 # how a size-1 instruction of an op with a scalar row finds its element (sweep.SCALAR_KIND)
 NONE, ELEMENTWISE, IN_ELEMENT, OUT_ELEMENT, ONE_ROW = 0, 1, 2, 3, 4

@@ -16,6 +16,10 @@ Passes, over the flat arrays (``instr``, ``imm``, ``src``), in this order:
 * **sums**: ``(a + b) + c`` -- an ADD of an ADD whose output is read only there and held by no
   live Var -- becomes one ADD3 (same numbers), so a chain of n ADDs takes about n / 2
   instructions;
+* **elementwise groups** (``tapegrad.fuse``): runs of consecutive elementwise instructions
+  over one shape whose intermediates only the run reads and no live Var holds are replayed
+  as one fused loop, block by block, their intermediates never written to the arena (the
+  instructions stay on the tape; ``tape._fused`` lists the runs);
 * **scalar copies in place** (``_alias_copies``): a one-element PLACE (``tg.stack`` of
   scalars) or SLICE (``s[i]`` of such a vector) copies one element between two slots of the
   arena. Where nothing can tell the two slots apart, the scalar buffer is moved *into* the
@@ -46,6 +50,7 @@ import gc
 
 import numpy as np
 
+from . import fuse as _fuse
 from . import plan as _plan
 from .opcodes import A0, N_IN, OP, OUT, X, Op
 from .var import Var
@@ -280,14 +285,18 @@ def _alias_copies(tape, live):
 
 def optimize(tape):
     """See the module docstring; returns ``{"before": n, "after": m, "merged": c,
-    "fused": f, "dead": d, "aliased": a}`` (instruction counts: common subexpressions merged, chains fused,
-    dead instructions dropped)."""
+    "fused": f, "dead": d, "aliased": a, "groups": g, "grouped": r}`` (instruction counts:
+    common subexpressions merged, chains fused, dead instructions dropped, scalars aliased;
+    elementwise groups and the rows in them)."""
     with tape.lock:
         hold, tape.planning = tape.planning, "off"  # (planned only after the rewrite)
         try:
             tape._seal()
         finally:
             tape.planning = hold
+        if tape._fused_now is not None:  # groups found again below, on the new rows
+            _fuse.refresh(tape)
+        tape._fused = None
         planned = tape._plan is not None
         if planned:  # a fused op may read a value no rule read before: every value back
             _plan.unplan(tape)
@@ -317,8 +326,14 @@ def optimize(tape):
             if aliased:
                 tape._dirty()
                 tape._seal()
+        groups = _fuse.find_groups(tape, tape._instr, live)
+        if groups.shape[0]:
+            tape._fused = groups
+            tape._dirty()
+            tape._seal()
         info = {"before": int(n), "after": m, "merged": merged, "fused": fused, "dead": dead,
-                "aliased": aliased}
+                "aliased": aliased, "groups": int(groups.shape[0]),
+                "grouped": int(groups[:, 1].sum())}
         prior = getattr(tape, "_optimized", None)
         tape._optimized = {**info, "before": prior["before"] if prior else int(n)}
         return info

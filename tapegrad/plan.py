@@ -13,7 +13,8 @@ a slot only when neither their values nor their gradients are ever live at once:
   scan ``tape.optimize()`` also uses), named, written by PLACE (several instructions write
   parts of it; the sweeps' ``clear`` leaves it) or by more than one instruction, read
   but never written, read at or before the instruction writing it (the random draws'
-  counter), or when the reverse
+  counter), when it is read or written by a group that ``tape.optimize()`` fused
+  (``tapegrad.fuse``: the fused reverse reads every input's value), or when the reverse
   rule of some instruction reads its value (``REVERSE_READS``, derived from each op's reverse
   kernel: which of ``x y z ans`` it indexes ``val`` with; every operand when the kernel
   passes the arena on or indexes it otherwise -- conservative for ops added later);
@@ -70,6 +71,7 @@ import textwrap
 
 import numpy as np
 
+from . import fuse as _fuse
 from ._jit import jit
 from .opcodes import A0, N_IN, OP, OUT, X, Op
 
@@ -225,6 +227,9 @@ def exclusive_roots(tape, instr, base, pinned):
     if names:
         excl[base[np.array(names, np.int64)]] = 1
     kept = excl.copy()
+    if tape._fused_now is not None:  # a fused group's reverse reads all its inputs, and a
+        # block of its output is written as the inputs' block is read (tapegrad.fuse)
+        excl[_fuse.buffers(tape, tape._fused_now)] = 1
     reads = reverse_reads()
     groups = []  # (op, roles, rows)
     for op, roles in reads.items():

@@ -54,6 +54,7 @@ import warnings
 import numpy as np
 from numba.core.errors import NumbaIRAssumptionWarning
 
+from . import fuse as _fuse
 from . import lower as _lower
 from numba.core.dispatcher import Dispatcher
 
@@ -285,7 +286,7 @@ for _op in (Op.GT, Op.GE, Op.LT, Op.LE, Op.EQ, Op.NE, Op.ONEHOT, Op.TICK, Op.RAN
 OPCODES = frozenset(int(o) for o in Op if o != Op.N_OPS)
 assert set(FORWARD) == set(REVERSE) == OPCODES, "every opcode needs a row in both tables"
 # (and in tapegrad.tangent.TANGENT and tapegrad.validate.CHECKS: tests/test_codegen.py)
-ALL_OPS = OPCODES | {FLAGGED_MATMUL}  # the full interpreter's set
+ALL_OPS = OPCODES | {FLAGGED_MATMUL, _fuse.FUSE}  # the full interpreter's set
 
 
 def opcodes_of(instr):
@@ -341,7 +342,7 @@ def scalar_vsigmoid(x):
 _HERE = os.path.dirname(os.path.abspath(__file__))
 SOURCES = sorted(glob.glob(os.path.join(_HERE, "ops", "*.py"))) + [
     os.path.join(_HERE, f) for f in ("sweep.py", "_jit.py", "opcodes.py", "fit.py", "optim.py",
-                                     "tangent.py", "validate.py", "lower.py")]
+                                     "tangent.py", "validate.py", "lower.py", "fuse.py")]
 _digest_value = None
 
 
@@ -541,10 +542,12 @@ def _block(code):
     return "\n".join("            " + line for line in lines)
 
 
-def _lowered_branches(table, scalar, ops, plain=None, skip="pass"):
+def _lowered_branches(table, scalar, ops, plain=None, skip="pass", fused=""):
     """The ``if code == ...: / elif ...`` chain of the value sweeps: per opcode of ``ops`` its
     row (from ``plain`` where given), and for one with a scalar kind its size-1 branch (its row
-    in ``scalar``, else its row). Each branch first reads the attributes it names."""
+    in ``scalar``, else its row), then ``fused`` (a fused group's branches, when ``ops`` holds
+    ``fuse.FUSE``). Each branch first reads the attributes it names."""
+    fused = fused if _fuse.FUSE in ops else ""
     ops = sorted(o for o in ops if o >= 0)
     out = [] if ops else ["        if code < 0:  # no opcodes: any instruction is unknown\n"
                           "            pass"]
@@ -564,7 +567,7 @@ def _lowered_branches(table, scalar, ops, plain=None, skip="pass"):
             text = "\n".join(["            " + line for line in lazy] + [_block(row)])
             out.append(f"        {'elif' if out else 'if'} code == {code}:  # {Op(op).name}"
                        f"{note}\n{text}")
-    return "\n".join(out)
+    return "\n".join(out) + fused
 
 
 def _branches(table, ops, plain=None):
@@ -592,8 +595,10 @@ def source(ops):
     tangent = importlib.import_module("tapegrad.tangent")
     validate = importlib.import_module("tapegrad.validate")
     flagged = FLAGGED_MATMUL in ops or int(Op.MATMUL) not in ops
-    ops = sorted(int(o) for o in ops if o >= 0)
-    names = " ".join(Op(o).name for o in ops) if len(ops) < len(OPCODES) else "(all)"
+    fused = _fuse.FUSE in ops
+    ops = sorted(int(o) for o in ops if o >= 0) + ([_fuse.FUSE] if fused else [])
+    names = (" ".join(Op(o).name for o in ops if o >= 0) if len(ops) < len(OPCODES) + fused
+             else "(all)") + (" and fused groups" if fused else "")
     if not flagged:
         names += " (no transposed operands)"
     fwd, rev = ({op: row[0] for op, row in PLAIN.items()},
@@ -608,12 +613,13 @@ def source(ops):
         "    globals().update({k: v for k, v in vars(importlib.import_module('tapegrad.' + _m))"
         ".items() if not k.startswith('__')})",
         "globals().update(called(globals()))",
+        _fuse.IMPORT if fused else "",
         _FORWARD_LOOP.format(preamble=_LOW_PREAMBLE,
                              branches=_lowered_branches(FORWARD, SCALAR_FORWARD, ops, fwd,
-                                                         _SKIP_AHEAD)),
+                                                         _SKIP_AHEAD, _fuse.branches(True))),
         _REVERSE_LOOP.format(preamble=_LOW_PREAMBLE,
                              branches=_lowered_branches(REVERSE, SCALAR_REVERSE, ops, rev,
-                                                         _SKIP_BACK)),
+                                                         _SKIP_BACK, _fuse.branches(False))),
         tangent.LOOP.format(preamble=_PREAMBLE, branches=_branches(tangent.TANGENT, ops)),
         validate.LOOP.format(branches=_branches(validate.CHECKS, ops)),
         "\n@jit\n" + steps])

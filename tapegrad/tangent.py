@@ -171,6 +171,8 @@ def _run(tape, tan, ndir, mask):
     elements) holds the seeds and zeros elsewhere."""
     if tape._plan is not None:  # (callers seal it with plan.seal_dense first)
         raise TapegradError("internal: the tangent sweep of a tape whose arena is planned")
+    from . import fuse
+    fuse.refresh(tape)  # (the fused groups' intermediates: the tangent rules read them)
     tangent = tape._interpreters().tangent
     announce_compile(tangent)
     status, k = tangent(tape._instr, tape._imm, tape._boff, tape._bsize, tape._val,

@@ -205,6 +205,8 @@ class Tape:
     _copy_alias = (_EMPTY_I64, _EMPTY_I64)  # scalars moved into vector elements by
                               # optimize() (tapegrad.optimize._alias_copies): (buffers, dense offsets)
     _base = None              # sealed: int64 array, buffer -> root buffer
+    _fused = None             # groups of elementwise rows optimize() fused, (k0, m) rows,
+    _fused_now = None         # and those the last seal kept (tapegrad.fuse)
     _layout = 0               # counts seals: arena offsets change only then
     _n_params = 0             # P: elements in the parameter prefix (when sealed)
     _param_elems = 0          # elements of the parameters recorded so far
@@ -508,6 +510,8 @@ class Tape:
     def _drop_from(self, k):
         """Forget instructions ``k..``: evaluated and folded into a constant, or failed."""
         self._n = self._nf = self._done = k
+        if self._fused is not None:
+            self._fused = self._fused[self._fused.sum(axis=1) <= k]
         self._all = None
         self._fresh_low = None
         if self._fresh_key is not None or self._shared:
@@ -696,6 +700,8 @@ class Tape:
     def _dirty(self):
         if self._fresh_key is not None or self._shared:
             self._unshare()
+        if self._fused_now is not None and self._sealed:  # recording reads any value
+            _fuse.refresh(self)
         if self._plan is not None:  # recording reads any buffer: the dense layout back
             _plan.unplan(self)
         self._sealed = False
@@ -728,7 +734,7 @@ class Tape:
             self._bsite = self._bsite[:nb]
         instr, bsize = self._instr, self._bsize
         entry = self._sealed_as
-        if (entry is not None and not self._alias and self._in_order
+        if (entry is not None and not self._alias and self._in_order and self._fused is None
                 and _plan.stays_dense(self)):  # recorded as a tape sealed before: its arrays
             self._base = _identity(nb)
             self._seal_arenas()
@@ -747,6 +753,7 @@ class Tape:
             base = _identity(nb)  # shared, never written: every buffer is a root
         src = None if self._in_order else self._relayout(base, move=False)
         self._base = base
+        self._fused_now = _fuse.effective(self, self._fused)  # (planning reads them)
         # shared slots (tapegrad.plan), the values moved there from where they are now
         clear = _plan.plan(self, base, src) if self._n else None
         if src is not None and self._plan is None:
@@ -772,7 +779,12 @@ class Tape:
         self._low = low if low is not None else _sweep.lower(instr, self._boff, bsize)
         if clear is not None:
             self._low[:, _lower.CLEAR] = clear
-        elif self._fresh_key is not None and src is None:  # for tapes recorded alike
+        if self._fused_now is not None:
+            _fuse.lower(self, self._low, self._fused_now)
+            if _fuse.FUSE not in self._opset:
+                self._opset, self._interp = self._opset | {_fuse.FUSE}, None
+        elif clear is None and self._fresh_key is not None and src is None:  # for tapes
+            # recorded alike
             if len(_SEALED) >= SEALED_MAX_ENTRIES:
                 _SEALED.clear()
             ops = ((self._opset, interp) if self._opset_n == n and self._interp is interp
@@ -1391,6 +1403,7 @@ def _ones(m):
 # imported last: these import the ops, which import this module
 from . import activity as _activity  # noqa: E402
 from . import errors as _errors  # noqa: E402
+from . import fuse as _fuse  # noqa: E402
 from . import lower as _lower  # noqa: E402
 from . import plan as _plan  # noqa: E402
 from . import sweep as _sweep  # noqa: E402

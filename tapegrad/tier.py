@@ -298,6 +298,7 @@ _W = None
 def cost(name, args):
     """Estimated microseconds of Python for the call ``name(*args)``."""
     global _W
+    from .lower import FUSED
     from .opcodes import A0, OP, Op
     if name == "check_instructions":
         return 30.0 * args[0].shape[0]
@@ -315,6 +316,8 @@ def cost(name, args):
     mask = args[4] if name == "forward" else args[5]
     on = mask != 0
     code, n = low[on, 0], low[on, 2]
+    if (code >= FUSED).any():  # a fused group calls compiled code by its address
+        return math.inf
     work = float((n * _W[np.clip(code, 0, _W.shape[0] - 1)]).sum()) + 2.0 * code.shape[0]
     mm = instr[on][code == Op.MATMUL]
     if mm.shape[0]:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import tapegrad as tg
-from tapegrad import lower, sweep
+from tapegrad import fuse, lower, sweep
 from tapegrad.opcodes import A0, OP, Op
 
 
@@ -49,7 +49,7 @@ def test_every_opcode_has_its_three_rows():
     from tapegrad.validate import CHECKS
     assert set(sweep.FORWARD) == set(sweep.REVERSE) == set(TANGENT) == set(CHECKS) == sweep.OPCODES
     assert sweep.OPCODES == {int(o) for o in Op if o != Op.N_OPS}
-    assert sweep.ALL_OPS == sweep.OPCODES | {sweep.FLAGGED_MATMUL}
+    assert sweep.ALL_OPS == sweep.OPCODES | {sweep.FLAGGED_MATMUL, fuse.FUSE}
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
