@@ -101,18 +101,19 @@ class Var:
         if tape._kind[b] != 0 and b not in tape._grad_seen:  # not a parameter (kind 0)
             tape._grad_seen.add(b)  # the view is writable: backward() zeroes it from now on
             tape._zero = None
-        o = tape._boff[b]  # (sealed and evaluated: nothing is pending, _view's flush is a no-op)
-        return tape._grad[o:o + tape._bsize[b]].reshape(tape._shape[b])
+        # (sealed and evaluated: nothing is pending, _view's flush is a no-op)
+        return _arena_view(tape._grad, tape._boff[b], tape._bsize[b], tape._shape[b])
 
     def item(self):
         """The value as a Python float (size 1 only). The number is frozen: using it in
         further ops records a constant."""
         tape = self.tape
-        if _size(tape._shape[self._b], "") != 1:
+        shape = tape._shape[self._b]
+        if (_SIZES.get(shape) or _size(shape, "")) != 1:
             raise TapegradError(f"item() of {self._describe()}: only size-1 Vars convert")
         if tape._done < tape._n or tape._pbuf:
             tape._flush()
-        return float(tape._val[tape._boff[self._b]])
+        return tape._val.item(tape._boff[self._b])  # (a Python float)
 
     def numpy(self):
         """A copy of the value."""
@@ -379,7 +380,7 @@ def _comparable(o):
 from . import interop as _interop  # noqa: E402
 from . import ops as _ops  # noqa: E402  (the ops import Var)
 from .ops import elementwise as _ew  # noqa: E402
-from .tape import _size  # noqa: E402
+from .tape import _SIZES, _arena_view, _size  # noqa: E402
 from .ops import _record  # noqa: E402
 from .ops.immediate import SCALARS  # noqa: E402
 from .opcodes import Op  # noqa: E402
