@@ -56,6 +56,7 @@ _INT32 = 2 ** 31
 _CROSS_ENTROPY = int(Op.CROSS_ENTROPY)  # the op whose forward can fail: evaluated at once
 _GUARD = int(Op.GUARD)                  # never folded
 _MATMUL = int(Op.MATMUL)                # its rows depend on its attributes (sweep.opcodes_of)
+_LAST_OP = int(max(OPS))                # the largest opcode (_block_ops)
 _PAD_IN = ((-1, -1, -1), (-1, -1), (-1,), ())
 _SIZES = {(): 1}             # shape -> number of elements, for shapes already seen
 _new_object = object.__new__
@@ -1369,7 +1370,8 @@ def _block_ops(prow, column):
         if ops is not _BLOCK_OPS:
             return ops
         ops = frozenset(map(int, set(key)))
-    elif column.shape[0] and column.min() >= 0:  # (a bad opcode: validation names it later)
+    elif column.shape[0] and column.min() >= 0 and column.max() <= _LAST_OP:  # (else: a bad
+        # opcode, which validation names later)
         ops = frozenset(np.flatnonzero(np.bincount(column)).tolist())
     else:
         ops = frozenset(column.tolist())
