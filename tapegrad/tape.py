@@ -455,7 +455,10 @@ class Tape:
         f = _getframe(2)
         code = f.f_code
         if code is last[0]:
-            site = last[1].get(f.f_lasti)
+            try:  # (a subscript is cheaper than .get; a new site is the rare case)
+                site = last[1][f.f_lasti]
+            except KeyError:
+                site = None
         else:
             if _errors._inside[code.co_filename]:
                 f = f.f_back
