@@ -56,6 +56,7 @@ _INT32 = 2 ** 31
 _CROSS_ENTROPY = int(Op.CROSS_ENTROPY)  # the op whose forward can fail: evaluated at once
 _GUARD = int(Op.GUARD)                  # never folded
 _MATMUL = int(Op.MATMUL)                # its rows depend on its attributes (sweep.opcodes_of)
+_LAST_OP = int(max(OPS))                # the largest opcode (_block_ops)
 _PAD_IN = ((-1, -1, -1), (-1, -1), (-1,), ())
 _SIZES = {(): 1}             # shape -> number of elements, for shapes already seen
 _new_object = object.__new__
@@ -382,8 +383,7 @@ class Tape:
 
     def _view(self, arena, b):
         self._flush()
-        o = self._boff[b]
-        return arena[o: o + self._bsize[b]].reshape(self._shape[b])
+        return _arena_view(arena, self._boff[b], self._bsize[b], self._shape[b])
 
     def _var(self, b):
         return Var(self, b)
@@ -457,37 +457,44 @@ class Tape:
         f = _getframe(2)
         code = f.f_code
         if code is last[0]:
-            by = last[1]
+            try:  # (a subscript is cheaper than .get; a new site is the rare case)
+                site = last[1][f.f_lasti]
+            except KeyError:
+                site = None
         else:
             if _errors._inside[code.co_filename]:
                 f = f.f_back
                 code = f.f_code if f is not None else None
             by = last[1] if code is last[0] else _errors._by_code.get(id(code))
-        site = by.get(f.f_lasti) if by is not None else None
+            site = by.get(f.f_lasti) if by is not None else None
         if site is None:
             site = site_id()
-        shape = self._shape[x]
+        shapes = self._shape
+        shape = shapes[x]
         size = _SIZES.get(shape)
         if size is None:
             size = _size(shape, OPS[op].name)
         off = self._used
-        if off + size > self._cap:
-            self._grow_arena(off + size, shape)
-        self._used = off + size
+        used = off + size
+        if used > self._cap:
+            self._grow_arena(used, shape)
+        self._used = used
         out = self._nbuf
         self._nbuf = out + 1
         self._pbuf += (off, size, site)
-        self._shape.append(shape)
+        shapes.append(shape)
         kinds = self._kind
         kinds.append(TEMP)
         self._prow += (op, out, x, y, -1, site)
-        self._pimm.append(imm)
+        pimm = self._pimm
+        pimm.append(imm)
         self._n += 1
         if self._sealed:
             self._dirty()
-        fold = kinds[x] == CONST and (y < 0 or kinds[y] == CONST)
-        if fold or len(self._pimm) >= FLUSH_EVERY:
-            self._settle(out, fold)
+        if kinds[x] == CONST and (y < 0 or kinds[y] == CONST):
+            self._settle(out, True)
+        elif len(pimm) >= FLUSH_EVERY:
+            self._settle(out, False)
         v = _new_object(Var)  # Var(self, out) without the call of __init__
         v.tape = self
         v._b = out
@@ -557,8 +564,9 @@ class Tape:
         nb = len(pbuf) // 3
         entry = None
         if m <= SEALED_MAX_ROWS:
-            key = (raw, tuple(self._pattr), bytes(self._kind), self.dtype.char,
-                   tuple(sorted(self._requires_grad)))
+            rg = self._requires_grad
+            key = (raw, tuple(self._pattr) if self._pattr else (), bytes(self._kind),
+                   self.dtype.char, tuple(sorted(rg)) if rg else ())
             entry = _SEALED.get(key)
             if entry is not None:
                 (self._instr, self._src, self._boff, self._bsize,
@@ -611,7 +619,7 @@ class Tape:
         """Rows ``k0 .. k0 + m`` are in the arrays: note their opcodes (cheaper than
         ``sweep.opcodes_of``) and clear the pending lists."""
         if self._opset_n == k0:
-            ops = _block_ops(self._prow)
+            ops = _block_ops(self._prow, self._instr[k0:k0 + m, OP])
             if ops is not None:
                 if not ops <= self._opset:
                     self._opset = self._opset | ops
@@ -1033,8 +1041,7 @@ class Tape:
 
     def _input_view(self, b):
         self._flush_buffers()  # (no evaluation: _view would evaluate pending instructions)
-        o = self._boff[b]
-        return self._val[o:o + self._bsize[b]].reshape(self._shape[b])
+        return _arena_view(self._val, self._boff[b], self._bsize[b], self._shape[b])
 
     def _refuse_unfed(self, what, mask):
         """FeedError if an instruction of ``mask`` reads an input never fed nor given a
@@ -1332,6 +1339,17 @@ def _check_shape(shape, what):
     return shape
 
 
+def _arena_view(arena, o, n, shape):
+    """The view of ``arena[o:o + n]`` with ``shape`` (``.value``, ``.grad``): a 0-d view by
+    indexing and a 1-d slice as it is (``reshape`` costs ~0.2-0.4 us of a fresh tape's
+    reads)."""
+    if not shape:
+        return arena[o, ...]
+    if len(shape) == 1:
+        return arena[o:o + n]
+    return arena[o:o + n].reshape(shape)
+
+
 def _fmt_shape(shape):
     return "[" + ",".join(str(s) for s in shape) + "]"
 
@@ -1354,18 +1372,24 @@ _INTERPS = {}  # (opcode set, dtype char, has parameters) -> what Tape._interpre
 _BLOCK_OPS = {}  # a small block's opcodes (tuple) -> their set (None: a MATMUL)
 
 
-def _block_ops(prow):
-    """The opcodes of the pending rows ``prow`` as a frozenset of ints, or None when one is a
+def _block_ops(prow, column):
+    """The opcodes of the pending rows ``prow`` (``column``: the same opcodes, as the int32
+    column of the arrays they were moved into) as a frozenset of ints, or None when one is a
     MATMUL (``sweep.opcodes_of`` then reads its attributes). A tape recorded afresh every step
-    meets the same small blocks again: those are remembered."""
-    codes = prow[0::A0 + 1]
-    small = len(codes) <= 256
+    meets the same small blocks again: those are remembered; a large block is counted with
+    ``np.bincount`` (a set of its Python ints cost ~20 ns per instruction)."""
+    small = len(prow) <= 256 * (A0 + 1)
     if small:
-        key = tuple(codes)
+        key = tuple(prow[0::A0 + 1])
         ops = _BLOCK_OPS.get(key, _BLOCK_OPS)  # (the dict itself: not there)
         if ops is not _BLOCK_OPS:
             return ops
-    ops = frozenset(map(int, set(codes)))
+        ops = frozenset(map(int, set(key)))
+    elif column.shape[0] and column.min() >= 0 and column.max() <= _LAST_OP:  # (else: a bad
+        # opcode, which validation names later)
+        ops = frozenset(np.flatnonzero(np.bincount(column)).tolist())
+    else:
+        ops = frozenset(column.tolist())
     if _MATMUL in ops:  # its interpreter rows depend on its attributes
         ops = None
     if small:

@@ -101,18 +101,19 @@ class Var:
         if tape._kind[b] != 0 and b not in tape._grad_seen:  # not a parameter (kind 0)
             tape._grad_seen.add(b)  # the view is writable: backward() zeroes it from now on
             tape._zero = None
-        o = tape._boff[b]  # (sealed and evaluated: nothing is pending, _view's flush is a no-op)
-        return tape._grad[o:o + tape._bsize[b]].reshape(tape._shape[b])
+        # (sealed and evaluated: nothing is pending, _view's flush is a no-op)
+        return _arena_view(tape._grad, tape._boff[b], tape._bsize[b], tape._shape[b])
 
     def item(self):
         """The value as a Python float (size 1 only). The number is frozen: using it in
         further ops records a constant."""
         tape = self.tape
-        if _size(tape._shape[self._b], "") != 1:
+        shape = tape._shape[self._b]
+        if (_SIZES.get(shape) or _size(shape, "")) != 1:
             raise TapegradError(f"item() of {self._describe()}: only size-1 Vars convert")
         if tape._done < tape._n or tape._pbuf:
             tape._flush()
-        return float(tape._val[tape._boff[self._b]])
+        return tape._val.item(tape._boff[self._b])  # (a Python float)
 
     def numpy(self):
         """A copy of the value."""
@@ -162,21 +163,23 @@ class Var:
     # ------------------------------------------------------------------ operators
     # + - * / record the common cases themselves: a Var of the same shape on the same tape, or
     # a Python / NumPy number (an immediate, rounded to float32 on a float32 tape; ``x - c``
-    # is ``x + (-c)``). Anything else goes to the binary recorder (broadcasting, constants,
+    # is ``x + (-c)``; a Python float is taken as it is, without the set lookup and float()
+    # call, ~60 ns). Anything else goes to the binary recorder (broadcasting, constants,
     # errors). Recording an op costs about a microsecond, so call levels show.
     def __add__(self, o):
         t, tape = type(o), self.tape
         if t is Var:
             if o.tape is tape and tape._shape[o._b] == tape._shape[self._b]:
                 return tape._rec(ADD, self._b, o._b, 0.0)
-        elif t in SCALARS:
-            c = float(o)
+        elif t is float or t in SCALARS:
+            c = o if t is float else float(o)
             return tape._rec(ADDC, self._b, -1, _f32(c) if tape._f32 else c)
         return _ew._binary(ADD, self, o, "add", ADDC, ADDC)
 
     def __radd__(self, o):
-        if type(o) in SCALARS:
-            tape, c = self.tape, float(o)
+        t = type(o)
+        if t is float or t in SCALARS:
+            tape, c = self.tape, (o if t is float else float(o))
             return tape._rec(ADDC, self._b, -1, _f32(c) if tape._f32 else c)
         return _ew._binary(ADD, o, self, "add", ADDC, ADDC)
 
@@ -185,14 +188,15 @@ class Var:
         if t is Var:
             if o.tape is tape and tape._shape[o._b] == tape._shape[self._b]:
                 return tape._rec(SUB, self._b, o._b, 0.0)
-        elif t in SCALARS:
-            c = -float(o)
+        elif t is float or t in SCALARS:
+            c = -o if t is float else -float(o)
             return tape._rec(ADDC, self._b, -1, _f32(c) if tape._f32 else c)
         return _ew._binary(SUB, self, o, "sub", ADDC, RSUBC, True)
 
     def __rsub__(self, o):
-        if type(o) in SCALARS:
-            tape, c = self.tape, float(o)
+        t = type(o)
+        if t is float or t in SCALARS:
+            tape, c = self.tape, (o if t is float else float(o))
             return tape._rec(RSUBC, self._b, -1, _f32(c) if tape._f32 else c)
         return _ew._binary(SUB, o, self, "sub", ADDC, RSUBC, True)
 
@@ -201,14 +205,15 @@ class Var:
         if t is Var:
             if o.tape is tape and tape._shape[o._b] == tape._shape[self._b]:
                 return tape._rec(MUL, self._b, o._b, 0.0)
-        elif t in SCALARS:
-            c = float(o)
+        elif t is float or t in SCALARS:
+            c = o if t is float else float(o)
             return tape._rec(MULC, self._b, -1, _f32(c) if tape._f32 else c)
         return _ew._binary(MUL, self, o, "mul", MULC, MULC)
 
     def __rmul__(self, o):
-        if type(o) in SCALARS:
-            tape, c = self.tape, float(o)
+        t = type(o)
+        if t is float or t in SCALARS:
+            tape, c = self.tape, (o if t is float else float(o))
             return tape._rec(MULC, self._b, -1, _f32(c) if tape._f32 else c)
         return _ew._binary(MUL, o, self, "mul", MULC, MULC)
 
@@ -217,14 +222,15 @@ class Var:
         if t is Var:
             if o.tape is tape and tape._shape[o._b] == tape._shape[self._b]:
                 return tape._rec(DIV, self._b, o._b, 0.0)
-        elif t in SCALARS:
-            c = float(o)
+        elif t is float or t in SCALARS:
+            c = o if t is float else float(o)
             return tape._rec(DIVC, self._b, -1, _f32(c) if tape._f32 else c)
         return _ew._binary(DIV, self, o, "div", DIVC, RDIVC)
 
     def __rtruediv__(self, o):
-        if type(o) in SCALARS:
-            tape, c = self.tape, float(o)
+        t = type(o)
+        if t is float or t in SCALARS:
+            tape, c = self.tape, (o if t is float else float(o))
             return tape._rec(RDIVC, self._b, -1, _f32(c) if tape._f32 else c)
         return _ew._binary(DIV, o, self, "div", DIVC, RDIVC)
 
@@ -379,7 +385,7 @@ def _comparable(o):
 from . import interop as _interop  # noqa: E402
 from . import ops as _ops  # noqa: E402  (the ops import Var)
 from .ops import elementwise as _ew  # noqa: E402
-from .tape import _size  # noqa: E402
+from .tape import _SIZES, _arena_view, _size  # noqa: E402
 from .ops import _record  # noqa: E402
 from .ops.immediate import SCALARS  # noqa: E402
 from .opcodes import Op  # noqa: E402

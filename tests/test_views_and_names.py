@@ -83,3 +83,25 @@ def test_replaying_an_input_never_fed_is_a_feed_error():
         tape.forward(outputs=[other])
     tape.forward(y=np.arange(3.0))
     assert other.item() == 6.0
+
+
+@pytest.mark.parametrize("shape", [(), (3,), (2, 3)])
+def test_views_of_every_rank_are_live_and_writable(shape):
+    # .value and .grad of 0-d, 1-d and n-d Vars are views of the arenas (made without a
+    # reshape for the first two): a replay shows through them, and writing into one writes
+    # the tape's value
+    w0 = np.arange(1.0, 1.0 + np.prod(shape, dtype=int)).reshape(shape)
+    tape = tg.Tape()
+    w = tape.param(w0, name="w")
+    y = w * w
+    loss = y.sum()
+    loss.backward()
+    value, grad = y.value, w.grad
+    assert value.shape == shape and grad.shape == shape
+    np.testing.assert_array_equal(grad, 2 * w0)
+    w.value[...] = 3.0                      # written through the view into the value arena
+    tape.forward()
+    loss.backward()
+    np.testing.assert_array_equal(value, np.full(shape, 9.0))   # the old views show the replay
+    np.testing.assert_array_equal(grad, np.full(shape, 6.0))
+    assert loss.item() == 9.0 * w0.size
