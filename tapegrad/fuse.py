@@ -52,6 +52,7 @@ Python tier (``tapegrad.tier``) never runs a fused row: it waits for the compile
 import ast
 import textwrap
 
+import numba
 import numpy as np
 from llvmlite import ir
 from numba import types
@@ -147,8 +148,8 @@ def effective(tape, groups):
     opcodes fusable, one size, no intermediate read outside the group): int64 ``(g, 2)``."""
     instr = tape._instr[:tape._n]
     n = instr.shape[0]
-    if groups is None or not groups.shape[0] or n == 0:
-        return None
+    if groups is None or not groups.shape[0] or n == 0 or numba.config.DISABLE_JIT:
+        return None  # (without numba the programs cannot be compiled: op by op)
     base, bsize = tape._base, tape._bsize
     ops = instr[:, OP].astype(np.int64)
     fus = np.zeros(max(int(Op.N_OPS), 1), bool)
