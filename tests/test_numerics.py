@@ -138,6 +138,27 @@ def test_float32_small_matmul_sums_in_float64(xs, ys):
     assert rel_err(z.value, want) <= 1e-6
 
 
+@pytest.mark.parametrize("xs, ys, spread", [
+    ((1, 4 * 10 ** 6), (4 * 10 ** 6,), 0.0),  # X @ y: equal terms (a float32 running sum
+    ((9, 300), (300,), 0.01),                 # drifts), blocks of F32_BLOCK; a full block
+    ((5000,), (5000, 1100), 0.01),            # and a partial one; x @ Y: 5000 rows, two
+    ((300,), (300, 70), 0.01),                # column blocks (VM_BLOCK) of sums
+    ((7,), (7, 9), 0.01),                     # one block, rows too short for 8-row passes
+])
+def test_float32_vector_products_sum_by_blocks(xs, ys, spread):
+    """A float32 matrix-vector product sums its float32 products in float32 over at most
+    linalg.F32_BLOCK terms (as BLAS's float32 sums over up to F32_SUM_MAX) and the block sums
+    in float64: as accurate as a float64 sum over millions of terms of one sign."""
+    assert linalg.F32_BLOCK <= linalg.F32_SUM_MAX
+    rng = np.random.default_rng(5)
+    a = (0.1 + rng.uniform(0, spread, xs)).astype(np.float32)
+    b = (0.1 + rng.uniform(0, spread, ys)).astype(np.float32)
+    tape = tg.Tape(np.float32)
+    z = tape.param(a) @ tape.param(b)
+    tape.forward()
+    assert rel_err(z.value, a.astype(np.float64) @ b.astype(np.float64)) <= 1e-6
+
+
 # ---------------------------------------------------------------------------- 2. NaN
 X4 = [nan, 1.0, -1.0, 0.0]
 # op -> (f, forward on X4, gradient of sum(f(x)) on X4), as torch 2.13 gives them

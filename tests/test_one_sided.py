@@ -9,7 +9,7 @@ import pytest
 
 import tapegrad as tg
 from tapegrad import sweep
-from tapegrad.opcodes import OP, Op
+from tapegrad.opcodes import OP, X, Y, Op
 
 OPS = {"add": (np.add, lambda x, y: (1.0, 1.0)),
        "sub": (np.subtract, lambda x, y: (1.0, -1.0)),
@@ -118,3 +118,25 @@ def test_gmm_gradient_with_a_constant_data_operand(planning):
         np.testing.assert_allclose(logs.grad, want_logs, rtol=1e-12)
     with pytest.raises(tg.TapegradError):
         x.grad  # noqa: B018 - a constant has no gradient
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("n", [1, 7, N, 4099])
+def test_a_product_of_a_buffer_with_itself(n, dtype):
+    """``z * z``: one buffer as both inputs of MUL (``mul_bwd``'s x == y loop, and its scalar
+    row at n = 1). Its gradient 2 z w, with a gradient already accumulated in z's slot (an
+    earlier use of z): (g + t) + t, the two updates in sequence, to the bit."""
+    rng = np.random.default_rng(8)
+    z0 = rng.normal(size=n).astype(dtype)
+    w, c = rng.normal(size=n).astype(dtype), rng.normal(size=n).astype(dtype)
+    tape = tg.Tape(dtype=dtype)
+    z = tape.param(z0)
+    loss = (z * z * tape.const(w)).sum() + (z * tape.const(c)).sum()
+    tape._seal()
+    rows = tape._instr[:, OP] == Op.MUL
+    assert (tape._instr[rows, X] == tape._instr[rows, Y]).any()  # some MUL has x == y
+    for _ in range(2):
+        tape.forward()
+        loss.backward()
+        t = (w * z0).astype(dtype)
+        np.testing.assert_array_equal(z.grad, (c + t) + t)

@@ -256,15 +256,69 @@ def _grad_into(v, g, p, q, ans, op, side, d0, d1, d2, bp, bq):
     if bp == 0:  # p has the output's shape: each of its elements gets one term
         _grad_rows(g, p, v, g, p, q, ans, op, side, d0, d1, d2, bp, bq)
         return
-    m = np.uint64((1 if bp & 1 else d0) * (1 if bp & 2 else d1) * (1 if bp & 4 else d2))
+    m = _size(d0, d1, d2, bp)
     acc = np.zeros(m, np.float64)
     _grad_rows(acc, np.uint64(0), v, g, p, q, ans, op, side, d0, d1, d2, bp, bq)
     for i in range(m):
         g[p + i] += acc[i]
 
 
+@jit
+def _grad_both(dx, ex, dy, ey, v, g, x, y, ans, op, d0, d1, d2, bx, by):
+    """Both inputs' gradient terms in one pass over the output's gradient, when both have
+    axis 2 (``diff * exp(-logs)`` of gmm): x's added to dx at ex onwards, y's to dy at ey,
+    each summed over the axes its input lacks, the same terms in the same order as two
+    ``_grad_rows`` passes (same bits), reading g and the operands once instead of twice."""
+    sx0, sx1, _ = _strides(d1, d2, bx)
+    sy0, sy1, _ = _strides(d1, d2, by)
+    n = np.uint64(d2)
+    for i0 in range(d0):
+        for i1 in range(d1):
+            o = ans + np.uint64((i0 * d1 + i1) * d2)
+            rx = np.uint64(i0 * sx0 + i1 * sx1)
+            ry = np.uint64(i0 * sy0 + i1 * sy1)
+            a, b, p, q = ex + rx, ey + ry, x + rx, y + ry
+            if op == ADD:
+                for i in range(n):
+                    dx[a + i] += g[o + i]
+                    dy[b + i] += g[o + i]
+            elif op == SUB:
+                for i in range(n):
+                    dx[a + i] += g[o + i]
+                    dy[b + i] -= g[o + i]
+            elif op == MUL:
+                for i in range(n):
+                    dx[a + i] += g[o + i] * v[q + i]
+                    dy[b + i] += g[o + i] * v[p + i]
+            else:
+                for i in range(n):
+                    dx[a + i] += g[o + i] / v[q + i]
+                    dy[b + i] -= g[o + i] * v[o + i] / v[q + i]
+
+
+@kernel
+def _size(d0, d1, d2, b):
+    """Elements of an operand lacking the axes bits ``b`` mark."""
+    return np.uint64((1 if b & 1 else d0) * (1 if b & 2 else d1) * (1 if b & 4 else d2))
+
+
 @kernel
 def bcast_bwd(v, g, x, y, ans, op, d0, d1, d2, bx, by, gx, gy):
+    if gx and gy and (bx | by) & 4 == 0:  # one pass for both (scratch for a summed side)
+        acx = np.zeros(_size(d0, d1, d2, bx) if bx else np.uint64(0), np.float64)
+        acy = np.zeros(_size(d0, d1, d2, by) if by else np.uint64(0), np.float64)
+        if bx == 0:
+            _grad_both(g, x, acy, np.uint64(0), v, g, x, y, ans, op, d0, d1, d2, bx, by)
+        elif by == 0:
+            _grad_both(acx, np.uint64(0), g, y, v, g, x, y, ans, op, d0, d1, d2, bx, by)
+        else:
+            _grad_both(acx, np.uint64(0), acy, np.uint64(0), v, g, x, y, ans, op, d0, d1, d2,
+                       bx, by)
+        for i in range(np.uint64(acx.size)):
+            g[x + i] += acx[i]
+        for i in range(np.uint64(acy.size)):
+            g[y + i] += acy[i]
+        return
     if gx:  # (sides as int64, not literals: one compile of _grad_rows for both)
         _grad_into(v, g, x, y, ans, op, np.int64(0), d0, d1, d2, bx, by)
     if gy:
@@ -329,6 +383,7 @@ def bcast_tan(v, t, x, y, ans, tx, ty, tans, op, d0, d1, d2, bx, by, D, dx, dy):
 
 # the called function inlines this file's kernels: its cache entry holds for them too
 _HERE = os.path.dirname(os.path.abspath(__file__))
-drop_stale_cache(_grad_rows, [os.path.join(_HERE, "bcast.py"),
-                              os.path.join(_HERE, "..", "_jit.py"),
-                              os.path.join(_HERE, "..", "opcodes.py")])
+for _f in (_grad_rows, _grad_both):
+    drop_stale_cache(_f, [os.path.join(_HERE, "bcast.py"),
+                      os.path.join(_HERE, "..", "_jit.py"),
+                      os.path.join(_HERE, "..", "opcodes.py")])

@@ -462,11 +462,20 @@ def mul_fwd(v, x, y, ans, n):
         v[ans + i] = v[x + i] * v[y + i]
 
 
+# x == y (``z * z``): the two-input loop's stores overlap, LLVM's runtime alias check fails
+# and it runs scalar (1.6M float64: 1.16 ns per element, 0.83 this way; float32 1.09 -> 0.33).
+# The branch is loop-invariant: LLVM unswitches it into two vector loops, and the body stays
+# one loop for the scalar row (``lower.scalar_row``). Same bits: (g + t) + t is what the two
+# ``+=`` compute in sequence.
 @kernel
 def mul_bwd(v, g, x, y, ans, n):
     for i in range(n):
-        g[x + i] += g[ans + i] * v[y + i]
-        g[y + i] += g[ans + i] * v[x + i]
+        if x == y:
+            t = g[ans + i] * v[x + i]
+            g[x + i] = (g[x + i] + t) + t
+        else:
+            g[x + i] += g[ans + i] * v[y + i]
+            g[y + i] += g[ans + i] * v[x + i]
 
 
 @kernel
