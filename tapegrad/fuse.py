@@ -264,6 +264,15 @@ class _Registers(ast.NodeTransformer):
             raise _NotFusable(ast.unparse(node))
         return self.generic_visit(node)
 
+    def visit_Compare(self, node):  # x == y (one buffer read twice): whether one register
+        names = [node.left] + node.comparators
+        if (len(node.ops) == 1 and isinstance(node.ops[0], (ast.Eq, ast.NotEq))
+                and all(isinstance(v, ast.Name) and v.id in self.regs for v in names)):
+            same = self.regs[names[0].id] == self.regs[names[1].id]
+            return ast.copy_location(ast.Constant(same == isinstance(node.ops[0], ast.Eq)),
+                                     node)
+        return self.generic_visit(node)
+
     def visit_Name(self, node):
         if node.id == "op":
             return ast.copy_location(ast.Constant(self.op), node)

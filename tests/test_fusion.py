@@ -197,6 +197,19 @@ def test_save_and_load_run_op_by_op(tmp_path):
     np.testing.assert_allclose(t2["y"].value, chain(xs[0], np), rtol=1e-13)
 
 
+def test_a_chain_is_one_group():
+    """Every op of the ten-op chains is fusable (a product of a value with itself too)."""
+    from tapegrad.bench.fusion import arith
+    for fn in (chain, arith):
+        tape, (x,), y, loss = recorded(fn, data(1))
+        assert tape._fused_now is not None and tape._fused_now.tolist() == [[0, 10]]
+        x.value[...] *= 0.5
+        tape.forward()
+        loss.backward()
+        np.testing.assert_allclose(y.value, fn(x.value, np), rtol=1e-13, atol=1e-15)
+        np.testing.assert_allclose(x.grad, fd(fn, [x.value.copy()], 0), rtol=1e-6, atol=1e-8)
+
+
 def test_groups_found():
     """Rows of one size, each intermediate read only inside; a size change ends a group."""
     tape = tg.Tape()
