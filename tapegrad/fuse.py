@@ -7,11 +7,12 @@ traffic for 8 MB of data); XLA compiles such a chain into one loop. Here ``tape.
 marks **groups**: runs of consecutive instructions (at most ``MAX_MEMBERS``) whose opcodes
 are elementwise (``FUSABLE``: each kernel is one loop ``for i in range(n)`` over ``x + i``,
 ``ans + i`` whose body ``lower.scalar_row`` derives as a scalar row reading only element
-``i``), all of one size ``n >= MIN_SIZE``, where every output but the last member's is a
+``i``), all of one size ``n`` of at least ``MIN_BYTES``, where every output but the last member's is a
 temporary read only inside the group and held by no live Var (the same test as the
 optimizer's other fusions). Each group becomes a **program**, generated as Python text and
 compiled by numba as a C callback (``program_source``, one module per wiring and dtype, in
-the disk cache beside the interpreters):
+the disk cache beside the interpreters; its loops 512 bits wide where the CPU has AVX-512, as
+the transcendental kernels' are: ``ops/_vmath.wide``):
 
 * **forward**: one loop over the elements; per element the group's inputs from outside (its
   **externals**) are loaded into registers, every member's *scalar row* -- the kernel's own
@@ -60,7 +61,9 @@ from numba.extending import intrinsic
 
 from .opcodes import N_IN, OP, OUT, X, Op
 
-MIN_SIZE = 1 << 16   # elements: a group is compiled for its own program (about a second, once)
+MIN_BYTES = 1 << 19  # a group's size at least (65,536 float64 or 131,072 float32 elements):
+#                      smaller arrays stay in the caches, where the reverse's recomputing
+#                      measured slower than reading stored values (BENCHMARKS.md, session 16)
 MAX_MEMBERS = 32     # instructions in a group
 FUSE = -2            # in an opcode set (tapegrad.sweep): the tape has groups
 IMPORT = "from tapegrad.fuse import call as fuse_call"  # (the interpreters' branches call it)
@@ -98,6 +101,11 @@ def FUSABLE():  # noqa: N802 (a constant, computed on first use: tapegrad.sweep 
 
 
 # ------------------------------------------------------------------ finding groups
+def min_size(tape):
+    """The fewest elements of a group on ``tape`` (``MIN_BYTES`` of its dtype)."""
+    return max(2, MIN_BYTES // tape.dtype.itemsize)
+
+
 def find_groups(tape, instr, live):
     """Groups of the sealed rows ``instr`` (see the module docstring), as int64 rows
     ``(k0, m)``; ``live``: per root buffer, held by a Var, named, a parameter or an input."""
@@ -108,7 +116,7 @@ def find_groups(tape, instr, live):
     ops = instr[:, OP].astype(np.int64)
     outs = base[instr[:, OUT]]
     size = bsize[instr[:, OUT]]
-    ok = np.isin(ops, np.fromiter(FUSABLE(), np.int64)) & (size >= MIN_SIZE)
+    ok = np.isin(ops, np.fromiter(FUSABLE(), np.int64)) & (size >= min_size(tape))
     for j in range(3):  # operands of the output's size (no broadcast, no views of others)
         has = N_IN[ops] > j
         b = np.where(has, instr[:, X + j], 0)
@@ -163,7 +171,7 @@ def effective(tape, groups):
         o = ops[rows]
         sz = bsize[instr[rows, OUT]]
         if (not fus[np.clip(o, 0, fus.shape[0] - 1)].all() or (o < 0).any()
-                or (sz != sz[0]).any() or sz[0] < MIN_SIZE or (gid[rows] >= 0).any()):
+                or (sz != sz[0]).any() or sz[0] < min_size(tape) or (gid[rows] >= 0).any()):
             good[g] = False
             continue
         for j in range(3):
@@ -325,7 +333,8 @@ def program_source(ops, src, readers, dtype):
     loads = [f"        r{m + e} = val[e{e} + i]" for e in range(ne)]
     values = [_member(sweep.SCALAR_FORWARD[Op(op)], j, op, src[j], 8)
               for j, op in enumerate(ops)]
-    fwd = ["def forward(val, grad, imm, low, mask, k0):", *head, "    for i in range(n):",
+    fwd = ["def fuse_program_forward(val, grad, imm, low, mask, k0):", "    wide()", *head,
+           "    for i in range(n):",
            *loads, *values, f"        val[out + i] = r{m - 1}"]
     act = [f"    a{j} = mask[k0 + {j}] & 1 != 0" for j in range(m)]
     need = [f"    need{e} = " + " or ".join(f"mask[k0 + {j}] & {1 | 2 << q} == {1 | 2 << q}"
@@ -338,7 +347,8 @@ def program_source(ops, src, readers, dtype):
             back += [f"        if a{j}:", _member(row, j, ops[j], src[j], 12)]
     adds = [f"        if need{e}:\n            grad[e{e} + i] = _T(grad[e{e} + i] + g{m + e})"
             for e in range(ne)]
-    rev = ["def reverse(val, grad, imm, low, mask, k0):", *head, *act, *need,
+    rev = ["def fuse_program_reverse(val, grad, imm, low, mask, k0):", "    wide()", *head,
+           *act, *need,
            "    for i in range(n):", *loads, *values, *grads,
            f"        g{m - 1} = grad[out + i]", *back, *adds]
     name = np.dtype(dtype).name
@@ -351,6 +361,7 @@ def program_source(ops, src, readers, dtype):
         ".items() if not k.startswith('__')})",
         "from numba import cfunc",
         "from tapegrad.fuse import signature",
+        "from tapegrad.ops._vmath import wide",
         f"_T = np.{name}",
         "",
         f"@cfunc(signature(np.{name}), cache=True, error_model='numpy')",
@@ -379,7 +390,7 @@ def program(tape, k0, m):
     mod = _programs.get(key)
     if mod is None:
         mod = _programs[key] = sweep._load(program_source(*key[:3], tape.dtype))
-    return mod.forward.address, mod.reverse.address
+    return mod.fuse_program_forward.address, mod.fuse_program_reverse.address
 
 
 @intrinsic

@@ -95,3 +95,12 @@ def test_arrays_bench_quick_runs(capsys):
         assert "jax" not in r["median_s"]
         if "torch" in r["check"]:
             assert r["check"]["torch"] < 1e-10, r
+
+
+def test_fusion_bench_runs(capsys):
+    """``python -m tapegrad.bench.fusion`` at one small size: both chains fused (it asserts a
+    group formed) and timed against op by op."""
+    from tapegrad.bench import fusion
+    fusion.main(["--sizes", "4096", "--rounds", "1"])
+    out = capsys.readouterr().out
+    assert "arith" in out and "transcendental" in out and "4096" in out

@@ -11,7 +11,7 @@ N = 5000
 
 @pytest.fixture(autouse=True)
 def small_groups(monkeypatch):
-    monkeypatch.setattr(fuse, "MIN_SIZE", 64)  # groups of test-sized arrays
+    monkeypatch.setattr(fuse, "MIN_BYTES", 256)  # groups of test-sized arrays
 
 
 def chain(x, m):

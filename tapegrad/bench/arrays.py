@@ -171,7 +171,7 @@ def _tg_kernel(name, n, xs):
     tape = tg.Tape(xs[0].dtype.type)
     ps = [tape.param(x) for x in xs]
     y = _fn(name, n, "tg")(*ps)
-    if name == "chain10":  # its ten ops one group (tapegrad/fuse.py), from fuse.MIN_SIZE up
+    if name == "chain10":  # its ten ops one group (tapegrad/fuse.py), from fuse.MIN_BYTES up
         tape.optimize()
     tape.forward()
     fmask = np.ones(len(tape), np.uint8)

@@ -5,7 +5,8 @@ Two ten-op chains over n elements, each recorded twice: as recorded (op by op) a
 the forward and the reverse sweep of each (the compiled sweeps called directly, as
 ``tapegrad.bench.arrays`` times its kernels), and NumPy's ``x * x`` into a preallocated
 output (one pass over memory: the issue's "one NumPy op"). Medians of interleaved rounds.
-``--min-size`` lowers ``fuse.MIN_SIZE`` (below it nothing is fused) to time smaller arrays.
+Arrays smaller than ``fuse.MIN_BYTES`` are fused here too (the table compares the two ways at
+every size).
 """
 import argparse
 import time
@@ -99,14 +100,9 @@ def main(argv=None):
     ap.add_argument("--sizes", default="100000,1000000,10000000")
     ap.add_argument("--rounds", type=int, default=11)
     ap.add_argument("--float32", action="store_true", help="float32 rows too")
-    ap.add_argument("--min-size", type=int, default=None,
-                    help="fuse groups of at least this many elements (default fuse.MIN_SIZE)")
     a = ap.parse_args(argv)
-    if a.min_size is not None:
-        fuse.MIN_SIZE = a.min_size
     sizes = [int(s) for s in a.sizes.split(",")]
-    if min(sizes) < fuse.MIN_SIZE:
-        fuse.MIN_SIZE = min(sizes)  # (the table compares fused with op by op at every size)
+    fuse.MIN_BYTES = min(fuse.MIN_BYTES, min(sizes) * 4)  # (fused at every size here)
     table(sizes, [np.float64] + ([np.float32] if a.float32 else []), a.rounds)
 
 

@@ -90,11 +90,12 @@ def _wide(typingctx):
     """Asks LLVM to vectorise the loops of the compiled function this is lowered into 512
     bits wide (8 doubles, 16 floats) where ``_jit.WIDE_VECTORS`` (AVX-512, not turned off by
     ``TAPEGRAD_AVX512=0``); no code. Only functions of ``tapegrad.ops`` modules (the
-    kernels' called twins, the ``@jit`` helpers) are marked, not the interpreters the scalar
-    rows inline these kernels into: their other loops keep LLVM's width."""
+    kernels' called twins, the ``@jit`` helpers) and the fused groups' programs
+    (``tapegrad.fuse``: ``fuse_program_*``) are marked, not the interpreters the scalar rows
+    inline these kernels into: their other loops keep LLVM's width."""
     def codegen(context, builder, sig, args):
         fn = builder.function
-        if WIDE_VECTORS and "8tapegrad3ops" in fn.name:
+        if WIDE_VECTORS and ("8tapegrad3ops" in fn.name or "fuse_program_" in fn.name):
             try:  # a string attribute: llvmlite's add() knows only the keyword ones
                 set.add(fn.attributes, '"prefer-vector-width"="512"')
             except Exception:  # llvmlite changed: keep LLVM's width
