@@ -18,7 +18,7 @@ Passes, over the flat arrays (``instr``, ``imm``, ``src``), in this order:
   instructions;
 * **elementwise groups** (``tapegrad.fuse``): runs of consecutive elementwise instructions
   over one shape whose intermediates only the run reads and no live Var holds are replayed
-  as one fused loop, block by block, their intermediates never written to the arena (the
+  as one compiled loop, their intermediates in registers, never written to the arena (the
   instructions stay on the tape; ``tape._fused`` lists the runs);
 * **scalar copies in place** (``_alias_copies``): a one-element PLACE (``tg.stack`` of
   scalars) or SLICE (``s[i]`` of such a vector) copies one element between two slots of the

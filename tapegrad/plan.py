@@ -227,8 +227,8 @@ def exclusive_roots(tape, instr, base, pinned):
     if names:
         excl[base[np.array(names, np.int64)]] = 1
     kept = excl.copy()
-    if tape._fused_now is not None:  # a fused group's reverse reads all its inputs, and a
-        # block of its output is written as the inputs' block is read (tapegrad.fuse)
+    if tape._fused_now is not None:  # a fused group's reverse reads all its inputs, and
+        # its output is written while its inputs are read (tapegrad.fuse)
         excl[_fuse.buffers(tape, tape._fused_now)] = 1
     reads = reverse_reads()
     groups = []  # (op, roles, rows)
