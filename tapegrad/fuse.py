@@ -256,15 +256,15 @@ class _Registers(ast.NodeTransformer):
     ``c<j>``, ``op`` -> the opcode, the row's locals renamed per member; a store rounds to the
     arena's type as the arena would (``_T``)."""
 
-    def __init__(self, j, op, regs):
-        self.j, self.op = j, op
+    def __init__(self, j, op, regs, imm="c"):
+        self.j, self.op, self.imm = j, op, imm
         self.regs = {"ans": j, **dict(zip("xyz", regs))}
 
     def visit_Subscript(self, node):
         v, s = node.value, node.slice
         if isinstance(v, ast.Name) and v.id in ("val", "grad", "imm"):
             if v.id == "imm" and isinstance(s, ast.Name) and s.id == "k":
-                return ast.copy_location(ast.Name(f"c{self.j}", node.ctx), node)
+                return ast.copy_location(ast.Name(f"{self.imm}{self.j}", node.ctx), node)
             if v.id != "imm" and isinstance(s, ast.Name) and s.id in self.regs:
                 prefix = "r" if v.id == "val" else "g"
                 return ast.copy_location(ast.Name(f"{prefix}{self.regs[s.id]}", node.ctx),
@@ -309,16 +309,19 @@ class _Registers(ast.NodeTransformer):
                                  node)
 
 
-def _member(row, j, op, regs, indent):
+def _member(row, j, op, regs, indent, imm="c"):
     tree = ast.parse(textwrap.dedent(row))
-    tree = ast.fix_missing_locations(_Registers(j, op, regs).visit(tree))
+    tree = ast.fix_missing_locations(_Registers(j, op, regs, imm).visit(tree))
     return textwrap.indent(ast.unparse(tree), " " * indent)
 
 
-def program_source(ops, src, readers, dtype):
+def program_source(ops, src, readers, dtype, single=()):
     """The text of a module holding the group's programs ``forward`` and ``reverse`` for
     ``dtype`` arenas (numba C callbacks with ``SIGNATURE``): one loop over the elements, every
-    member's scalar row on registers (module docstring)."""
+    member's scalar row on registers (module docstring). ``single[j]``: member ``j``'s
+    immediate is a float32 number and its op one of ``SINGLE_OPS``, so its value is computed
+    in float32 (the same number: see ``SINGLE_OPS``); its reverse row keeps the float64
+    immediate (``d<j>``)."""
     from . import sweep
     from .lower import LOW_WIDTH as WIDTH
     m, ne = len(ops), len(readers)
@@ -329,7 +332,9 @@ def program_source(ops, src, readers, dtype):
             "    out = np.uint64(low[t + 1])"]
     head += [f"    e{e} = np.uint64(low[(k0 + {j}) * {WIDTH} + {3 + q}])"
              for e, ((j, q), *_) in enumerate(readers)]
-    head += [f"    c{j} = imm[k0 + {j}]" for j in uses_imm]
+    head += [f"    c{j} = np.float32(imm[k0 + {j}])" if j < len(single) and single[j]
+             else f"    c{j} = imm[k0 + {j}]" for j in uses_imm]
+    head += [f"    d{j} = imm[k0 + {j}]" for j in uses_imm]
     loads = [f"        r{m + e} = val[e{e} + i]" for e in range(ne)]
     values = [_member(sweep.SCALAR_FORWARD[Op(op)], j, op, src[j], 8)
               for j, op in enumerate(ops)]
@@ -344,7 +349,7 @@ def program_source(ops, src, readers, dtype):
     for j in range(m - 1, -1, -1):
         row = sweep.SCALAR_REVERSE.get(Op(ops[j]))
         if row is not None:  # (none: no gradient, as comparisons)
-            back += [f"        if a{j}:", _member(row, j, ops[j], src[j], 12)]
+            back += [f"        if a{j}:", _member(row, j, ops[j], src[j], 12, "d")]
     adds = [f"        if need{e}:\n            grad[e{e} + i] = _T(grad[e{e} + i] + g{m + e})"
             for e in range(ne)]
     rev = ["def fuse_program_reverse(val, grad, imm, low, mask, k0):", "    wide()", *head,
@@ -379,17 +384,30 @@ def signature(dtype):
                       types.CPointer(types.int64), types.CPointer(types.uint8), types.int64)
 
 
-_programs = {}  # (wiring, dtype) -> the module (which keeps its callbacks alive)
+_programs = {}  # (wiring, dtype, single) -> the module (which keeps its callbacks alive)
+
+# x + c, x * c, c - x, x / c, c / x with a float32 x and a float64 c: the kernels compute in
+# float64 and round to float32. Where c is itself a float32 number, that is the float32
+# operation's result exactly (double rounding is innocuous for + - * / when the wider format
+# has at least 2p + 2 bits: 53 >= 2 * 24 + 2), so a float32 program computes these values in
+# float32, without the conversions to float64 and back (3x faster on a chain of them)
+SINGLE_OPS = frozenset(int(o) for o in (Op.ADDC, Op.MULC, Op.RSUBC, Op.DIVC, Op.RDIVC,
+                                        Op.LEAKY_RELU))
 
 
 def program(tape, k0, m):
     """``(forward, reverse)``: the addresses of the compiled programs of the group at row
-    ``k0`` (generated once per wiring and dtype, compiled or loaded from the disk cache)."""
+    ``k0`` (generated once per wiring, dtype and float32 immediates, compiled or loaded from
+    the disk cache)."""
     from . import sweep
-    key = wiring(tape, k0, m) + (tape.dtype.char,)
+    ops = tape._instr[k0:k0 + m, OP]
+    imm = tape._imm[k0:k0 + m]
+    single = tuple(bool(tape.dtype == np.float32 and int(o) in SINGLE_OPS
+                        and np.float32(c) == c) for o, c in zip(ops, imm))
+    key = wiring(tape, k0, m) + (tape.dtype.char, single)
     mod = _programs.get(key)
     if mod is None:
-        mod = _programs[key] = sweep._load(program_source(*key[:3], tape.dtype))
+        mod = _programs[key] = sweep._load(program_source(*key[:3], tape.dtype, single))
     return mod.fuse_program_forward.address, mod.fuse_program_reverse.address
 
 

@@ -87,6 +87,31 @@ def test_fused_equals_op_by_op(dtype):
     np.testing.assert_allclose(x.grad, rx.grad, rtol=1e-6 if dtype == np.float32 else 1e-14)
 
 
+def immediates(x, m):
+    """Constants exact in float32 (2, 0.5, 3) and not (0.1, 1/3): float32 programs compute
+    the first in float32, the others in float64 as the kernels do (fuse.SINGLE_OPS)."""
+    t = x * 0.1
+    t = t + 0.5
+    t = 3.0 / (t * t + 1.0)
+    t = (1.0 / 3.0) - t
+    t = m.maximum(t, x * 2.0) if m is np else tg.leaky_relu(t, 0.1) + x * 2.0
+    return t / 3.0
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_immediates_give_the_op_by_op_bits(dtype):
+    xs = [x.astype(dtype) for x in data(1)]
+    ref_tape, (rx,), ry, rloss = recorded(immediates, xs, dtype, optimize=False)
+    tape, (x,), y, loss = recorded(immediates, xs, dtype)
+    assert tape._fused_now is not None and tape._fused_now[:, 1].sum() >= 8
+    for t, v, ls in ((ref_tape, rx, rloss), (tape, x, loss)):
+        v.value[...] = xs[0] * 3
+        t.forward()
+        ls.backward()
+    np.testing.assert_array_equal(y.value, ry.value)
+    np.testing.assert_allclose(x.grad, rx.grad, rtol=1e-5 if dtype == np.float32 else 1e-13)
+
+
 def test_externals_and_constant():
     a, b = data(2)
     b = np.abs(b) + 0.5
