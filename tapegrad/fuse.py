@@ -5,7 +5,7 @@ Op by op, a chain ``t = tanh(x * 2 + 1) * x ...`` of ten instructions over 10^6 
 makes ten passes over memory, each reading its inputs and writing its output (80 MB of
 traffic for 8 MB of data); XLA compiles such a chain into one loop. Here ``tape.optimize()``
 marks **groups**: runs of consecutive instructions (at most ``MAX_MEMBERS``) whose opcodes
-are elementwise (``FUSABLE``: each kernel is one loop ``for i in range(n)`` over ``x + i``,
+are elementwise (``fusable()``: each kernel is one loop ``for i in range(n)`` over ``x + i``,
 ``ans + i`` whose body ``lower.scalar_row`` derives as a scalar row reading only element
 ``i``), all of one size ``n`` of at least ``MIN_BYTES``, where every output but the last member's is a
 temporary read only inside the group and held by no live Var (the same test as the
@@ -51,6 +51,7 @@ its externals' offsets, the output's and ``n`` from the rows (``wiring`` says wh
 Python tier (``tapegrad.tier``) never runs a fused row: it waits for the compiled sweep.
 """
 import ast
+import functools
 import textwrap
 
 import numba
@@ -69,6 +70,7 @@ FUSE = -2            # in an opcode set (tapegrad.sweep): the tape has groups
 IMPORT = "from tapegrad.fuse import call as fuse_call"  # (the interpreters' branches call it)
 
 
+@functools.cache  # (on first use: tapegrad.sweep, which it reads, imports this module)
 def fusable():
     """The opcodes a group may hold: those whose forward and reverse kernels are single
     elementwise loops (their scalar rows derive from them, and read only their own
@@ -90,16 +92,6 @@ def fusable():
     return frozenset(out)
 
 
-_FUSABLE = None
-
-
-def FUSABLE():  # noqa: N802 (a constant, computed on first use: tapegrad.sweep imports this)
-    global _FUSABLE
-    if _FUSABLE is None:
-        _FUSABLE = fusable()
-    return _FUSABLE
-
-
 # ------------------------------------------------------------------ finding groups
 def min_size(tape):
     """The fewest elements of a group on ``tape`` (``MIN_BYTES`` of its dtype)."""
@@ -116,7 +108,7 @@ def find_groups(tape, instr, live):
     ops = instr[:, OP].astype(np.int64)
     outs = base[instr[:, OUT]]
     size = bsize[instr[:, OUT]]
-    ok = np.isin(ops, np.fromiter(FUSABLE(), np.int64)) & (size >= min_size(tape))
+    ok = np.isin(ops, np.fromiter(fusable(), np.int64)) & (size >= min_size(tape))
     for j in range(3):  # operands of the output's size (no broadcast, no views of others)
         has = N_IN[ops] > j
         b = np.where(has, instr[:, X + j], 0)
@@ -161,7 +153,7 @@ def effective(tape, groups):
     base, bsize = tape._base, tape._bsize
     ops = instr[:, OP].astype(np.int64)
     fus = np.zeros(max(int(Op.N_OPS), 1), bool)
-    fus[list(FUSABLE())] = True
+    fus[list(fusable())] = True
     k0, m = groups[:, 0], groups[:, 1]
     good = (k0 >= 0) & (m >= 2) & (m <= MAX_MEMBERS) & (k0 + m <= n)
     gid = np.full(n, -1, np.int64)  # the group of each row

@@ -5,6 +5,7 @@ import pytest
 
 import tapegrad as tg
 from tapegrad import fuse
+from tapegrad.bench.fusion import arith, transcendental as chain  # (NumPy too: m=np)
 
 N = 5000
 
@@ -12,20 +13,6 @@ N = 5000
 @pytest.fixture(autouse=True)
 def small_groups(monkeypatch):
     monkeypatch.setattr(fuse, "MIN_BYTES", 256)  # groups of test-sized arrays
-
-
-def chain(x, m):
-    """Ten elementwise ops, tanh and sigmoid among them (as tapegrad.bench.arrays's)."""
-    t = x * 2.0
-    t = t + 1.0
-    t = t * x
-    t = m.tanh(t)
-    t = t - x
-    t = t * t
-    t = t + x
-    t = t * 0.5
-    t = 1 / (1 + m.exp(-t)) if m is np else m.sigmoid(t)
-    return t * x
 
 
 def two_inputs(a, b, c, m):
@@ -224,7 +211,6 @@ def test_save_and_load_run_op_by_op(tmp_path):
 
 def test_a_chain_is_one_group():
     """Every op of the ten-op chains is fusable (a product of a value with itself too)."""
-    from tapegrad.bench.fusion import arith
     for fn in (chain, arith):
         tape, (x,), y, loss = recorded(fn, data(1))
         assert tape._fused_now is not None and tape._fused_now.tolist() == [[0, 10]]
@@ -247,5 +233,5 @@ def test_groups_found():
     assert g is not None
     rows = {int(k) for k0, m in g for k in range(k0, k0 + m)}
     ops = tape._instr[:, 0]
-    assert all(ops[k] in fuse.FUSABLE() for k in rows)
+    assert all(ops[k] in fuse.fusable() for k in rows)
     assert w.value == pytest.approx(float((np.tanh(y.value) * s.value).sum()))
