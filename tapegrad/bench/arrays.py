@@ -35,7 +35,8 @@ minus the resident size after imports and data (``--no-memory`` skips it); for t
 the arena bytes, planned (``tapegrad.plan``, on by default for large arenas) and without
 planning, and after ``tape.optimize()`` (engine ``tg-optimized``).
 
-Blocks of calls are timed in interleaved rounds (process CPU time by default), medians
+Blocks of calls are timed in interleaved rounds (CPU time by default: the calling
+thread's, the process's for JAX, whose pool threads spin on after a call), medians
 reported. BLAS, torch and XLA run one thread (``tapegrad.bench`` sets XLA_FLAGS and the
 thread variables; threadpoolctl limits BLAS; the BLAS core type is printed).
 """
