@@ -29,6 +29,14 @@ the transcendental kernels' are: ``ops/_vmath.wide``):
   the op-by-op sweep's in the last bits: an external's contributions are summed in a
   register before they meet the arena's value.
 
+**Segments.** A group whose members call two or more transcendental functions (or libm's
+sin or cos, which keep a loop scalar) runs in ``segments``: a loop over strips of ``STRIP``
+elements, holding one inner loop per segment. A register that a later segment reads is
+stored in a strip of its member's slot in the value arena and loaded there again (an
+intermediate's slot, which nothing outside the group reads); the externals are loaded in
+each segment that reads them. The values are the same numbers (the same rows, the same
+rounding); the strips stay in the L1 cache.
+
 The sweeps call a program through its address (``call``, an intrinsic: one indirect call per
 group, no Python), which the group's first lowered row holds.
 
@@ -37,8 +45,9 @@ group, no Python), which the group's first lowered row holds.
 rules) and forward mode see the unfused tape. Only ``tape._fused`` (rows ``(k0, m)``) says
 which runs are groups; each seal checks them again (``effective``): a group whose
 intermediate has since gained a reader outside it (an instruction recorded after
-``optimize()`` that reads it) runs op by op. The intermediates' slots are not written by a
-fused replay, so whatever reads values there first recomputes them op by op (``refresh``):
+``optimize()`` that reads it) runs op by op. The intermediates' slots do not hold their
+values after a fused replay (left as they were, or holding a segment's strips), so whatever
+reads values there first recomputes them op by op (``refresh``):
 recording onto the tape (``Tape._dirty``) and the tangent sweep. Arena planning gives the
 buffers of a group slots of their own (``plan.exclusive_roots``): the fused reverse reads
 every external's value, and the output is written while the inputs are read.
@@ -52,6 +61,7 @@ Python tier (``tapegrad.tier``) never runs a fused row: it waits for the compile
 """
 import ast
 import functools
+import re
 import textwrap
 
 import numba
@@ -307,18 +317,46 @@ def _member(row, j, op, regs, indent, imm="c"):
     return textwrap.indent(ast.unparse(tree), " " * indent)
 
 
+# members whose rows call a transcendental function: two of them in one loop body measured
+# slower than each in a loop of its own (float64 sigmoid(tanh(x)): 2.63 ns per element in
+# one loop, 0.87 + 1.05 in two; BENCHMARKS.md session 17), and a libm call (sin, cos)
+# keeps its whole loop scalar
+HEAVY = re.compile(r"v(exp|log|tanh|sigmoid)\(|math\.(sin|cos)\(")
+SCALAR_CALL = re.compile(r"math\.(sin|cos)\(")
+STRIP = 512  # elements per strip of a program in segments (its registers' strips: 4 KiB)
+
+
+def segments(ops):
+    """Per member the segment of the group's program it runs in (module docstring): a new
+    segment starts at a member calling a transcendental function when the segment already
+    holds one, and around a member calling libm (whose loop stays scalar)."""
+    from . import sweep
+    out, seg, heavy, alone = [], 0, False, False
+    for j, op in enumerate(ops):
+        row = sweep.SCALAR_FORWARD[Op(op)]
+        h, scalar = bool(HEAVY.search(row)), bool(SCALAR_CALL.search(row))
+        if j and ((h and heavy) or alone or scalar):
+            seg, heavy = seg + 1, False
+        heavy, alone = heavy or h, scalar
+        out.append(seg)
+    return out
+
+
 def program_source(ops, src, readers, dtype, single=()):
     """The text of a module holding the group's programs ``forward`` and ``reverse`` for
     ``dtype`` arenas (numba C callbacks with ``SIGNATURE``): one loop over the elements, every
     member's scalar row on registers (module docstring). ``single[j]``: member ``j``'s
     immediate is a float32 number and its op one of ``SINGLE_OPS``, so its value is computed
     in float32 (the same number: see ``SINGLE_OPS``); its reverse row keeps the float64
-    immediate (``d<j>``)."""
+    immediate (``d<j>``). A group of several ``segments`` runs them as loops in turn over
+    strips of ``STRIP`` elements, each register another segment reads kept in a strip of
+    its member's slot in the value arena (an intermediate's: nothing else reads it)."""
     from . import sweep
     from .lower import LOW_WIDTH as WIDTH
     m, ne = len(ops), len(readers)
     uses_imm = [j for j, op in enumerate(ops) if "imm[k]" in
                 sweep.SCALAR_FORWARD[Op(op)] + str(sweep.SCALAR_REVERSE.get(Op(op)))]
+    seg = segments(ops)
     head = [f"    t = (k0 + {m - 1}) * {WIDTH}",
             "    n = np.uint64(low[t + 2])",
             "    out = np.uint64(low[t + 1])"]
@@ -327,12 +365,8 @@ def program_source(ops, src, readers, dtype, single=()):
     head += [f"    c{j} = np.float32(imm[k0 + {j}])" if j < len(single) and single[j]
              else f"    c{j} = imm[k0 + {j}]" for j in uses_imm]
     head += [f"    d{j} = imm[k0 + {j}]" for j in uses_imm]
-    loads = [f"        r{m + e} = val[e{e} + i]" for e in range(ne)]
     values = [_member(sweep.SCALAR_FORWARD[Op(op)], j, op, src[j], 8)
               for j, op in enumerate(ops)]
-    fwd = ["def fuse_program_forward(val, grad, imm, low, mask, k0):", "    wide()", *head,
-           "    for i in range(n):",
-           *loads, *values, f"        val[out + i] = r{m - 1}"]
     act = [f"    a{j} = mask[k0 + {j}] & 1 != 0" for j in range(m)]
     need = [f"    need{e} = " + " or ".join(f"mask[k0 + {j}] & {1 | 2 << q} == {1 | 2 << q}"
                                            for j, q in rd) for e, rd in enumerate(readers)]
@@ -344,10 +378,21 @@ def program_source(ops, src, readers, dtype, single=()):
             back += [f"        if a{j}:", _member(row, j, ops[j], src[j], 12, "d")]
     adds = [f"        if need{e}:\n            grad[e{e} + i] = _T(grad[e{e} + i] + g{m + e})"
             for e in range(ne)]
-    rev = ["def fuse_program_reverse(val, grad, imm, low, mask, k0):", "    wide()", *head,
-           *act, *need,
-           "    for i in range(n):", *loads, *values, *grads,
-           f"        g{m - 1} = grad[out + i]", *back, *adds]
+    # a member's slot: its row's output offset (the first row's holds the programs'
+    # addresses: member 0's is read off a row reading it)
+    slot = {j: (j, 1) for j in range(1, m)}
+    slot.update({0: (j, 3 + q) for j in range(m - 1, 0, -1)
+                 for q, r in enumerate(src[j]) if r == 0})
+    for parts in ([[values[j] for j in range(m) if seg[j] == s] for s in range(seg[-1] + 1)],
+                  [values]):  # (in one loop if a register to keep has no slot to read)
+        fwd = _loops(parts[:-1] + [parts[-1] + [f"        val[out + i] = r{m - 1}"]], m)
+        rev = _loops(parts[:-1] + [parts[-1] + grads + [f"        g{m - 1} = grad[out + i]"]
+                                   + back + adds], m)
+        spilled = sorted(set(fwd[1]) | set(rev[1]))
+        if all(j in slot for j in spilled):
+            break
+    head += [f"    p{j} = np.uint64(low[(k0 + {slot[j][0]}) * {WIDTH} + {slot[j][1]}])"
+             for j in spilled]
     name = np.dtype(dtype).name
     return "\n".join([
         f'"""A fused group\'s programs ({name}): {" ".join(Op(o).name for o in ops)}.',
@@ -362,9 +407,55 @@ def program_source(ops, src, readers, dtype, single=()):
         f"_T = np.{name}",
         "",
         f"@cfunc(signature(np.{name}), cache=True, error_model='numpy')",
-        *fwd, "",
+        "def fuse_program_forward(val, grad, imm, low, mask, k0):", "    wide()", *head,
+        *fwd[0], "",
         f"@cfunc(signature(np.{name}), cache=True, error_model='numpy')",
-        *rev, ""])
+        "def fuse_program_reverse(val, grad, imm, low, mask, k0):", "    wide()", *head,
+        *act, *need, *rev[0], ""])
+
+
+_REG = re.compile(r"\br(\d+)\b")
+
+
+def _loops(parts, m):
+    """``(lines, spilled)``: the loops of a program whose body is the segments ``parts``
+    (lists of lines at the loop body's indent, 8): one loop over ``i < n`` for one segment;
+    for several, a loop over strips of ``STRIP`` elements holding one loop per segment,
+    where a segment loads the externals it reads (registers ``m, ...``) and the registers of
+    earlier segments' members it reads (from ``p<j>``: ``spilled``), and stores those a later
+    segment reads."""
+    if len(parts) == 1:
+        loads = sorted({int(r) for r in _REG.findall("\n".join(parts[0])) if int(r) >= m})
+        return (["    for i in range(n):",
+                 *[f"        r{r} = val[e{r - m} + i]" for r in loads], *parts[0]], ())
+    made = [set() for _ in parts]
+    read = []
+    for s, body in enumerate(parts):
+        regs = {int(r) for r in _REG.findall("\n".join(body))}
+        made[s] = {r for r in regs if r < m and any(
+            re.match(rf"\s*r{r} = ", line) for line in "\n".join(body).split("\n"))}
+        read.append(regs)
+    lines = ["    s = np.uint64(0)",
+             "    while s < n:",
+             f"        w = n - s if n - s < np.uint64({STRIP}) else np.uint64({STRIP})"]
+    spilled = set()
+    for s, body in enumerate(parts):
+        before = set().union(*made[:s]) if s else set()
+        later = set().union(*read[s + 1:]) if s + 1 < len(parts) else set()
+        ext = sorted(r for r in read[s] if r >= m)
+        inner = sorted((read[s] & before) - made[s])
+        keep = sorted(made[s] & later)
+        spilled |= set(inner) | set(keep)
+        lines += ["        for i in range(w):",
+                  *[f"            r{r} = val[e{r - m} + s + i]" for r in ext],
+                  *[f"            r{r} = val[p{r} + i]" for r in inner],
+                  *[textwrap.indent(line, "    ") for line in body],
+                  *[f"            val[p{r} + i] = r{r}" for r in keep]]
+    lines.append("        s += w")
+    # the arena's own elements are at the strip's start plus i
+    text = "\n".join(lines).replace("[out + i]", "[out + s + i]")
+    text = re.sub(r"(grad\[e\d+) \+ i\]", r"\1 + s + i]", text)
+    return text.split("\n"), sorted(spilled)
 
 
 def signature(dtype):
@@ -451,7 +542,7 @@ def branches(forward):
 # ------------------------------------------------------------------ values op by op
 def refresh(tape):
     """Recompute the values of the groups' members op by op (the intermediates, which a
-    fused forward leaves as they were): before anything reads them (module docstring)."""
+    fused replay does not leave in their slots): before anything reads them (module docstring)."""
     groups = tape._fused_now
     if groups is None or tape._low is None:
         return

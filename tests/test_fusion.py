@@ -235,3 +235,35 @@ def test_groups_found():
     ops = tape._instr[:, 0]
     assert all(ops[k] in fuse.fusable() for k in rows)
     assert w.value == pytest.approx(float((np.tanh(y.value) * s.value).sum()))
+
+
+def segmented(x, m):
+    """Three transcendental functions and a libm one (sin): four segments (fuse.segments);
+    the first member's value is read by later segments and by its own reverse rule."""
+    t0 = m.tanh(x)
+    t1 = 1 / (1 + m.exp(-t0)) if m is np else m.sigmoid(t0)
+    t2 = m.sin(t1)
+    t3 = t2 * t0
+    return m.exp(t3) + x
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_segments_over_strips(dtype):
+    """A group in segments, over strips of fuse.STRIP elements and a shorter last strip:
+    the op-by-op values to the bit, the gradients as op by op and as finite differences."""
+    n = 3 * fuse.STRIP + 77
+    xs = [np.random.default_rng(3).standard_normal(n).astype(dtype)]
+    ref_tape, (rx,), ry, rloss = recorded(segmented, xs, dtype, optimize=False)
+    tape, (x,), y, loss = recorded(segmented, xs, dtype)
+    k0, m = tape._fused_now[0]
+    assert (k0, m) == (0, 6)
+    assert fuse.segments(tape._instr[k0:k0 + m, 0]) == [0, 1, 2, 3, 3, 3]
+    for t, v, ls in ((ref_tape, rx, rloss), (tape, x, loss)):
+        v.value[...] = xs[0][::-1]
+        t.forward()
+        ls.backward()
+    np.testing.assert_array_equal(y.value, ry.value)
+    np.testing.assert_allclose(x.grad, rx.grad, rtol=1e-6 if dtype == np.float32 else 1e-14)
+    if dtype == np.float64:
+        np.testing.assert_allclose(x.grad, fd(segmented, [xs[0][::-1].copy()], 0),
+                                   rtol=1e-6, atol=1e-8)
