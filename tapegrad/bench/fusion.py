@@ -5,6 +5,8 @@ Two ten-op chains over n elements, each recorded twice: as recorded (op by op) a
 the forward and the reverse sweep of each (the compiled sweeps called directly, as
 ``tapegrad.bench.arrays`` times its kernels), and NumPy's ``x * x`` into a preallocated
 output (one pass over memory: the issue's "one NumPy op"). Medians of interleaved rounds.
+Then ``floor``: the transcendental chain's tanh and sigmoid alone, each in its own loop over
+data in the L1 cache, against that one NumPy op.
 Arrays smaller than ``fuse.MIN_BYTES`` are fused here too (the table compares the two ways at
 every size).
 """
@@ -88,6 +90,55 @@ def table(sizes, dtypes, rounds, out=print):
     return rows
 
 
+def floor(dtypes, rounds, ones, n_cache=4096, out=print):
+    """What ``transcendental``'s tanh and sigmoid cost alone: each in a compiled loop of its
+    own (the kernels' ``vtanh`` / ``vsigmoid``, 512-bit where the CPU has AVX-512) over
+    ``n_cache`` elements that stay in the L1 cache (their arithmetic, no memory traffic),
+    per element [ns]. Their sum is a floor under the chain's fused forward; printed against
+    ``ones``, the one NumPy op of ``table``'s rows (``{(dtype name, n): ns}``)."""
+    import numba
+
+    from tapegrad.ops._vmath import vsigmoid, vtanh, wide
+
+    @numba.njit(error_model="numpy")
+    def loop_tanh(x, o, reps):
+        wide()
+        for _ in range(reps):
+            for i in range(x.shape[0]):
+                o[i] = vtanh(x[i])
+
+    @numba.njit(error_model="numpy")
+    def loop_sigmoid(x, o, reps):
+        wide()
+        for _ in range(reps):
+            for i in range(x.shape[0]):
+                o[i] = vsigmoid(x[i])
+
+    out(f"{'dtype':9s}{'tanh':>8s}{'sigmoid':>9s}{'sum':>8s}   sum / the 1 numpy op above")
+    rows = []
+    for dtype in dtypes:
+        name = np.dtype(dtype).name
+        x = np.random.default_rng(1).standard_normal(n_cache).astype(dtype)
+        o = np.empty_like(x)
+        reps = 250
+        fns = {"tanh": loop_tanh, "sigmoid": loop_sigmoid}
+        for f in fns.values():
+            f(x, o, 1)
+        times = {k: [] for k in fns}
+        for _ in range(rounds):
+            for k, f in fns.items():
+                s = time.perf_counter()
+                f(x, o, reps)
+                times[k].append((time.perf_counter() - s) / (n_cache * reps) * 1e9)
+        med = {k: float(np.median(v)) for k, v in times.items()}
+        total = med["tanh"] + med["sigmoid"]
+        rows.append({"dtype": name, **med, "sum": total})
+        ratios = ", ".join(f"n={n}: {total / v:.2f}x" for (d, n), v in sorted(ones.items())
+                           if d == name)
+        out(f"{name:9s}{med['tanh']:8.2f}{med['sigmoid']:9.2f}{total:8.2f}   {ratios}")
+    return rows
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--sizes", default="100000,1000000,10000000")
@@ -96,7 +147,11 @@ def main(argv=None):
     a = ap.parse_args(argv)
     sizes = [int(s) for s in a.sizes.split(",")]
     fuse.MIN_BYTES = min(fuse.MIN_BYTES, min(sizes) * 4)  # (fused at every size here)
-    table(sizes, [np.float64] + ([np.float32] if a.float32 else []), a.rounds)
+    dtypes = [np.float64] + ([np.float32] if a.float32 else [])
+    rows = table(sizes, dtypes, a.rounds)
+    print("\nthe transcendental chain's tanh and sigmoid alone, in the L1 cache (fusion.floor)")
+    floor(dtypes, a.rounds, {(r["dtype"], r["n"]): r["np"] for r in rows
+                             if r["chain"] == "transcendental"})
 
 
 if __name__ == "__main__":
