@@ -210,6 +210,39 @@ def test_small_integer_powers(k, dtype):
     assert np.array_equal(y.value, got, equal_nan=True)
 
 
+def test_log_tighter_where_the_reduction_switches():
+    """log near its reduction's seams, tighter than the contract: float32 at every 3rd float
+    of [sqrt(1/2)/2, 2 sqrt(2)) (k = -1, 0, 1; the polynomial's whole interval three times)
+    within 1 ulp of float64's log (measured over every positive float32: <= 0.94 ulp);
+    float64 on 2**[-3, 3] and around sqrt(2), sqrt(1/2) within 1.5 ulp (measured: <= 1.31)."""
+    lo = np.float32(math.sqrt(0.5) / 2).view(np.int32)
+    hi = np.float32(2 * math.sqrt(2)).view(np.int32)
+    xs = np.arange(lo, hi, 3, dtype=np.int32).view(np.float32)
+    tape, x, y = _record("log", xs)
+    d = ulps(y.numpy(), np.log(xs.astype(np.float64)), np.float32)
+    assert d.max() <= 1.0, (xs[d.argmax()], d.max())
+    if EXTENDED:
+        rng = np.random.default_rng(4)
+        xs = np.concatenate([2 ** rng.uniform(-3, 3, 400_000),
+                             np.sqrt(2) * (1 + rng.uniform(-1e-3, 1e-3, 200_000)),
+                             np.sqrt(0.5) * (1 + rng.uniform(-1e-3, 1e-3, 200_000))])
+        tape, x, y = _record("log", xs)
+        d = ulps(y.numpy(), _ref("log", xs), np.float64)
+        assert d.max() <= 1.5, (xs[d.argmax()], d.max())
+
+
+def test_log_coefficients_are_the_fits():
+    """The kernels' log polynomials are what ``python -m tapegrad.bench.fit_log`` fits (~10 s),
+    to the bit after rounding to each precision."""
+    pytest.importorskip("mpmath")
+    from tapegrad.bench import fit_log
+    from tapegrad.ops import _vmath
+    for form, want in ((fit_log.F32Form, _vmath.LOG_Q32), (fit_log.F64Form, _vmath.LOG_Q64)):
+        q, bound = fit_log.fit(form, form.degree)
+        assert tuple(float(form.dtype(float(c))) for c in q) == want
+        assert bound < np.finfo(form.dtype).eps / 8
+
+
 def test_python_fallbacks_match():
     """The names the kernels call run NumPy's functions without the compiler
     (``NUMBA_DISABLE_JIT``): same special values."""
