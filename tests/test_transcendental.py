@@ -231,18 +231,6 @@ def test_log_tighter_where_the_reduction_switches():
         assert d.max() <= 1.5, (xs[d.argmax()], d.max())
 
 
-def test_log_coefficients_are_the_fits():
-    """The kernels' log polynomials are what ``python -m tapegrad.bench.fit_log`` fits (~10 s),
-    to the bit after rounding to each precision."""
-    pytest.importorskip("mpmath")
-    from tapegrad.bench import fit_log
-    from tapegrad.ops import _vmath
-    for form, want in ((fit_log.F32Form, _vmath.LOG_Q32), (fit_log.F64Form, _vmath.LOG_Q64)):
-        q, bound = fit_log.fit(form, form.degree)
-        assert tuple(float(form.dtype(float(c))) for c in q) == want
-        assert bound < np.finfo(form.dtype).eps / 8
-
-
 def test_python_fallbacks_match():
     """The names the kernels call run NumPy's functions without the compiler
     (``NUMBA_DISABLE_JIT``): same special values."""
