@@ -43,9 +43,15 @@ def inputs(n, dtype=np.float64, rng=0):
     return [v.astype(dtype) for v in (x, b, c)]
 
 
-def build(fn, xs, dtype=np.float64, optimize=True, nconst=1, planning=None):
+def weights(n, dtype=np.float64):
+    """A loss's weights: every element of the output gets a gradient of its own."""
+    return np.linspace(0.5, 1.5, n).astype(dtype)
+
+
+def build(fn, xs, dtype=np.float64, optimize=True, nconst=1, planning=None, weighted=False):
     """A tape of fn over parameters xs[:-nconst] and constants xs[-nconst:] (intermediates
-    dropped before optimize()); returns (tape, params, consts, y, loss)."""
+    dropped before optimize()); returns (tape, params, consts, y, loss); the loss is
+    sum(y), or with ``weighted`` y @ weights."""
     tape = tg.Tape(dtype)
     if planning is not None:
         tape.planning = planning
@@ -53,7 +59,7 @@ def build(fn, xs, dtype=np.float64, optimize=True, nconst=1, planning=None):
     ps = [tape.param(v.copy()) for v in xs[:k]]
     cs = [tape.const(v.copy()) for v in xs[k:]]
     y = fn(*ps, *cs, tg)
-    loss = y.sum()
+    loss = y @ tape.const(weights(y.size, dtype)) if weighted else y.sum()
     if optimize:
         tape.optimize()
     return tape, ps, cs, y, loss
@@ -101,7 +107,7 @@ def assert_same(ref, fused, dtype=np.float64):
 @pytest.mark.parametrize("n", [16, 40, 511, 512, 513, 1024, 1025, 2 * fuse.STRIP + 3])
 def test_segments_at_strip_edges(n, dtype):
     xs = inputs(n, dtype)
-    ref, fused = both(seg, xs, dtype)
+    ref, fused = both(seg, xs, dtype, weighted=True)
     ops = group_ops(fused[0])
     assert len(ops) == 1 and len(ops[0]) == 16
     assert max(fuse.segments(ops[0])) >= 3
@@ -114,7 +120,33 @@ def test_segments_at_strip_edges(n, dtype):
         at = [xs[0] * 0.5, xs[1]]
         np.testing.assert_allclose(fused[3].value, f(*at, np), rtol=1e-13, atol=1e-15)
         for i in range(2):
-            np.testing.assert_allclose(fused[1][i].grad, fd(f, at, i), rtol=1e-6, atol=1e-8)
+            np.testing.assert_allclose(fused[1][i].grad, fd(f, at, i) * weights(n),
+                                       rtol=1e-6, atol=1e-8)
+
+
+def chain70(x, b, c, m):
+    """Seventy elementwise instructions: groups of at most fuse.MAX_MEMBERS, each in
+    segments, each group's output the next one's external."""
+    t = x
+    for k in range(14):
+        t = m.tanh(t * b) + c
+        t = m.sin(t) * 0.5 - x
+    return t
+
+
+def test_groups_of_max_members_in_segments():
+    n = 600
+    xs = inputs(n, rng=15)
+    ref, fused = both(chain70, xs, weighted=True)
+    ops = group_ops(fused[0])
+    assert len(ops) >= 3 and max(len(o) for o in ops) == fuse.MAX_MEMBERS
+    assert all(max(fuse.segments(o)) >= 2 for o in ops)
+    for t in (ref, fused):
+        replay(t, [xs[0] * 0.8, xs[1]])
+    assert_same(ref, fused)
+    f = lambda x, b, m: chain70(x, b, xs[2], m)  # noqa: E731
+    np.testing.assert_allclose(fused[1][0].grad, fd(f, [xs[0] * 0.8, xs[1]], 0) * weights(n),
+                               rtol=1e-6, atol=1e-8)
 
 
 # ------------------------------------------------------------------ every fusable op
