@@ -238,10 +238,11 @@ def test_nan_and_inf_as_op_by_op(fn, dtype):
 
 # ------------------------------------------------------------------ float32 immediates
 def imms(x, b, c, m):
-    """float32-exact (0.5, 3, 2**-140, 0.25) and inexact (0.1, 1/3, 0.01) immediates, in
-    SINGLE_OPS members, between transcendental members."""
+    """Immediates in SINGLE_OPS members between transcendental members (a float32 tape holds
+    the constants of + - * / rounded to float32: 0.1, 1/3 become float32 numbers; 2**-140
+    is a subnormal one) and leaky_relu's slopes 0.5 and 0.01 (kept as float64 numbers)."""
     lr = (lambda v, a: np.where(v > 0, v, a * v)) if m is np else tg.leaky_relu
-    t = m.exp(x * 0.5)
+    t = m.exp(lr(x * 3.0, 0.01))
     t = lr(t - 1.2, 0.5) + lr(x, 0.01)
     t = m.tanh(t / 3.0 + (1.0 / 3.0))
     t = (0.1 - t) * 2.0 ** -140 + x * 0.25
