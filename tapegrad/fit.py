@@ -470,6 +470,12 @@ def _fused_plan(tape, opt, loss, rmask, min_elems=None):
     if cached is not None and cached[0] == key and cached[2] is rmask:
         return cached[1]
     run = np.flatnonzero(rmask & 1).astype(np.int64)
+    if tape._fused_now is not None:  # a fused group's reverse recomputes every member from
+        # the group's inputs, those of members without a rule (a comparison's) too: while it
+        # runs, every member reads its inputs
+        rows = [np.arange(k0, k0 + m) for k0, m in tape._fused_now if rmask[k0 + m - 1] & 1]
+        if rows:
+            run = np.union1d(run, np.concatenate(rows)).astype(np.int64)
     n = int(tape._instr.shape[0])
     first = np.full(max(tape._nbuf, 1), n, np.int64)  # per root buffer: first reader
     for slot in (OUT, X, X + 1, X + 2):  # (every slot: an unused one holds -1)

@@ -208,6 +208,7 @@ class Tape:
     _base = None              # sealed: int64 array, buffer -> root buffer
     _fused = None             # groups of elementwise rows optimize() fused, (k0, m) rows,
     _fused_now = None         # and those the last seal kept (tapegrad.fuse)
+    _low_plain = None         # (_low, its stream without fused groups): check_finite's
     _layout = 0               # counts seals: arena offsets change only then
     _n_params = 0             # P: elements in the parameter prefix (when sealed)
     _param_elems = 0          # elements of the parameters recorded so far
@@ -987,7 +988,10 @@ class Tape:
             forward = interp.forward
             if forward not in _ANNOUNCED:
                 announce_compile(forward)
-            status, k = forward(self._instr, self._imm, self._low, self._val, mask,
+            low = self._low
+            if check_finite and self._fused_now is not None:  # every member checked, and
+                low = self._unfused_low()                     # named: groups op by op
+            status, k = forward(self._instr, self._imm, low, self._val, mask,
                                 1 if check_finite else 0)
             if status:
                 raise self._failed(status, k, "values")
@@ -995,6 +999,15 @@ class Tape:
                 self._done = self._n
             if self._broken:
                 self._broken.pop("values", None)
+
+    def _unfused_low(self):
+        """The lowered stream of the sealed tape without its fused groups (tapegrad.fuse: a
+        group checks only its output's values), made once per sealed stream."""
+        plain = self._low_plain
+        if plain is None or plain[0] is not self._low:
+            plain = self._low_plain = (self._low, _sweep.lower(self._instr, self._boff,
+                                                               self._bsize))
+        return plain[1]
 
     def _feed(self, feeds):
         """Validate every feed first, then copy them all: a rejected feed changes nothing.

@@ -1,6 +1,7 @@
-"""Bugs the fusion review found (tests/test_fusion_review.py's companion): each test fails on
-the current code and is marked xfail(strict=True) with the cause; mend the code, then drop
-the mark."""
+"""Bugs the fusion review found (session 17, tests/test_fusion_review.py's companion), each
+test failing before its mend: tg.fit's fused optimizer updated a parameter that a fused
+group's reverse still read (fit._fused_plan), and check_finite looked only at a group's
+output (Tape.forward now replays the groups op by op when it checks)."""
 import numpy as np
 import pytest
 
@@ -22,13 +23,12 @@ def masked(w, p, z):
     return tg.sin(tg.where(c, g1, g0))
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "fit._fused_plan finds a parameter's first reader among the rows with rmask & 1 only; "
-    "p is read in the group by a comparison (rmask bit 0 clear) and, with a gradient, only "
-    "after the group, so the fused optimizer updates p before the group's reverse program "
-    "runs, and that program recomputes p > 0 from the updated p: w's gradient takes the "
-    "other branch of where() wherever the step flips p's sign"))
 def test_fit_updates_a_parameter_that_a_fused_reverse_still_reads():
+    """p is read in the group by a comparison (no rule: its reverse-mask bit is clear) and,
+    with a gradient, only after the group. fit._fused_plan looked for a parameter's first
+    reader among the rows with a rule only, so the fused optimizer updated p before the
+    group's reverse program ran, which recomputes p > 0 from the updated p: w's gradient
+    took the other branch of where() wherever a step flipped p's sign."""
     n = 1 << 16  # fit.FUSE_MIN_ELEMS: p is updated inside the reverse sweep
     r = np.random.default_rng(0)
     w0, p0 = r.standard_normal(n), r.standard_normal(n) * 0.1
@@ -64,11 +64,9 @@ def test_check_finite_op_by_op_raises_on_a_hidden_nan():
         tape.forward(check_finite=True)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "the forward sweep's fused branch checks only the group's output (FORWARD_BRANCHES: "
-    "'the output's check below names the last member'): a NaN/Inf made by a member and "
-    "not carried to the output passes check_finite=True, which op by op raises at log"))
 def test_check_finite_sees_a_nan_inside_a_group():
+    """A NaN made by a member and not carried to the output: the fused branch checked only
+    the group's output, so check_finite=True passed where op by op raises at log."""
     n = 600
     tape = tg.Tape()
     x = tape.param(np.random.default_rng(0).standard_normal(n))
@@ -80,10 +78,9 @@ def test_check_finite_sees_a_nan_inside_a_group():
         tape.forward(check_finite=True)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "check_finite names the group's last member (mul), not the first op that produced "
-    "the NaN (log), as NonFiniteError's contract and the op-by-op replay do"))
 def test_check_finite_names_the_member_that_made_the_nan():
+    """The NaN reaches the output: the error named the group's last member (mul), not the
+    first op that produced it (log), as NonFiniteError's contract says."""
     n = 600
     tape = tg.Tape()
     x = tape.param(np.random.default_rng(0).standard_normal(n))
