@@ -58,6 +58,10 @@ steps back before it. The first row's ``ANS`` and ``N`` hold the programs' addre
 ``NX`` and the last row's the group's length; every other offset stays, and a program reads
 its externals' offsets, the output's and ``n`` from the rows (``wiring`` says which). The
 Python tier (``tapegrad.tier``) never runs a fused row: it waits for the compiled sweep.
+``tape.forward(check_finite=True)`` runs the stream without groups (``Tape._unfused_low``), so
+every member's values are checked and a NaN is named by the op that made it; ``tg.fit``'s
+fused optimizer updates a parameter only after the reverse of every group reading it
+(``fit._fused_plan``: a group's reverse recomputes all its members from their inputs).
 """
 import ast
 import functools
