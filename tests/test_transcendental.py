@@ -237,9 +237,10 @@ def test_exp_family_tighter_over_the_reduction_interval():
     reduction (``|x| < 3 ln 2``) and their seams within 1 ulp (measured: <= 0.80 float32, 0.89
     float64); tanh on ``|x| < ln2 / 2`` (expm1 to relative accuracy, ``k`` = 0, 1) within 2.6
     ulp, 0.47 on average, at most 1.5% of them above 1.5 ulp (measured: 2.30 / 2.52, 0.45 /
-    0.46, 1.0% / 1.3%); sigmoid, one division, within 2.3 ulp and at most 0.16% / 0.3% above
-    1.5 ulp (measured: 2.20 / 2.13, 0.11% / 0.24%; the product by the reciprocal it was: 2.50 /
-    2.42, 0.23% / 0.45%). Taylor's polynomials of the same degrees fail each of them."""
+    0.46, 1.0% / 1.3%); sigmoid, one division, within 2.5 ulp and at most 0.16% / 0.3% above
+    1.5 ulp (measured: 2.20 / 2.13, 0.11% / 0.24%, and 2.29 / 2.41 over 2*10^6 samples of [-10,
+    10]; the product by the reciprocal it was: 2.50 / 2.42, 0.23% / 0.45%, and 2.66 / 2.75).
+    Taylor's polynomials of the same degrees fail each of them."""
     rng = np.random.default_rng(4)
     h = math.log(2) / 2
     seams = (np.arange(-8, 9) * h)[:, None] * (1 + rng.uniform(-1e-3, 1e-3, (1, 20_000)))
@@ -258,7 +259,7 @@ def test_exp_family_tighter_over_the_reduction_interval():
             (dtype, d.max(), d.mean(), (d > 1.5).mean())
         d = err("sigmoid", rng.uniform(-40, 40, 400_000))
         share = 0.0016 if dtype is np.float32 else 0.003
-        assert d.max() <= 2.3 and (d > 1.5).mean() <= share, (dtype, d.max(), (d > 1.5).mean())
+        assert d.max() <= 2.5 and (d > 1.5).mean() <= share, (dtype, d.max(), (d > 1.5).mean())
 
 
 def test_python_fallbacks_match():

@@ -21,7 +21,12 @@ import sys
 
 import numpy as np
 
-from tapegrad.bench.fit_log import fit, mp, relative_error
+try:
+    import mpmath  # noqa: F401  (fit_log's arithmetic)
+except ImportError:  # a maintainer's tool, not a dependency of tapegrad
+    raise SystemExit("tapegrad.bench.fit_exp needs mpmath: pip install mpmath") from None
+
+from tapegrad.bench.fit_log import fit, mp, relative_error  # noqa: E402
 
 R_HI = mp.log(2) / 2 * (1 + mp.mpf("1e-5"))
 SAMPLES = 20000                 # (even: 0, where the relative error is 0 / 0, is not one)
@@ -71,12 +76,12 @@ def main(argv=None):
         degree = int(argv[1]) if len(argv) > 1 else form.degree
         q, bound = fit(form, degree)
         qr = [form.dtype(float(c)) for c in q]
-        eps = float(np.finfo(form.dtype).eps) / 2
+        eps, bits = float(np.finfo(form.dtype).eps) / 2, np.finfo(form.dtype).nmant + 1
+        em1 = mp.nstr(relative_error(form, qr, SAMPLES), 3)
+        ex = mp.nstr(relative_error(_ExpOfForm, qr, SAMPLES), 3)
         print(f"{name}: P of degree {degree} (exp's polynomial of degree {degree + 3}): fitted "
               f"relative error of expm1 {mp.nstr(bound, 3)}; rounded to {form.dtype.__name__}: "
-              f"expm1 {mp.nstr(relative_error(form, qr, SAMPLES), 3)}, exp "
-              f"{mp.nstr(relative_error(_ExpOfForm, qr, SAMPLES), 3)} (2**-{np.finfo(form.dtype).nmant + 1}"
-              f" = {eps:.3g})")
+              f"expm1 {em1}, exp {ex} (2**-{bits} = {eps:.3g})")
         print("    " + ", ".join(repr(float(c)) for c in qr))
 
 
