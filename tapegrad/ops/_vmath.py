@@ -10,17 +10,24 @@ vector code. Called from the elementwise kernels (``tapegrad.ops.elementwise``),
 inlined into the interpreters.
 
 Accuracy (``tests/test_transcendental.py`` measures it against long-double references over
-the whole range, subnormals, +-inf and NaN): within 2 ulp, and NaN in gives NaN out.
+the whole range, subnormals, +-inf and NaN): exp and log within 1 ulp, tanh and sigmoid
+within 2.6, and NaN in gives NaN out.
 
 * ``exp(x) = 2**k * p(r)``, ``k = round(x / ln 2)``, ``r = x - k ln 2`` (ln 2 in two parts,
-  the high one with trailing zero bits so ``k * hi`` is exact), ``|r| <= ln2 / 2``, ``p`` the
-  Taylor polynomial of degree 13 (float64) / 7 (float32), truncation error < 0.05 ulp.
-  ``2**k`` is applied as two factors ``2**(k >> 1) * 2**(k - (k >> 1))``, so overflow to inf
-  and gradual underflow into subnormals come out of the arithmetic with no special case.
-* ``tanh(|x|) = e / (e + 2)`` with ``e = expm1(2|x|) = 2**k (q(r) + 1) - 1``, ``q(r) =
-  expm1(r)`` by its Taylor series (relative accuracy near 0, where ``exp(2x) - 1`` would
-  cancel), the sign copied back from ``x``.
-* ``sigmoid(x) = 1 / (1 + e)`` for ``x >= 0`` and ``e / (1 + e)`` below, ``e = exp(-|x|)``.
+  the high one with trailing zero bits so ``k * hi`` is exact), ``|r| <= ln2 / 2``, ``p(r) = 1
+  + r + r**2 Q(r)``, ``Q(r) = 1/2 + r P(r)``, ``P`` of degree 8 (float64) / 3 (float32) fitted
+  to the relative error of ``expm1(r) = r + r**2 Q(r)`` (nearly minimax: ``python -m
+  tapegrad.bench.fit_exp``, mpmath): exp's relative error 1.0e-17 / 5.4e-9 (0.09 / 0.09 of
+  half an ulp), expm1's 2.4e-17 / 1.5e-8 -- Taylor's polynomials needed degree 13 / 7 for
+  that, two / one more FMA per element. ``2**k`` is applied as two factors ``2**(k + c) *
+  2**-c``, ``c = 54`` (float32: 24) for ``x < 0`` and ``-1`` above, both normal over the
+  clamped range, so gradual underflow into subnormals (one rounding, in the second product)
+  and overflow to inf come out of the arithmetic with no special case; ``_exp_neg64`` (for
+  ``x <= 0``: sigmoid's) needs no choice.
+* ``tanh(|x|) = e / (e + 2)`` with ``e = expm1(2|x|) = 2**k (expm1(r) + 1) - 1``, relative
+  accuracy near 0 (where ``exp(2x) - 1`` would cancel), the sign copied back from ``x``.
+* ``sigmoid(x) = 1 / (1 + e)`` for ``x >= 0`` and ``e / (1 + e)`` below, ``e = exp(-|x|)``:
+  one division either way (a product ``e * (1 / (1 + e))`` would round once more).
 * ``log(x) = k ln 2 + log(m)``, ``x = 2**k m``, ``m`` in ``[sqrt(1/2), sqrt(2))`` read off the
   bits (subnormals scaled up first), ``f = m - 1`` exact. float64: ``log(1 + f) = f - s (f - z
   Q(z))`` with ``s = f / (2 + f)``, ``z = s**2``, so the big term ``f`` is exact; float32: ``log(1
@@ -122,11 +129,16 @@ LN2_LO = 1.90821492927058770002e-10   # ln 2 - LN2_HI
 ROUND = 6755399441055744.0            # 1.5 * 2**52: adding it rounds to an integer, which
 #                                       the low bits of the sum then hold
 EXP_HI, EXP_LO = 709.8, -745.2        # beyond: inf / 0 (and k stays within int range)
-E2, E3, E4, E5, E6, E7, E8, E9, E10, E11, E12, E13 = _taylor(13, 2)
+E2, E3, E4, E5, E6, E7, E8, E9 = _taylor(9, 2)   # _exp64_short's
+EXP_P64 = (0.16666666666666602, 0.04166666666662003, 0.008333333333388357, 0.0013888888920483584,
+           0.00019841269709386887, 2.4801516385735636e-05, 2.7557425060968493e-06,
+           2.7622209878604854e-07, 2.5045894946387448e-08)                    # fit_exp f64
+P0, P1, P2, P3, P4, P5, P6, P7, P8 = EXP_P64
 TANH_CLAMP = 22.0                     # tanh(x) rounds to 1 for x >= 22 (2 e**-44 < 2**-54)
 SQRT_HALF = 0.7071067811865476
 TINY = 2.2250738585072014e-308        # smallest normal float64
 TWO52 = 4503599627370496.0
+TWO_M54 = 2.0 ** -54
 LOG_Q64 = (0.6666666666666734, 0.39999999999414665, 0.285714287423898, 0.22222198572989393,
            0.18183564335223226, 0.15314050339256544, 0.14795951672659163)  # fit_log f64
 LQ0, LQ1, LQ2, LQ3, LQ4, LQ5, LQ6 = LOG_Q64
@@ -137,11 +149,14 @@ LN2_HI_F = F32(0.693359375)           # 9 significant bits: k * LN2_HI_F is exac
 LN2_LO_F = F32(math.log(2) - 0.693359375)
 ROUND_F = F32(12582912.0)             # 1.5 * 2**23
 EXP_HI_F, EXP_LO_F = F32(89.0), F32(-104.0)
-F1, F2, F3, F4, F5, F6, F7 = _taylor(7, 1, F32)
+EXP_P32 = (0.16666549444198608, 0.04166685417294502, 0.008366035297513008,
+           0.0013898226898163557)                                             # fit_exp f32
+P0_F, P1_F, P2_F, P3_F = (F32(c) for c in EXP_P32)
 TANH_CLAMP_F = F32(10.0)              # 2 e**-20 < 2**-25
 SQRT_HALF_F = F32(SQRT_HALF)
 TINY_F = F32(1.1754943508222875e-38)
 TWO23_F = F32(8388608.0)
+TWO_M24_F = F32(2.0 ** -24)
 LOG_Q32 = (0.3333333134651184, -0.250008225440979, 0.20001226663589478, -0.16623355448246002,
            0.1420176476240158, -0.13160200417041779, 0.12761537730693817,
            -0.07634399831295013)                                          # fit_log f32
@@ -167,25 +182,38 @@ def _exp_reduce64(x):
 
 
 @kernel
+def _exp_q64(r):
+    """Q(r) = (expm1(r) - r) / r**2 = 1/2 + r P(r) on |r| <= ln2/2, P fitted (module
+    docstring)."""
+    q = _fma(P8, r, P7)
+    q = _fma(q, r, P6)
+    q = _fma(q, r, P5)
+    q = _fma(q, r, P4)
+    q = _fma(q, r, P3)
+    q = _fma(q, r, P2)
+    q = _fma(q, r, P1)
+    q = _fma(q, r, P0)
+    return _fma(q, r, 0.5)
+
+
+@kernel
 def _exp64(x):
     x = EXP_HI if x > EXP_HI else x   # written so that NaN passes
     x = EXP_LO if x < EXP_LO else x
     k, r = _exp_reduce64(x)
-    p = _fma(E13, r, E12)
-    p = _fma(p, r, E11)
-    p = _fma(p, r, E10)
-    p = _fma(p, r, E9)
-    p = _fma(p, r, E8)
-    p = _fma(p, r, E7)
-    p = _fma(p, r, E6)
-    p = _fma(p, r, E5)
-    p = _fma(p, r, E4)
-    p = _fma(p, r, E3)
-    p = _fma(p, r, E2)
-    p = _fma(p, r, 1.0)
-    p = _fma(p, r, 1.0)
-    k1 = k >> 1
-    return p * _float((k1 + 1023) << 52) * _float((k - k1 + 1023) << 52)
+    p = _fma(_fma(_exp_q64(r), r, 1.0), r, 1.0)   # 1 + r + r**2 Q(r)
+    neg = x < 0.0                  # 2**k as 2**(k + c) 2**-c (module docstring)
+    c = 54 if neg else -1
+    return p * _float((k + c + 1023) << 52) * (TWO_M54 if neg else 2.0)
+
+
+@kernel
+def _exp_neg64(x):
+    """exp(x) for x <= 0 (or NaN): k <= 0, so ``c = 54`` always."""
+    x = EXP_LO if x < EXP_LO else x
+    k, r = _exp_reduce64(x)
+    p = _fma(_fma(_exp_q64(r), r, 1.0), r, 1.0)
+    return p * _float((k + (54 + 1023)) << 52) * TWO_M54
 
 
 @kernel
@@ -193,7 +221,7 @@ def _exp64_short(x):
     """exp(x) of a float64 to ~1e-11 relative (a degree-9 polynomial, Estrin's scheme): for
     a result that is rounded to float32 next (a float32 softmax's exps), whose half ulp is
     3e-8 -- about one result in 10^4 rounds to the neighbouring float32. Its dependency chain
-    is half of ``_exp64``'s 13 chained FMAs, which is what a scalar softmax waits for."""
+    is about half of ``_exp64``'s 11 chained FMAs, which is what a scalar softmax waits for."""
     x = EXP_HI if x > EXP_HI else x   # written so that NaN passes
     x = EXP_LO if x < EXP_LO else x
     k, r = _exp_reduce64(x)
@@ -210,18 +238,7 @@ def _exp64_short(x):
 def _expm1_pos64(y):
     """exp(y) - 1 for 0 <= y <= 2 * TANH_CLAMP (or NaN), to relative accuracy."""
     k, r = _exp_reduce64(y)
-    q = _fma(E13, r, E12)   # q = (exp(r) - 1) / r - 1 ... built from the top
-    q = _fma(q, r, E11)
-    q = _fma(q, r, E10)
-    q = _fma(q, r, E9)
-    q = _fma(q, r, E8)
-    q = _fma(q, r, E7)
-    q = _fma(q, r, E6)
-    q = _fma(q, r, E5)
-    q = _fma(q, r, E4)
-    q = _fma(q, r, E3)
-    q = _fma(q, r, E2)
-    q = _fma(q * r, r, r)  # expm1(r) = r + r^2 (1/2 + r/6 + ...)
+    q = _fma(_exp_q64(r) * r, r, r)                # expm1(r) = r + r**2 Q(r)
     s = _float((k + 1023) << 52)
     return _fma(s, q, s - 1.0)
 
@@ -236,9 +253,8 @@ def _tanh64(x):
 
 @kernel
 def _sigmoid64(x):
-    e = _exp64(-abs(x))
-    s = 1.0 / (1.0 + e)
-    return s if x >= 0.0 else e * s
+    e = _exp_neg64(-abs(x))
+    return (1.0 if x >= 0.0 else e) / (1.0 + e)
 
 
 @kernel
@@ -277,30 +293,37 @@ def _exp_reduce32(x):
 
 
 @kernel
+def _exp_q32(r):
+    """Q(r) = 1/2 + r P(r), float32's P (module docstring)."""
+    q = _fma(P3_F, r, P2_F)
+    q = _fma(q, r, P1_F)
+    q = _fma(q, r, P0_F)
+    return _fma(q, r, HALF_F)
+
+
+@kernel
 def _exp32(x):
     x = EXP_HI_F if x > EXP_HI_F else x
     x = EXP_LO_F if x < EXP_LO_F else x
     k, r = _exp_reduce32(x)
-    p = _fma(F7, r, F6)
-    p = _fma(p, r, F5)
-    p = _fma(p, r, F4)
-    p = _fma(p, r, F3)
-    p = _fma(p, r, F2)
-    p = _fma(p, r, F1)
-    p = _fma(p, r, ONE_F)
-    k1 = k >> 1
-    return (p * _float(np.int32((k1 + 127) << 23))) * _float(np.int32((k - k1 + 127) << 23))
+    p = _fma(_fma(_exp_q32(r), r, ONE_F), r, ONE_F)
+    neg = x < ZERO_F
+    c = I32(24) if neg else I32(-1)
+    return p * _float(I32(I32(I32(k + c) + I32(127)) << I32(23))) * (TWO_M24_F if neg else TWO_F)
+
+
+@kernel
+def _exp_neg32(x):
+    x = EXP_LO_F if x < EXP_LO_F else x
+    k, r = _exp_reduce32(x)
+    p = _fma(_fma(_exp_q32(r), r, ONE_F), r, ONE_F)
+    return p * _float(I32(I32(k + I32(24 + 127)) << I32(23))) * TWO_M24_F
 
 
 @kernel
 def _expm1_pos32(y):
     k, r = _exp_reduce32(y)
-    q = _fma(F7, r, F6)
-    q = _fma(q, r, F5)
-    q = _fma(q, r, F4)
-    q = _fma(q, r, F3)
-    q = _fma(q, r, F2)
-    q = _fma(q * r, r, r)
+    q = _fma(_exp_q32(r) * r, r, r)
     s = _float(np.int32((k + 127) << 23))
     return _fma(s, q, s - ONE_F)
 
@@ -315,9 +338,8 @@ def _tanh32(x):
 
 @kernel
 def _sigmoid32(x):
-    e = _exp32(-abs(x))
-    s = ONE_F / (ONE_F + e)
-    return s if x >= ZERO_F else e * s
+    e = _exp_neg32(-abs(x))
+    return (ONE_F if x >= ZERO_F else e) / (ONE_F + e)
 
 
 @kernel
