@@ -432,13 +432,9 @@ def _loops(parts, m):
         loads = sorted({int(r) for r in _REG.findall("\n".join(parts[0])) if int(r) >= m})
         return (["    for i in range(n):",
                  *[f"        r{r} = val[e{r - m} + i]" for r in loads], *parts[0]], ())
-    made = [set() for _ in parts]
-    read = []
-    for s, body in enumerate(parts):
-        regs = {int(r) for r in _REG.findall("\n".join(body))}
-        made[s] = {r for r in regs if r < m and any(
-            re.match(rf"\s*r{r} = ", line) for line in "\n".join(body).split("\n"))}
-        read.append(regs)
+    read = [{int(r) for r in _REG.findall("\n".join(body))} for body in parts]
+    made = [{int(r) for r in re.findall(r"^\s*r(\d+) = ", "\n".join(body), re.M)}
+            for body in parts]  # (registers < m: the members')
     lines = ["    s = np.uint64(0)",
              "    while s < n:",
              f"        w = n - s if n - s < np.uint64({STRIP}) else np.uint64({STRIP})"]
@@ -546,7 +542,8 @@ def branches(forward):
 # ------------------------------------------------------------------ values op by op
 def refresh(tape):
     """Recompute the values of the groups' members op by op (the intermediates, which a
-    fused replay does not leave in their slots): before anything reads them (module docstring)."""
+    fused replay does not leave in their slots): before anything reads them (module
+    docstring)."""
     groups = tape._fused_now
     if groups is None or tape._low is None:
         return
