@@ -10,6 +10,7 @@ import tapegrad as tg
 from tapegrad import fuse
 from tapegrad.opcodes import Op
 from tapegrad.tangent import tangents
+from test_fusion import fd  # (pytest puts this directory on sys.path)
 
 
 @pytest.fixture(autouse=True)
@@ -69,15 +70,6 @@ def group_ops(tape):
     """The opcodes of the fused groups' rows, per group."""
     g = tape._fused_now
     return [] if g is None else [tape._instr[k0:k0 + m, 0].tolist() for k0, m in g]
-
-
-def fd(fn, xs, i, h=1e-6):
-    """Central differences of sum(fn(xs)) in xs[i], element by element (fn elementwise)."""
-    up = [v.copy() for v in xs]
-    dn = [v.copy() for v in xs]
-    up[i] += h
-    dn[i] -= h
-    return (fn(*up, np) - fn(*dn, np)) / (2 * h)
 
 
 def both(fn, xs, dtype=np.float64, nconst=1, **kw):

@@ -17,8 +17,6 @@ mpmath). Printed: the bound of the exact fit and the relative errors of expm1 an
 coefficients rounded to the kernel's precision (evaluated exactly; the kernel's arithmetic adds
 its roundings, ``tests/test_transcendental.py`` measures the whole).
 """
-import sys
-
 import numpy as np
 
 try:
@@ -26,7 +24,7 @@ try:
 except ImportError:  # a maintainer's tool, not a dependency of tapegrad
     raise SystemExit("tapegrad.bench.fit_exp needs mpmath: pip install mpmath") from None
 
-from tapegrad.bench.fit_log import fit, mp, relative_error  # noqa: E402
+from tapegrad.bench.fit_log import fits, mp, relative_error  # noqa: E402
 
 R_HI = mp.log(2) / 2 * (1 + mp.mpf("1e-5"))
 SAMPLES = 20000                 # (even: 0, where the relative error is 0 / 0, is not one)
@@ -70,12 +68,7 @@ FORMS = {"f64": F64Form, "f32": F32Form}
 
 
 def main(argv=None):
-    argv = sys.argv[1:] if argv is None else argv
-    for name in argv[:1] or list(FORMS):
-        form = FORMS[name]
-        degree = int(argv[1]) if len(argv) > 1 else form.degree
-        q, bound = fit(form, degree)
-        qr = [form.dtype(float(c)) for c in q]
+    for name, form, degree, bound, qr in fits(FORMS, argv):
         eps, bits = float(np.finfo(form.dtype).eps) / 2, np.finfo(form.dtype).nmant + 1
         em1 = mp.nstr(relative_error(form, qr, SAMPLES), 3)
         ex = mp.nstr(relative_error(_ExpOfForm, qr, SAMPLES), 3)

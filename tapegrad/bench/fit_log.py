@@ -115,14 +115,20 @@ def relative_error(form, coeffs, samples=20001):
     return worst
 
 
-def main(argv=None):
+def fits(forms, argv=None):
+    """``(name, form, degree, fitted bound, coefficients rounded to the form's dtype)`` of
+    each form the command line names (``[name [degree]]``; default: every form, its own
+    degree)."""
     argv = sys.argv[1:] if argv is None else argv
-    names = argv[:1] or list(FORMS)
-    for name in names:
-        form = FORMS[name]
+    for name in argv[:1] or list(forms):
+        form = forms[name]
         degree = int(argv[1]) if len(argv) > 1 else form.degree
         q, bound = fit(form, degree)
-        qr = [form.dtype(float(c)) for c in q]
+        yield name, form, degree, bound, [form.dtype(float(c)) for c in q]
+
+
+def main(argv=None):
+    for name, form, degree, bound, qr in fits(FORMS, argv):
         eps = float(np.finfo(form.dtype).eps) / 2
         print(f"{name}: Q of degree {degree}: fitted relative error {mp.nstr(bound, 3)}, "
               f"rounded to {form.dtype.__name__}: {mp.nstr(relative_error(form, qr), 3)} "

@@ -91,20 +91,16 @@ def floor(dtypes, rounds, ones, n_cache=4096, out=print):
 
     from tapegrad.ops._vmath import vsigmoid, vtanh, wide
 
-    @numba.njit(error_model="numpy")
-    def loop_tanh(x, o, reps):
-        wide()
-        for _ in range(reps):
-            for i in range(x.shape[0]):
-                o[i] = vtanh(x[i])
+    def loop(fn):
+        @numba.njit(error_model="numpy")
+        def run(x, o, reps):
+            wide()
+            for _ in range(reps):
+                for i in range(x.shape[0]):
+                    o[i] = fn(x[i])
+        return run
 
-    @numba.njit(error_model="numpy")
-    def loop_sigmoid(x, o, reps):
-        wide()
-        for _ in range(reps):
-            for i in range(x.shape[0]):
-                o[i] = vsigmoid(x[i])
-
+    loops = {"tanh": loop(vtanh), "sigmoid": loop(vsigmoid)}
     out(f"{'dtype':9s}{'tanh':>8s}{'sigmoid':>9s}{'sum':>8s}   sum / the 1 numpy op above")
     rows = []
     for dtype in dtypes:
@@ -112,12 +108,11 @@ def floor(dtypes, rounds, ones, n_cache=4096, out=print):
         x = np.random.default_rng(1).standard_normal(n_cache).astype(dtype)
         o = np.empty_like(x)
         reps = 250
-        fns = {"tanh": loop_tanh, "sigmoid": loop_sigmoid}
-        for f in fns.values():
+        for f in loops.values():
             f(x, o, 1)
-        times = {k: [] for k in fns}
+        times = {k: [] for k in loops}
         for _ in range(rounds):
-            for k, f in fns.items():
+            for k, f in loops.items():
                 s = time.perf_counter()
                 f(x, o, reps)
                 times[k].append((time.perf_counter() - s) / (n_cache * reps) * 1e9)
